@@ -1,0 +1,1 @@
+"""xvm-cni: one network for containers across many Linux hosts."""
