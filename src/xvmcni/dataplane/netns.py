@@ -55,9 +55,8 @@ def _is_netns(fd: int) -> bool:
     # A bind-mounted netns (or /proc/<pid>/ns/net) is an nsfs inode; the kernel
     # refuses setns() on anything else with EINVAL, which we turn into a clear error
     # before changing anything. Probe with setns into it and straight back.
-    with contextlib.suppress(OSError):
-        with entered(fd):
-            return True
+    with contextlib.suppress(OSError), entered(fd):
+        return True
     return False
 
 

@@ -1,0 +1,37 @@
+"""The host interface that carries VXLAN traffic."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Any
+
+from xvmcni.cni.errors import INVALID_CONFIG, CniError
+from xvmcni.dataplane.netlink import get_link, ipv4_addresses
+
+
+@dataclass(frozen=True)
+class HostInterface:
+    name: str
+    index: int
+    mtu: int
+    address: ipaddress.IPv4Address
+
+
+def lookup(ipr: Any, name: str) -> HostInterface:
+    """The host interface, or CniError(INVALID_CONFIG) saying what is wrong."""
+    link = get_link(ipr, name)
+    if link is None:
+        raise CniError(INVALID_CONFIG, f"hostInterface {name!r} does not exist on this host",
+                       "set hostInterface to the interface that carries traffic between hosts")
+    addresses = ipv4_addresses(ipr, link["index"])
+    if not addresses:
+        raise CniError(INVALID_CONFIG, f"hostInterface {name!r} has no IPv4 address",
+                       "VXLAN needs the host's IPv4 address as its tunnel source")
+    # The first (primary) address is the VTEP source, as the kernel would pick it.
+    return HostInterface(
+        name=name,
+        index=int(link["index"]),
+        mtu=int(link.get("IFLA_MTU")),
+        address=ipaddress.IPv4Address(addresses[0][0]),
+    )

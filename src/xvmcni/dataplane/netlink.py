@@ -1,0 +1,82 @@
+"""pyroute2 sockets bound to the right namespace, and kernel errors made readable."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+from collections.abc import Iterator
+from typing import Any
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from xvmcni.cni.errors import NETLINK_FAILURE, CniError
+from xvmcni.dataplane.netns import entered
+
+
+@contextlib.contextmanager
+def rtnl(netns_fd: int | None = None) -> Iterator[Any]:
+    """An IPRoute socket in the calling thread's netns, or in ``netns_fd``'s.
+
+    The socket is created while the thread is inside the target namespace and
+    stays bound to it after the thread switches back (sockets keep their netns).
+    Use it from this thread only: pyroute2 0.9 opens a fresh socket per thread.
+    """
+    if netns_fd is None:
+        ipr = IPRoute()
+    else:
+        with entered(netns_fd):
+            ipr = IPRoute()
+    try:
+        yield ipr
+    finally:
+        ipr.close()
+
+
+def kernel_error(action: str, exc: NetlinkError) -> CniError:
+    code = exc.code if isinstance(exc.code, int) else 0
+    reason = errno.errorcode.get(code, str(code))
+    return CniError(NETLINK_FAILURE, f"kernel refused to {action}", f"{reason}: {exc}")
+
+
+def link_index(ipr: Any, ifname: str) -> int | None:
+    found = ipr.link_lookup(ifname=ifname)
+    return int(found[0]) if found else None
+
+
+def get_link(ipr: Any, ifname: str) -> Any | None:
+    index = link_index(ipr, ifname)
+    if index is None:
+        return None
+    try:
+        return ipr.get_links(index)[0]
+    except NetlinkError as exc:
+        if exc.code == errno.ENODEV:
+            return None
+        raise
+
+
+def link_kind(link: Any) -> str:
+    info = link.get("IFLA_LINKINFO")
+    return str(info.get("IFLA_INFO_KIND")) if info is not None else ""
+
+
+def ipv4_addresses(ipr: Any, index: int) -> list[tuple[str, int]]:
+    return [
+        (str(a.get("IFA_ADDRESS")), int(a["prefixlen"]))
+        for a in ipr.get_addr(index=index, family=2)
+    ]
+
+
+def delete_link(ipr: Any, ifname: str) -> bool:
+    """Delete ``ifname`` if it exists; True when something was removed."""
+    index = link_index(ipr, ifname)
+    if index is None:
+        return False
+    try:
+        ipr.link("del", index=index)
+    except NetlinkError as exc:
+        if exc.code == errno.ENODEV:  # gone meanwhile: the outcome we wanted
+            return False
+        raise kernel_error(f"delete link {ifname}", exc) from exc
+    return True

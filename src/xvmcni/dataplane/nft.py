@@ -1,0 +1,132 @@
+"""nftables through ``nft -j`` (JSON in, atomic batches).
+
+Two tables per network, both named ``xvm_<network>`` so ``nft list tables``
+shows at once what belongs to whom:
+
+- family ``bridge``: keeps the anycast gateway local. Frames leaving through
+  the VXLAN port with the gateway's MAC as source, and ARP asking for the
+  gateway's IP, are dropped; so is the same arriving from the VXLAN port. Every
+  host answers for the gateway itself and never hears another host's answer.
+- family ``ip`` (only with ``ipMasq``): masquerade from the subnet to anything
+  outside it. Pod-to-pod traffic is never NATed.
+
+A batch is applied by the kernel as one transaction: all or nothing.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+import shutil
+import subprocess
+from typing import Any
+
+from xvmcni.cni.errors import NFTABLES_FAILURE, CniError
+
+_FALLBACK_PATHS = ("/usr/sbin/nft", "/sbin/nft")
+_UNSAFE = re.compile(r"[^A-Za-z0-9_]")
+NFT_TIMEOUT = 10.0
+
+
+def table_name(network: str) -> str:
+    return "xvm_" + _UNSAFE.sub("_", network)
+
+
+def nft_binary() -> str:
+    # CNI runtimes pass their own PATH, which often lacks /usr/sbin.
+    found = shutil.which("nft")
+    if found:
+        return found
+    for path in _FALLBACK_PATHS:
+        if shutil.which(path):
+            return path
+    raise CniError(NFTABLES_FAILURE, "the nft command is not installed",
+                   "install the nftables package")
+
+
+def run_batch(commands: list[dict[str, Any]]) -> None:
+    payload = json.dumps({"nftables": commands})
+    try:
+        proc = subprocess.run([nft_binary(), "-j", "-f", "-"], input=payload.encode(),
+                              capture_output=True, timeout=NFT_TIMEOUT, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise CniError(NFTABLES_FAILURE, "cannot run nft", str(exc)) from exc
+    if proc.returncode != 0:
+        raise CniError(NFTABLES_FAILURE, "nftables rejected our rules",
+                       proc.stderr.decode(errors="replace").strip())
+
+
+def list_tables() -> set[tuple[str, str]]:
+    """(family, name) of every table in the current netns."""
+    try:
+        proc = subprocess.run([nft_binary(), "-j", "list", "tables"], capture_output=True,
+                              timeout=NFT_TIMEOUT, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise CniError(NFTABLES_FAILURE, "cannot run nft", str(exc)) from exc
+    if proc.returncode != 0:
+        raise CniError(NFTABLES_FAILURE, "cannot list nftables tables",
+                       proc.stderr.decode(errors="replace").strip())
+    data = json.loads(proc.stdout or b'{"nftables": []}')
+    return {
+        (item["table"]["family"], item["table"]["name"])
+        for item in data.get("nftables", [])
+        if "table" in item
+    }
+
+
+def _match(left: dict[str, Any], right: Any, op: str = "==") -> dict[str, Any]:
+    return {"match": {"op": op, "left": left, "right": right}}
+
+
+def _meta(key: str) -> dict[str, Any]:
+    return {"meta": {"key": key}}
+
+
+def _payload(protocol: str, field: str) -> dict[str, Any]:
+    return {"payload": {"protocol": protocol, "field": field}}
+
+
+def _replace_table(family: str, name: str) -> list[dict[str, Any]]:
+    # add (no-op if present) + flush: the batch then rebuilds the rules exactly.
+    table = {"family": family, "name": name}
+    return [{"add": {"table": table}}, {"flush": {"table": table}}]
+
+
+def gateway_isolation_batch(network: str, vxlan_port: str, gateway: ipaddress.IPv4Address,
+                            gateway_mac: str) -> list[dict[str, Any]]:
+    name = table_name(network)
+    batch = _replace_table("bridge", name)
+    for chain, hook, direction in (("to_vxlan", "postrouting", "oifname"),
+                                   ("from_vxlan", "prerouting", "iifname")):
+        batch.append({"add": {"chain": {"family": "bridge", "table": name, "name": chain,
+                                        "type": "filter", "hook": hook, "prio": 0,
+                                        "policy": "accept"}}})
+        port = _match(_meta(direction), vxlan_port)
+        for rule in (
+            [port, _match(_payload("ether", "saddr"), gateway_mac), {"drop": None}],
+            [port, _match(_payload("arp", "daddr ip"), str(gateway)), {"drop": None}],
+        ):
+            batch.append({"add": {"rule": {"family": "bridge", "table": name, "chain": chain,
+                                           "expr": rule}}})
+    return batch
+
+
+def masquerade_batch(network: str, subnet: ipaddress.IPv4Network) -> list[dict[str, Any]]:
+    name = table_name(network)
+    prefix = {"prefix": {"addr": str(subnet.network_address), "len": subnet.prefixlen}}
+    batch = _replace_table("ip", name)
+    batch.append({"add": {"chain": {"family": "ip", "table": name, "name": "postrouting",
+                                    "type": "nat", "hook": "postrouting", "prio": 100,
+                                    "policy": "accept"}}})
+    batch.append({"add": {"rule": {"family": "ip", "table": name, "chain": "postrouting",
+                                   "expr": [_match(_payload("ip", "saddr"), prefix),
+                                            _match(_payload("ip", "daddr"), prefix, "!="),
+                                            {"masquerade": None}]}}})
+    return batch
+
+
+def delete_table_batch(family: str, network: str) -> list[dict[str, Any]]:
+    # "add" first makes the delete succeed whether or not the table existed.
+    table = {"family": family, "name": table_name(network)}
+    return [{"add": {"table": table}}, {"delete": {"table": table}}]

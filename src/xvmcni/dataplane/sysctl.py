@@ -1,0 +1,21 @@
+"""sysctls through /proc/sys: per network namespace, no subprocess."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from xvmcni.cni.errors import IO_FAILURE, CniError
+
+PROC_SYS = Path("/proc/sys")
+
+
+def ensure(key: str, value: str) -> None:
+    """Set ``key`` (dotted, e.g. net.ipv4.ip_forward) unless it already holds ``value``."""
+    path = PROC_SYS / key.replace(".", "/")
+    try:
+        if path.read_text().strip() == value:
+            return
+        path.write_text(value)
+    except OSError as exc:
+        raise CniError(IO_FAILURE, f"cannot set sysctl {key}={value}",
+                       exc.strerror or str(exc)) from exc

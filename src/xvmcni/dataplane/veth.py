@@ -1,0 +1,168 @@
+"""A container's veth pair: host end on the bridge, container end configured inside."""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+from dataclasses import dataclass
+from typing import Any
+
+from pyroute2.netlink.exceptions import NetlinkError
+
+from xvmcni.cni.errors import INVALID_ENV, CniError
+from xvmcni.cni.result import IPAddress, IPInterface, IPNetwork
+from xvmcni.dataplane.netlink import delete_link, get_link, kernel_error, link_kind
+
+IFF_UP = 0x1
+RT_TABLE_MAIN = 254
+DEFAULT_V4 = ipaddress.IPv4Network("0.0.0.0/0")
+DEFAULT_V6 = ipaddress.IPv6Network("::/0")
+
+
+@dataclass
+class ContainerSide:
+    ifname: str
+    addresses: list[IPInterface]
+    routes: list[tuple[IPNetwork, IPAddress | None]]
+    mtu: int
+    mac: str = ""
+
+
+@dataclass
+class VethPair:
+    host_name: str
+    host_mac: str
+    container_mac: str
+    container_index: int = 0
+
+
+def _peer_of(host_link: Any, container_link: Any) -> bool:
+    """True when the two links are the two ends of one veth."""
+    return bool(
+        host_link is not None and container_link is not None
+        and link_kind(host_link) == "veth" and link_kind(container_link) == "veth"
+        and host_link.get("IFLA_LINK") == container_link["index"]
+    )
+
+
+def ensure(host_ipr: Any, pod_ipr: Any, pod_fd: int, host_name: str, bridge_index: int,
+           side: ContainerSide) -> VethPair:
+    """Create (or adopt, on a repeated ADD) the pair and configure both ends."""
+    host_link = get_link(host_ipr, host_name)
+    pod_link = get_link(pod_ipr, side.ifname)
+    if not _peer_of(host_link, pod_link):
+        if pod_link is not None:
+            raise CniError(INVALID_ENV,
+                           f"interface {side.ifname} already exists in the container's netns",
+                           "choose another CNI_IFNAME or remove that interface")
+        # A host end without its container end is left from an interrupted ADD.
+        delete_link(host_ipr, host_name)
+        peer: dict[str, Any] = {"ifname": side.ifname, "net_ns_fd": pod_fd}
+        if side.mac:
+            peer["address"] = side.mac
+        try:
+            host_ipr.link("add", ifname=host_name, kind="veth", mtu=side.mtu, peer=peer)
+        except NetlinkError as exc:
+            raise kernel_error(f"create veth {host_name}/{side.ifname}", exc) from exc
+    host_link = get_link(host_ipr, host_name)
+    pod_link = get_link(pod_ipr, side.ifname)
+    if host_link is None or pod_link is None:
+        raise CniError(INVALID_ENV, f"veth {host_name}/{side.ifname} vanished while being set up")
+    try:
+        host_ipr.link("set", index=host_link["index"], master=bridge_index, mtu=side.mtu,
+                      state="up")
+    except NetlinkError as exc:
+        raise kernel_error(f"attach {host_name} to the bridge", exc) from exc
+    _configure_container(pod_ipr, pod_link["index"], side)
+    # Re-read: a MAC or state change above is only visible in a fresh dump.
+    pod_link = get_link(pod_ipr, side.ifname) or pod_link
+    return VethPair(host_name=host_name, host_mac=str(host_link.get("IFLA_ADDRESS")),
+                    container_mac=str(pod_link.get("IFLA_ADDRESS")),
+                    container_index=int(pod_link["index"]))
+
+
+def _configure_container(pod_ipr: Any, index: int, side: ContainerSide) -> None:
+    try:
+        pod_ipr.link("set", index=index, mtu=side.mtu, state="up")
+        present = {(str(a.get("IFA_ADDRESS")), int(a["prefixlen"]))
+                   for a in pod_ipr.get_addr(index=index)}
+        for addr in side.addresses:
+            if (str(addr.ip), addr.network.prefixlen) not in present:
+                pod_ipr.addr("add", index=index, address=str(addr.ip),
+                             prefixlen=addr.network.prefixlen)
+        for dst, gw in side.routes:
+            spec: dict[str, Any] = {"dst": str(dst), "oif": index}
+            if gw is not None:
+                spec["gateway"] = str(gw)
+            pod_ipr.route("replace", **spec)
+    except NetlinkError as exc:
+        raise kernel_error(f"configure {side.ifname} in the container", exc) from exc
+
+
+def remove(host_ipr: Any, pod_ipr: Any | None, host_name: str, ifname: str,
+           owned: bool) -> None:
+    """Delete the pair; both ends already gone is success.
+
+    Deleting the host end takes the container end with it. Only when the host end
+    is gone and the attachment is ours (``owned``) is the container end deleted by
+    name: without a record, an interface of that name may belong to someone else.
+    """
+    if delete_link(host_ipr, host_name) or not owned or pod_ipr is None or not ifname:
+        return
+    link = get_link(pod_ipr, ifname)
+    if link is None or link_kind(link) != "veth":
+        return
+    try:
+        pod_ipr.link("del", index=link["index"])
+    except NetlinkError as exc:
+        if exc.code != errno.ENODEV:
+            raise kernel_error(f"delete {ifname} in the container", exc) from exc
+
+
+def _routes(pod_ipr: Any, index: int) -> set[tuple[str, str]]:
+    out = set()
+    for family in (2, 10):
+        for route in pod_ipr.get_routes(family=family, table=RT_TABLE_MAIN):
+            if route.get("RTA_OIF") != index:
+                continue
+            dst = route.get("RTA_DST")
+            if dst is None:  # the kernel omits RTA_DST for a default route
+                net: IPNetwork = DEFAULT_V4 if family == 2 else DEFAULT_V6
+            else:
+                net = ipaddress.ip_network(f"{dst}/{route['dst_len']}", strict=False)
+            out.add((str(net), str(route.get("RTA_GATEWAY") or "")))
+    return out
+
+
+def problems(host_ipr: Any, pod_ipr: Any, host_name: str, bridge_index: int,
+             side: ContainerSide) -> list[str]:
+    """How the pair differs from what ADD made (empty when all is well), for CHECK."""
+    pod_link = get_link(pod_ipr, side.ifname)
+    if pod_link is None:
+        return [f"interface {side.ifname} is missing in the container"]
+    host_link = get_link(host_ipr, host_name)
+    if host_link is None:
+        return [f"host veth {host_name} is missing"]
+    found = []
+    if not _peer_of(host_link, pod_link):
+        found.append(f"{side.ifname} is not the peer of host veth {host_name}")
+    if host_link.get("IFLA_MASTER") != bridge_index:
+        found.append(f"host veth {host_name} is not a port of the network's bridge")
+    for name, link in ((host_name, host_link), (side.ifname, pod_link)):
+        if not link["flags"] & IFF_UP:
+            found.append(f"{name} is down")
+        if link.get("IFLA_MTU") != side.mtu:
+            found.append(f"{name} has MTU {link.get('IFLA_MTU')}, expected {side.mtu}")
+    if side.mac and str(pod_link.get("IFLA_ADDRESS")).lower() != side.mac.lower():
+        found.append(f"{side.ifname} has MAC {pod_link.get('IFLA_ADDRESS')}, "
+                     f"expected {side.mac}")
+    present = {(str(a.get("IFA_ADDRESS")), int(a["prefixlen"]))
+               for a in pod_ipr.get_addr(index=pod_link["index"])}
+    for addr in side.addresses:
+        if (str(addr.ip), addr.network.prefixlen) not in present:
+            found.append(f"{side.ifname} lacks address {addr}")
+    routes = _routes(pod_ipr, pod_link["index"])
+    for dst, gw in side.routes:
+        if (str(dst), str(gw or "")) not in routes:
+            found.append(f"route {dst}" + (f" via {gw}" if gw else "") + " is missing")
+    return found
