@@ -1,0 +1,111 @@
+# xvm-cni — install, package, test. Needs only make, python3 and pip.
+#
+#   sudo make install     venv in /opt/xvm-cni, plugin in /opt/cni/bin/xvm-cni,
+#                         example config in /etc/cni/net.d/10-xvm.conf (kept if present),
+#                         /usr/local/bin/xvmctl
+#   sudo make uninstall   the reverse (an edited 10-xvm.conf is kept)
+#   make dist             dist/xvm-cni.pyz: one architecture-free file (xvmcni + pyroute2)
+#   sudo make test        ./test.sh
+#   make lint             ruff + mypy
+
+PYTHON      ?= python3
+VENV        ?= /opt/xvm-cni
+CNI_BIN_DIR ?= /opt/cni/bin
+CNI_CONF_DIR?= /etc/cni/net.d
+BIN_DIR     ?= /usr/local/bin
+
+PLUGIN      := $(CNI_BIN_DIR)/xvm-cni
+CONF        := $(CNI_CONF_DIR)/10-xvm.conf
+PYZ         := dist/xvm-cni.pyz
+PYZ_BUILD   := build/pyz
+
+# pip as root is what this Makefile is for (install) or harmless (--target); older pips
+# ignore the variable.
+export PIP_ROOT_USER_ACTION := ignore
+
+.PHONY: all install uninstall dist test lint clean
+
+# Writes the plugin shim (argv[1]); run by the venv's python, so sys.executable and purelib are
+# the venv's. -I ignores PYTHON* variables and the user site, -S skips site (the fastest start),
+# so the venv's site-packages is put on sys.path explicitly, computed here at install time.
+define SHIM_WRITER
+import sys, sysconfig
+site = sysconfig.get_path("purelib")
+lines = [
+    "#!" + sys.prefix + "/bin/python3 -IS",
+    "# xvm-cni CNI plugin, written by make install; its code lives in " + sys.prefix,
+    "import sys",
+    "sys.path.insert(0, " + repr(site) + ")",
+    "from xvmcni.cni.main import main",
+    "main()",
+]
+with open(sys.argv[1], "w") as out:
+    out.write("\n".join(lines) + "\n")
+endef
+export SHIM_WRITER
+
+all: dist
+
+install:
+	@test "$$(id -u)" -eq 0 || { echo "make install needs root: sudo make install" >&2; exit 1; }
+	@test -x $(VENV)/bin/python3 || { echo "creating venv $(VENV)"; $(PYTHON) -m venv $(VENV); }
+	$(VENV)/bin/python3 -m pip install -q --disable-pip-version-check .
+	@# Same version number after a code change: make sure the new code replaces the old.
+	$(VENV)/bin/python3 -m pip install -q --disable-pip-version-check --no-deps --force-reinstall .
+	mkdir -p $(CNI_BIN_DIR) $(CNI_CONF_DIR) $(BIN_DIR)
+	@# The plugin: a plain .py file, the fastest entry to start (see SHIM_WRITER above).
+	$(VENV)/bin/python3 -c "$$SHIM_WRITER" $(PLUGIN).tmp
+	chmod 0755 $(PLUGIN).tmp
+	mv -f $(PLUGIN).tmp $(PLUGIN)
+	@if [ -e $(CONF) ]; then \
+	  echo "keeping existing $(CONF)"; \
+	else \
+	  install -m 0644 deploy/10-xvm.conf $(CONF) && echo "installed $(CONF) (edit hostInterface/subnet)"; \
+	fi
+	ln -sfn $(VENV)/bin/xvmctl $(BIN_DIR)/xvmctl
+	@printf '{"cniVersion":"1.0.0"}' | CNI_COMMAND=VERSION $(PLUGIN) >/dev/null \
+	  && echo "installed $(PLUGIN) (answers VERSION)"
+
+uninstall:
+	@test "$$(id -u)" -eq 0 || { echo "make uninstall needs root: sudo make uninstall" >&2; exit 1; }
+	rm -f $(PLUGIN)
+	@if [ -L $(BIN_DIR)/xvmctl ] && [ "$$(readlink $(BIN_DIR)/xvmctl)" = "$(VENV)/bin/xvmctl" ]; then \
+	  rm -f $(BIN_DIR)/xvmctl; echo "removed $(BIN_DIR)/xvmctl"; fi
+	@if [ -e $(CONF) ]; then \
+	  if cmp -s $(CONF) deploy/10-xvm.conf; then rm -f $(CONF); echo "removed $(CONF)"; \
+	  else echo "keeping $(CONF): it differs from deploy/10-xvm.conf (yours?)"; fi; \
+	fi
+	rm -rf $(VENV)
+	@echo "state in /var/lib/cni/xvm-cni (dataDir) is left in place"
+
+# The pinned pyroute2 version, read from pyproject.toml.
+PYROUTE2_VERSION = $(shell $(PYTHON) -c 'import re; print(re.search(r"\"pyroute2==([^\"]+)\"", open("pyproject.toml").read()).group(1))')
+
+dist:
+	@rm -rf $(PYZ_BUILD) && mkdir -p $(PYZ_BUILD) dist
+	$(PYTHON) -m pip install -q --disable-pip-version-check --no-compile --no-deps \
+	  --target $(PYZ_BUILD) pyroute2==$(PYROUTE2_VERSION)
+	@# Only packages go into the archive: no console scripts, no compiled caches.
+	rm -rf $(PYZ_BUILD)/bin
+	$(PYTHON) -c 'import shutil; shutil.copytree("src/xvmcni", "$(PYZ_BUILD)/xvmcni", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))'
+	@$(PYTHON) -c 'import pathlib, sys; n = [str(p) for p in pathlib.Path("$(PYZ_BUILD)").rglob("*") if p.suffix in (".so", ".pyd")]; sys.exit("native code in the archive: " + " ".join(n) if n else 0)'
+	$(PYTHON) -m zipapp $(PYZ_BUILD) -o $(PYZ).tmp -m xvmcni.cni.main:main -p '/usr/bin/env python3' -c
+	chmod 0755 $(PYZ).tmp
+	mv -f $(PYZ).tmp $(PYZ)
+	@printf '{"cniVersion":"1.0.0"}' | CNI_COMMAND=VERSION ./$(PYZ) \
+	  | $(PYTHON) -c 'import json, sys; r = json.load(sys.stdin); assert "supportedVersions" in r, r; print("$(PYZ) answers VERSION:", r["supportedVersions"])'
+	@$(PYTHON) -c 'import sys; sys.path.insert(0, "$(PYZ)"); import pyroute2; assert ".pyz" in pyroute2.__file__'
+	@echo "built $(PYZ) ($$(wc -c < $(PYZ)) bytes, pyroute2 $(PYROUTE2_VERSION))"
+
+test:
+	./test.sh
+
+lint: .venv/bin/ruff
+	.venv/bin/ruff check src tests
+	.venv/bin/mypy
+
+.venv/bin/ruff:
+	./scripts/bootstrap.sh
+
+clean:
+	rm -rf build dist
