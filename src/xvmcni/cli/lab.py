@@ -1,0 +1,682 @@
+"""``xvmctl lab``: several simulated hosts on one machine, wired like a real LAN.
+
+Shape of a lab called ``NAME`` (every object lives in a namespace of its own, the
+root namespace is never touched):
+
+    NAME-sw          underlay switch: bridge br0, multicast snooping off,
+                     one veth port per host (h1, h2, ...)
+    NAME-h<i>        a host: eth0 = 172.30.0.(10+i)/24, MTU 1500, lo up
+    NAME-h<i>-p<j>   a pod, attached to its host by running the real plugin
+                     executable inside the host's namespace
+
+Files live under /run/xvm-cni/lab/NAME/: ``state.json`` (what was created, written
+after every step so ``down`` works after a crash) and one directory per host with
+its CNI config and its own ``dataDir``, so simulated hosts never share state.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from xvmcni.cli import lab_net
+from xvmcni.cli.icmp import DEFAULT_SIZE, PingReply, probe
+from xvmcni.cni.errors import CniError
+from xvmcni.dataplane.netns import entered, open_netns
+
+LAB_ROOT = Path("/run/xvm-cni/lab")
+DEFAULT_NAME = "xvmlab"
+UNDERLAY = ipaddress.IPv4Network("172.30.0.0/24")
+HOST_OFFSET = 10  # host i gets .(10+i): .11, .12, ...
+UNDERLAY_MTU = 1500
+MAX_HOSTS = 200
+MAX_PODS = 50
+POD_IFNAME = "eth0"
+CNI_PATH = "/usr/lib/cni:/opt/cni/bin"
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+PLUGIN_TIMEOUT = 120.0
+STATE_FILE = "state.json"
+# Lower-case letters and digits only: a '-' in the lab name would make
+# "<name>-h1" of one lab look like a lab of its own to the prefix scan.
+_NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,23}$")
+
+# The seed's configuration, verbatim except dataDir (per simulated host).
+XVM_CONFIG: dict[str, Any] = {
+    "cniVersion": "1.0.0",
+    "name": "xvm-network",
+    "type": "xvm-cni",
+    "hostInterface": "eth0",
+    "vxlanID": 10,
+    "mtu": 1500,
+    "subnet": "10.244.0.0/16",
+    "gateway": "10.244.0.1",
+}
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    """Default progress sink for API callers that don't want lines."""
+
+
+class LabError(Exception):
+    """A lab operation failed; ``details`` says what to do about it."""
+
+    def __init__(self, msg: str, details: str = "") -> None:
+        super().__init__(msg)
+        self.msg = msg
+        self.details = details
+
+    def __str__(self) -> str:
+        return f"{self.msg}: {self.details}" if self.details else self.msg
+
+
+class PluginError(LabError):
+    """The plugin exited non-zero; carries the CNI error object it printed."""
+
+    def __init__(self, command: str, pod: str, code: int | None, msg: str,
+                 details: str = "", stderr: str = "", status: int = 1) -> None:
+        super().__init__(f"CNI {command} for pod {pod} failed", msg)
+        self.command = command
+        self.pod = pod
+        self.code = code
+        self.plugin_msg = msg
+        self.plugin_details = details
+        self.stderr = stderr
+        self.status = status
+
+    def __str__(self) -> str:
+        code = f"code {self.code}" if self.code is not None else f"exit status {self.status}"
+        text = f"{self.msg} ({code}): {self.plugin_msg}"
+        if self.plugin_details:
+            text += f" ({self.plugin_details})"
+        return text
+
+
+# ---------------------------------------------------------------------------
+# The lab's description, also its state file.
+
+
+@dataclass
+class Host:
+    name: str               # "h1"
+    netns: str              # "<lab>-h1"
+    underlay: str           # "172.30.0.11/24" on eth0
+    config_path: str = ""
+    data_dir: str = ""
+
+    @property
+    def netns_path(self) -> str:
+        return lab_net.netns_path(self.netns)
+
+
+@dataclass
+class Pod:
+    name: str               # "h1-p1"
+    host: str               # "h1"
+    netns: str              # "<lab>-h1-p1"
+    container_id: str
+    address: str = ""       # the CNI result's ips[0].address, e.g. "10.244.0.2/16"
+    gateway: str = ""
+    mac: str = ""
+    mtu: int = 0
+    attached: bool = False  # an ADD was started: DEL is owed at teardown
+
+    @property
+    def netns_path(self) -> str:
+        return lab_net.netns_path(self.netns)
+
+    @property
+    def ip(self) -> str:
+        return self.address.split("/")[0]
+
+
+@dataclass
+class Lab:
+    name: str
+    plugin: str
+    flavor: str                          # "xvm" (the real plugin) or "bridge" (reference)
+    hosts: list[Host] = field(default_factory=list)
+    pods: list[Pod] = field(default_factory=list)
+    phase: str = "creating"              # creating -> up
+    netns_created: list[str] = field(default_factory=list)
+
+    @property
+    def state_dir(self) -> Path:
+        return lab_dir(self.name)
+
+    @property
+    def switch_netns(self) -> str:
+        return f"{self.name}-sw"
+
+    def host(self, name: str) -> Host:
+        for host in self.hosts:
+            if host.name == name:
+                return host
+        raise KeyError(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Lab:
+        return cls(
+            name=data["name"], plugin=data.get("plugin", ""), flavor=data.get("flavor", "xvm"),
+            hosts=[Host(**h) for h in data.get("hosts", [])],
+            pods=[Pod(**p) for p in data.get("pods", [])],
+            phase=data.get("phase", "creating"),
+            netns_created=list(data.get("netns_created", [])),
+        )
+
+
+def lab_dir(name: str) -> Path:
+    return LAB_ROOT / name
+
+
+def check_name(name: str) -> str:
+    if not _NAME_RE.match(name):
+        raise LabError(f"invalid lab name {name!r}",
+                       "use 1-24 lower-case letters and digits, starting with a letter")
+    return name
+
+
+def _netns_pattern(name: str) -> re.Pattern[str]:
+    return re.compile(rf"^{re.escape(name)}-(sw|h\d+(-p\d+)?)$")
+
+
+def lab_netns(name: str) -> list[str]:
+    """Namespaces that belong to lab ``name`` by their name, whoever made them."""
+    pattern = _netns_pattern(name)
+    return [ns for ns in lab_net.list_netns() if pattern.match(ns)]
+
+
+def load_state(name: str) -> Lab | None:
+    path = lab_dir(name) / STATE_FILE
+    try:
+        return Lab.from_dict(json.loads(path.read_text()))
+    except FileNotFoundError:
+        return None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise LabError(f"state file {path} is damaged", str(exc)) from exc
+
+
+class _State:
+    """Writes state.json atomically after every change (ADDs run in threads)."""
+
+    def __init__(self, lab: Lab) -> None:
+        self.lab = lab
+        self.lock = threading.Lock()
+
+    def save(self) -> None:
+        with self.lock:
+            path = self.lab.state_dir / STATE_FILE
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.lab.to_dict(), indent=2) + "\n")
+            os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------
+# The plugin.
+
+
+def find_plugin(explicit: str | None = None) -> str:
+    """The plugin executable: ``explicit``, else ``xvm-cni`` next to this Python
+    (the venv's bin), else on PATH."""
+    if explicit:
+        path = os.path.abspath(explicit)
+        if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+            raise LabError(f"plugin {explicit!r} is not an executable file")
+        return path
+    # Not resolved: a venv's python is a symlink, its bin/ is what we want.
+    beside = Path(sys.executable).parent / "xvm-cni"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    found = shutil.which("xvm-cni")
+    if found:
+        return os.path.abspath(found)
+    raise LabError("cannot find the xvm-cni plugin executable",
+                   "install the package (pip install -e .) or pass --plugin PATH")
+
+
+def plugin_flavor(plugin: str) -> str:
+    """Which configuration the plugin gets: the reference ``bridge`` plugin (to tell
+    lab problems from plugin problems) or xvm-cni's seed format for anything else."""
+    return "bridge" if os.path.basename(plugin) == "bridge" else "xvm"
+
+
+def host_config(lab: Lab, index: int, host_dir: Path) -> dict[str, Any]:
+    data_dir = str(host_dir / "data")
+    if lab.flavor == "bridge":
+        # Reference plugins: one subnet per host, so only same-host pods meet.
+        return {"cniVersion": "1.0.0", "name": "xvm-lab-reference", "type": "bridge",
+                "bridge": "br0", "isGateway": True,
+                "ipam": {"type": "host-local", "subnet": f"10.88.{index}.0/24",
+                         "dataDir": data_dir}}
+    return {**XVM_CONFIG, "dataDir": data_dir}
+
+
+def run_plugin(lab: Lab, command: str, pod: Pod, config: bytes,
+               timeout: float = PLUGIN_TIMEOUT) -> dict[str, Any] | None:
+    """Run the plugin once, as a runtime would, inside the pod's host namespace.
+
+    The calling thread enters the host namespace and starts the child from there:
+    a child inherits the namespaces of the thread that forks it, so the plugin
+    runs in the host with no Python code between fork and exec (a ``preexec_fn``
+    is unsafe next to other threads) and without ``ip netns exec``, which would
+    remount /sys.
+    """
+    env = {
+        "CNI_COMMAND": command,
+        "CNI_CONTAINERID": pod.container_id,
+        "CNI_NETNS": pod.netns_path,
+        "CNI_IFNAME": POD_IFNAME,
+        "CNI_PATH": CNI_PATH,
+        "PATH": os.environ.get("PATH") or DEFAULT_PATH,
+    }
+    try:
+        host_fd = open_netns(lab.host(pod.host).netns_path)
+    except CniError as exc:
+        raise LabError(f"host namespace of pod {pod.name} is gone", str(exc)) from exc
+    try:
+        with entered(host_fd):
+            proc = subprocess.run([lab.plugin], input=config, env=env, capture_output=True,
+                                  timeout=timeout, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise PluginError(command, pod.name, None, f"no answer within {timeout:.0f} s") from exc
+    except OSError as exc:
+        raise LabError(f"cannot run plugin {lab.plugin}", str(exc)) from exc
+    finally:
+        os.close(host_fd)
+    out = proc.stdout.decode(errors="replace").strip()
+    err = proc.stderr.decode(errors="replace").strip()
+    if proc.returncode != 0:
+        code, msg, details = None, "", ""
+        try:
+            obj = json.loads(out)
+            code, msg, details = obj.get("code"), obj.get("msg", ""), obj.get("details", "")
+        except (ValueError, AttributeError):
+            msg = out or "(no output on stdout)"
+        raise PluginError(command, pod.name, code, str(msg), str(details or ""), err,
+                          proc.returncode)
+    if not out:
+        return None
+    try:
+        result = json.loads(out)
+    except ValueError as exc:
+        raise PluginError(command, pod.name, None, "result is not JSON", out[:200], err) from exc
+    if not isinstance(result, dict):
+        raise PluginError(command, pod.name, None, "result is not a JSON object", out[:200], err)
+    return result
+
+
+def _apply_result(pod: Pod, result: dict[str, Any] | None, config: dict[str, Any]) -> None:
+    ips = (result or {}).get("ips") or []
+    if not ips or not isinstance(ips[0], dict) or "address" not in ips[0]:
+        raise PluginError("ADD", pod.name, None, "result has no ips[0].address",
+                          json.dumps(result)[:300])
+    pod.address = str(ipaddress.ip_interface(ips[0]["address"]))
+    pod.gateway = str(ips[0].get("gateway") or config.get("gateway") or "")
+    for iface in (result or {}).get("interfaces") or []:
+        if isinstance(iface, dict) and iface.get("sandbox") and iface.get("name") == POD_IFNAME:
+            pod.mac = str(iface.get("mac", ""))
+    for link in lab_net.links(pod.netns_path):
+        if link.name == POD_IFNAME:
+            pod.mtu = link.mtu
+
+
+# ---------------------------------------------------------------------------
+# up / down / status
+
+
+def lab_up(name: str = DEFAULT_NAME, hosts: int = 3, pods: int = 2, plugin: str | None = None,
+           progress: Progress = _quiet) -> Lab:
+    """Build the lab and attach every pod; on failure remove what this call made.
+
+    Raises ``LabError`` (``PluginError`` when the plugin refused an ADD).
+    """
+    check_name(name)
+    if not 1 <= hosts <= MAX_HOSTS:
+        raise LabError(f"--hosts {hosts} is out of range", f"allowed: 1..{MAX_HOSTS}")
+    if not 1 <= pods <= MAX_PODS:
+        raise LabError(f"--pods {pods} is out of range", f"allowed: 1..{MAX_PODS}")
+    if os.geteuid() != 0:
+        raise LabError("the lab needs root", "it creates network namespaces")
+    plugin_path = find_plugin(plugin)
+    existing = lab_netns(name)
+    if lab_dir(name).exists() or existing:
+        raise LabError(f"lab {name!r} already exists",
+                       f"remove it first: xvmctl lab down --name {name}")
+
+    lab = Lab(name=name, plugin=plugin_path, flavor=plugin_flavor(plugin_path))
+    lab.state_dir.mkdir(parents=True, mode=0o700)
+    state = _State(lab)
+    state.save()
+    try:
+        _build(lab, state, hosts, pods, progress)
+    except BaseException:
+        # Ctrl-C included: leave nothing half-made behind.
+        progress("cleaning up after the failure")
+        try:
+            lab_down(name, progress=progress)
+        except LabError as exc:
+            progress(f"cleanup incomplete: {exc}")
+        raise
+    return lab
+
+
+def _build(lab: Lab, state: _State, hosts: int, pods: int, progress: Progress) -> None:
+    def make_netns(ns: str) -> str:
+        # Recorded before creation: a crash between the two still gets it removed.
+        lab.netns_created.append(ns)
+        state.save()
+        return lab_net.create_netns(ns)
+
+    started = time.monotonic()
+    switch = make_netns(lab.switch_netns)
+    lab_net.setup_switch(switch)
+    progress(f"switch  {lab.switch_netns}: bridge {lab_net.SWITCH_BRIDGE}, "
+             "multicast snooping off")
+
+    for i in range(1, hosts + 1):
+        host = Host(name=f"h{i}", netns=f"{lab.name}-h{i}",
+                    underlay=f"{UNDERLAY.network_address + HOST_OFFSET + i}/{UNDERLAY.prefixlen}")
+        host_dir = lab.state_dir / host.name
+        (host_dir / "data").mkdir(parents=True)
+        config = host_config(lab, i, host_dir)
+        host.config_path = str(host_dir / ("10-xvm.conf" if lab.flavor == "xvm"
+                                           else "10-reference.conf"))
+        host.data_dir = str(config.get("dataDir") or config["ipam"]["dataDir"])
+        Path(host.config_path).write_text(json.dumps(config, indent=2) + "\n")
+        lab.hosts.append(host)
+        path = make_netns(host.netns)
+        lab_net.connect_host(switch, path, host.name, ipaddress.IPv4Interface(host.underlay),
+                             UNDERLAY_MTU)
+        progress(f"host    {host.netns}: eth0 {host.underlay} on switch port {host.name}, "
+                 f"config {host.config_path}")
+
+    for host in lab.hosts:
+        for j in range(1, pods + 1):
+            pod = Pod(name=f"{host.name}-p{j}", host=host.name, netns=f"{host.netns}-p{j}",
+                      container_id=f"{lab.name}-{host.name}-p{j}")
+            lab.pods.append(pod)
+            lab_net.bring_up_lo(make_netns(pod.netns))
+    progress(f"pods    {len(lab.pods)} namespaces created ({lab.name}-h<i>-p<j>)")
+
+    _attach_all(lab, state, progress)
+    lab.phase = "up"
+    state.save()
+    progress(f"lab {lab.name} is up ({time.monotonic() - started:.1f} s)")
+
+
+def _attach_all(lab: Lab, state: _State, progress: Progress) -> None:
+    """ADD every pod: hosts in parallel (they are separate machines), pods of one
+    host one after another (as a runtime starting containers would)."""
+    plugin_name = os.path.basename(lab.plugin)
+
+    def attach_host(host: Host) -> None:
+        config_text = Path(host.config_path).read_text()
+        config = json.loads(config_text)
+        for pod in (p for p in lab.pods if p.host == host.name):
+            pod.attached = True
+            state.save()
+            began = time.monotonic()
+            result = run_plugin(lab, "ADD", pod, config_text.encode())
+            _apply_result(pod, result, config)
+            state.save()
+            progress(f"attach  {pod.name}: {plugin_name} ADD -> {pod.address} "
+                     f"({(time.monotonic() - began) * 1000:.0f} ms)")
+
+    with ThreadPoolExecutor(max_workers=min(8, len(lab.hosts))) as pool:
+        futures = [pool.submit(attach_host, host) for host in lab.hosts]
+        errors = [f.exception() for f in futures]
+    for exc in errors:
+        if exc is not None:
+            raise exc
+
+
+@dataclass
+class DownReport:
+    deleted: list[str] = field(default_factory=list)       # pods whose DEL succeeded
+    del_failures: list[str] = field(default_factory=list)
+    removed_netns: list[str] = field(default_factory=list)
+    removed_dir: bool = False
+    leftovers: list[str] = field(default_factory=list)
+
+    @property
+    def clean(self) -> bool:
+        return not self.leftovers
+
+
+def lab_down(name: str = DEFAULT_NAME, plugin: str | None = None,
+             progress: Progress = _quiet) -> DownReport:
+    """Remove lab ``name``: CNI DEL for every pod through the plugin, then the
+    namespaces (by state file and by name prefix), then the files.
+
+    Works on half-made labs and without a state file. A failing DEL is reported
+    and teardown goes on: deleting the namespaces removes what the plugin made.
+    """
+    check_name(name)
+    if os.geteuid() != 0:
+        raise LabError("the lab needs root", "it removes network namespaces")
+    report = DownReport()
+    try:
+        lab = load_state(name)
+    except LabError as exc:
+        progress(f"warning: {exc}; removing by name instead")
+        lab = None
+    present = set(lab_netns(name))
+    if lab is None and not present and not lab_dir(name).exists():
+        return report
+
+    if lab is None:
+        lab = _lab_from_names(name, present)
+    if plugin or not lab.plugin:
+        try:
+            lab.plugin = find_plugin(plugin)
+        except LabError as exc:
+            progress(f"warning: {exc}; skipping CNI DEL")
+
+    def detach_host(host: Host) -> None:
+        if host.netns not in present:
+            return  # host gone: whatever the plugin made there went with it
+        try:
+            config = Path(host.config_path).read_bytes()
+        except OSError as exc:
+            progress(f"detach  {host.name}: no CNI config ({exc.strerror}), skipping DEL")
+            return
+        for pod in lab.pods:
+            if pod.host != host.name or not pod.attached:
+                continue
+            try:
+                run_plugin(lab, "DEL", pod, config)
+                report.deleted.append(pod.name)
+                progress(f"detach  {pod.name}: {os.path.basename(lab.plugin)} DEL ok")
+            except LabError as exc:
+                report.del_failures.append(f"{pod.name}: {exc}")
+                progress(f"detach  {pod.name}: DEL FAILED: {exc}")
+
+    if lab.plugin and lab.hosts:
+        # Hosts in parallel, like up; list.append is atomic, so the report is safe.
+        with ThreadPoolExecutor(max_workers=min(8, len(lab.hosts))) as pool:
+            for future in [pool.submit(detach_host, host) for host in lab.hosts]:
+                future.result()
+
+    # Pods before hosts before the switch: the reverse of creation.
+    names = set(lab.netns_created) | present
+    for ns in sorted(names, key=lambda n: (-n.count("-"), n)):
+        if lab_net.remove_netns(ns):
+            report.removed_netns.append(ns)
+    if report.removed_netns:
+        progress(f"netns   removed {len(report.removed_netns)}: "
+                 + " ".join(sorted(report.removed_netns)))
+    if lab_dir(name).exists():
+        shutil.rmtree(lab_dir(name))
+        report.removed_dir = True
+        progress(f"files   removed {lab_dir(name)}")
+
+    report.leftovers = lab_netns(name) + ([str(lab_dir(name))] if lab_dir(name).exists() else [])
+    return report
+
+
+def _lab_from_names(name: str, present: set[str]) -> Lab:
+    """Rebuild enough of a lab from namespace names (no state file) to send DELs:
+    container IDs and config paths are derived from names the same way up does."""
+    lab = Lab(name=name, plugin="", flavor="xvm", phase="unknown")
+    hosts: dict[str, Host] = {}
+    for ns in sorted(present):
+        match = re.match(rf"^{re.escape(name)}-(h\d+)(-p\d+)?$", ns)
+        if not match:
+            continue
+        host_name = match.group(1)
+        if host_name not in hosts:
+            host_dir = lab_dir(name) / host_name
+            config = next(iter(sorted(host_dir.glob("10-*.conf"))), host_dir / "10-xvm.conf")
+            hosts[host_name] = Host(name=host_name, netns=f"{name}-{host_name}", underlay="",
+                                    config_path=str(config))
+        if match.group(2):
+            lab.pods.append(Pod(name=f"{host_name}{match.group(2)}", host=host_name, netns=ns,
+                                container_id=f"{name}-{host_name}{match.group(2)}",
+                                attached=True))
+    lab.hosts = list(hosts.values())
+    return lab
+
+
+@dataclass
+class NsStatus:
+    netns: str
+    exists: bool
+    links: list[lab_net.LinkInfo] = field(default_factory=list)
+    error: str = ""
+
+
+@dataclass
+class LabStatus:
+    name: str
+    lab: Lab | None                    # from the state file
+    state_error: str = ""
+    namespaces: list[NsStatus] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+
+
+def known_labs() -> list[str]:
+    """Labs that have a state directory or at least one namespace named like a lab's."""
+    names: set[str] = set()
+    if LAB_ROOT.is_dir():
+        names.update(p.name for p in LAB_ROOT.iterdir() if p.is_dir() and _NAME_RE.match(p.name))
+    for ns in lab_net.list_netns():
+        match = re.match(r"^([a-z][a-z0-9]*)-(sw|h\d+(-p\d+)?)$", ns)
+        if match:
+            names.add(match.group(1))
+    return sorted(names)
+
+
+def lab_status(name: str) -> LabStatus:
+    """What exists of lab ``name`` right now: state file, namespaces with their
+    links and addresses (read live from the kernel), files."""
+    check_name(name)
+    status = LabStatus(name=name, lab=None)
+    try:
+        status.lab = load_state(name)
+    except LabError as exc:
+        status.state_error = str(exc)
+    expected = set(status.lab.netns_created) if status.lab else set()
+    present = set(lab_netns(name))
+    for ns in sorted(expected | present, key=_ns_order):
+        entry = NsStatus(netns=ns, exists=ns in present)
+        if entry.exists:
+            try:
+                entry.links = lab_net.links(lab_net.netns_path(ns))
+            except (lab_net.NetnsError, OSError) as exc:
+                entry.error = str(exc)
+        status.namespaces.append(entry)
+    if lab_dir(name).is_dir():
+        status.files = sorted(str(p) for p in lab_dir(name).rglob("*") if p.is_file())
+    return status
+
+
+def _ns_order(ns: str) -> tuple[int, ...]:
+    """switch, then h1, h1-p1, h1-p2, h2, ... (numeric, not lexical: h10 after h9)."""
+    match = re.search(r"-h(\d+)(?:-p(\d+))?$", ns)
+    if not match:
+        return (0,)
+    return (1, int(match.group(1)), int(match.group(2) or 0))
+
+
+def load_lab(name: str = DEFAULT_NAME) -> Lab:
+    """The lab as ``up`` recorded it (for the API and ``xvmctl`` commands)."""
+    lab = load_state(check_name(name))
+    if lab is None:
+        raise LabError(f"lab {name!r} does not exist", f"create it: xvmctl lab up --name {name}")
+    return lab
+
+
+# ---------------------------------------------------------------------------
+# Connectivity.
+
+GATEWAY = "gateway"
+
+
+@dataclass
+class Matrix:
+    """ICMP results: rows are source pods, columns the pods plus ``gateway``."""
+
+    rows: list[str]
+    columns: list[str]
+    targets: dict[tuple[str, str], str]          # (src, column) -> address probed
+    cells: dict[tuple[str, str], PingReply]
+    size: int = DEFAULT_SIZE
+    df: bool = False
+
+    @property
+    def total(self) -> int:
+        return len(self.cells)
+
+    @property
+    def reachable(self) -> int:
+        return sum(1 for reply in self.cells.values() if reply.ok)
+
+    @property
+    def ok(self) -> bool:
+        return self.reachable == self.total
+
+    def failures(self) -> list[tuple[str, str, str, PingReply]]:
+        return [(src, col, self.targets[(src, col)], reply)
+                for (src, col), reply in sorted(self.cells.items()) if not reply.ok]
+
+
+def ping_matrix(lab: Lab, *, size: int = DEFAULT_SIZE, df: bool = False,
+                timeout: float = 1.0, tries: int = 3, workers: int = 32) -> Matrix:
+    """Every pod pings every other pod and its gateway, pairs in parallel threads
+    (each thread enters its source pod's namespace and owns its socket)."""
+    pods = [p for p in lab.pods if p.address]
+    targets: dict[tuple[str, str], str] = {}
+    for src in pods:
+        for dst in pods:
+            if dst is not src:
+                targets[(src.name, dst.name)] = dst.ip
+        if src.gateway:
+            targets[(src.name, GATEWAY)] = src.gateway
+    paths = {p.name: p.netns_path for p in pods}
+
+    def one(key: tuple[str, str]) -> PingReply:
+        return probe(paths[key[0]], targets[key], size=size, df=df, timeout=timeout,
+                     tries=tries)
+
+    keys = list(targets)
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(keys)))) as pool:
+        replies = list(pool.map(one, keys))
+    columns = [p.name for p in pods] + ([GATEWAY] if any(p.gateway for p in pods) else [])
+    return Matrix(rows=[p.name for p in pods], columns=columns, targets=targets,
+                  cells=dict(zip(keys, replies, strict=True)), size=size, df=df)

@@ -1,0 +1,179 @@
+"""Text rendering for ``xvmctl lab``: the pod table, the ping matrix, status.
+
+Pure functions from lab objects to strings, so the layout is testable without
+namespaces. Symbols fall back to ASCII when the terminal can't encode them, and
+colour is used only on a TTY without NO_COLOR.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import TextIO
+
+from xvmcni.cli.lab import GATEWAY, Lab, LabStatus, Matrix, lab_dir
+
+MAX_FAILURES_SHOWN = 10
+_ANSI = re.compile(r"\033\[[0-9;]*m")
+
+
+@dataclass
+class Style:
+    ok: str = "✓"
+    bad: str = "✗"
+    self_: str = "·"
+    times: str = "\u00d7"  # multiplication sign
+    color: bool = False
+
+    def green(self, text: str) -> str:
+        return f"\033[32m{text}\033[0m" if self.color else text
+
+    def red(self, text: str) -> str:
+        return f"\033[1;31m{text}\033[0m" if self.color else text
+
+    def bold(self, text: str) -> str:
+        return f"\033[1m{text}\033[0m" if self.color else text
+
+    def dim(self, text: str) -> str:
+        return f"\033[2m{text}\033[0m" if self.color else text
+
+
+def style_for(stream: TextIO) -> Style:
+    encoding = getattr(stream, "encoding", None) or "ascii"
+    try:
+        (Style.ok + Style.bad + Style.self_ + Style.times).encode(encoding)
+        style = Style()
+    except (UnicodeEncodeError, LookupError):
+        style = Style(ok="ok", bad="--", self_=".", times="x")
+    isatty = getattr(stream, "isatty", None)
+    style.color = bool(isatty and isatty()) and "NO_COLOR" not in os.environ \
+        and os.environ.get("TERM") != "dumb"
+    return style
+
+
+def _visible(text: str) -> int:
+    return len(_ANSI.sub("", text))
+
+
+def _table(header: list[str], rows: list[list[str]], indent: str = "  ") -> list[str]:
+    """Left-aligned columns two spaces apart, padded by visible width (colour codes
+    take no room on screen)."""
+    widths = [max(_visible(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = []
+    for row in [header, *rows]:
+        cells = [cell + " " * (w - _visible(cell)) for cell, w in zip(row, widths, strict=True)]
+        lines.append((indent + "  ".join(cells)).rstrip())
+    return lines
+
+
+def render_summary(lab: Lab, style: Style) -> str:
+    pods_per_host = len(lab.pods) // max(1, len(lab.hosts))
+    plugin = os.path.basename(lab.plugin)
+    lines = [
+        style.bold(f"Lab {lab.name}: {len(lab.hosts)} hosts {style.times} {pods_per_host} pods")
+        + f"   plugin {plugin} ({lab.plugin})",
+        f"  underlay 172.30.0.0/24 on switch netns {lab.switch_netns} "
+        "(bridge br0, multicast snooping off)",
+    ]
+    if lab.flavor == "xvm":
+        lines.append("  network xvm-network 10.244.0.0/16, gateway 10.244.0.1 (anycast on "
+                     "every host), VXLAN 10 over eth0")
+    else:
+        lines.append("  reference bridge plugin: one 10.88.<host>.0/24 per host, "
+                     "no cross-host network")
+    lines.append("")
+    rows = []
+    for host in lab.hosts:
+        first = True
+        for pod in (p for p in lab.pods if p.host == host.name):
+            rows.append([host.name if first else "", host.underlay if first else "",
+                         pod.name, pod.netns, pod.address or "-", pod.gateway or "-",
+                         str(pod.mtu or "-"), pod.mac or "-"])
+            first = False
+    lines += _table(["HOST", "UNDERLAY eth0", "POD", "NETNS", "ADDRESS", "GATEWAY", "MTU",
+                     "MAC"], rows)
+    return "\n".join(lines)
+
+
+def render_matrix(matrix: Matrix, style: Style) -> str:
+    what = f"ICMP echo, {matrix.size} bytes" + (", DF set" if matrix.df else "")
+    lines = [style.bold("Reachability") + f"  ({what}; row = from, column = to)", ""]
+    widths = {c: max(len(c), 2) for c in matrix.columns}
+    first_w = max([len(r) for r in matrix.rows] + [len("from")])
+    head = "  " + "".ljust(first_w) + "  " + "  ".join(c.center(widths[c])
+                                                      for c in matrix.columns)
+    lines.append(head.rstrip())
+    for src in matrix.rows:
+        cells = []
+        for col in matrix.columns:
+            reply = matrix.cells.get((src, col))
+            if reply is None:
+                text, paint = style.self_, style.dim
+            elif reply.ok:
+                text, paint = style.ok, style.green
+            else:
+                text, paint = style.bad, style.red
+            # Pad before colouring: escape codes have no width on screen.
+            cells.append(paint(text.center(widths[col])))
+        lines.append("  " + src.ljust(first_w) + "  " + "  ".join(cells))
+    lines.append("")
+    rtts = [r.rtt_ms for r in matrix.cells.values() if r.ok and r.rtt_ms is not None]
+    summary = f"{matrix.reachable}/{matrix.total} reachable"
+    if rtts:
+        summary += f"   rtt min/max {min(rtts):.2f}/{max(rtts):.2f} ms"
+    lines.append("  " + (style.green(summary) if matrix.ok else style.red(summary)))
+    failures = matrix.failures()
+    for src, col, addr, reply in failures[:MAX_FAILURES_SHOWN]:
+        target = f"{col} ({addr})" if col == GATEWAY else f"{col} {addr}"
+        lines.append(f"  {style.bad} {src} -> {target}: {reply.error or 'no reply'}"
+                     f" after {reply.tries} tries")
+    return "\n".join(lines)
+
+
+def _role(lab: Lab | None, ns: str) -> str:
+    if ns.endswith("-sw"):
+        return "switch"
+    if lab is not None:
+        for pod in lab.pods:
+            if pod.netns == ns:
+                return f"pod {pod.name}"
+        for host in lab.hosts:
+            if host.netns == ns:
+                return f"host {host.name}"
+    return ""
+
+
+def render_status(status: LabStatus, style: Style) -> str:
+    """One row per link, grouped by namespace: what the kernel has right now."""
+    lab = status.lab
+    title = style.bold(f"Lab {status.name}")
+    if lab is not None:
+        title += f"  {lab.phase}, plugin {lab.plugin or '?'}"
+    elif status.state_error:
+        title += "  " + style.red(status.state_error)
+    else:
+        title += "  no state file (leftovers of a crashed run?)"
+    if status.files:
+        title += f", {len(status.files)} files under {lab_dir(status.name)}"
+    lines = [title]
+    if not status.namespaces:
+        lines.append("  no namespaces" + ("" if status.files else ", no files: nothing exists"))
+        return "\n".join(lines)
+    rows = []
+    for ns in status.namespaces:
+        role = _role(lab, ns.netns)
+        if not ns.exists or ns.error:
+            rows.append([ns.netns, role, style.red(ns.error or "missing"), "", "", "", ""])
+            continue
+        shown = [link for link in ns.links if link.name != "lo"]
+        if not shown:
+            rows.append([ns.netns, role, "(no links)", "", "", "", ""])
+        for i, link in enumerate(shown):
+            where = " ".join(link.addresses) or (f"master {link.master}" if link.master else "")
+            rows.append([ns.netns if i == 0 else "", role if i == 0 else "", link.name,
+                         link.kind or "-", "up" if link.up else style.red("DOWN"),
+                         str(link.mtu), where])
+    lines += _table(["NETNS", "ROLE", "LINK", "KIND", "STATE", "MTU", "ADDRESS / MASTER"],
+                    rows)
+    return "\n".join(lines)

@@ -1,0 +1,175 @@
+"""``xvmctl``: the operator's command. Subcommands register themselves on one parser.
+
+Today: ``lab up|down|status``. Another subcommand is one more ``add_*`` function
+in ``build_parser`` that sets ``func`` on its parser.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+from xvmcni.cli import lab as labmod
+from xvmcni.cli import lab_view
+
+EXIT_OK = 0
+EXIT_FAIL = 1          # an operation failed (plugin error, lab exists, not root, ...)
+EXIT_UNREACHABLE = 3   # the lab is up but some pairs cannot reach each other
+
+
+def _lab_name(text: str) -> str:
+    try:
+        return labmod.check_name(text)
+    except labmod.LabError as exc:
+        raise argparse.ArgumentTypeError(f"{exc.msg} ({exc.details})") from exc
+
+
+def _stderr_progress(name: str) -> Callable[[str], None]:
+    """One line per step on stderr, with elapsed time; a lock keeps lines from the
+    parallel ADD threads whole."""
+    started = time.monotonic()
+    lock = threading.Lock()
+    style = lab_view.style_for(sys.stderr)
+
+    def emit(line: str) -> None:
+        with lock:
+            stamp = style.dim(f"[{time.monotonic() - started:5.1f}s]")
+            print(f"{stamp} {name}: {line}", file=sys.stderr, flush=True)
+
+    return emit
+
+
+def _error(exc: labmod.LabError) -> int:
+    style = lab_view.style_for(sys.stderr)
+    print(style.red("error: ") + exc.msg, file=sys.stderr)
+    if isinstance(exc, labmod.PluginError):
+        code = f"{exc.code}" if exc.code is not None else f"none (exit status {exc.status})"
+        print(f"  plugin said: {exc.plugin_msg}", file=sys.stderr)
+        if exc.plugin_details:
+            print(f"  details:     {exc.plugin_details}", file=sys.stderr)
+        print(f"  CNI code:    {code}", file=sys.stderr)
+        if exc.stderr:
+            print("  plugin stderr:", file=sys.stderr)
+            for line in exc.stderr.splitlines()[-20:]:
+                print(f"    {line}", file=sys.stderr)
+    elif exc.details:
+        print(f"  {exc.details}", file=sys.stderr)
+    return EXIT_FAIL
+
+
+def cmd_lab_up(args: argparse.Namespace) -> int:
+    progress = _stderr_progress(args.name)
+    try:
+        lab = labmod.lab_up(args.name, args.hosts, args.pods, plugin=args.plugin,
+                            progress=progress)
+    except labmod.LabError as exc:
+        return _error(exc)
+    progress(f"pinging {len(lab.pods)} pods pairwise and their gateway")
+    matrix = labmod.ping_matrix(lab)
+    style = lab_view.style_for(sys.stdout)
+    print()
+    print(lab_view.render_summary(lab, style))
+    print()
+    print(lab_view.render_matrix(matrix, style))
+    print()
+    first = lab.pods[0] if lab.pods else None
+    if first is not None:
+        print(style.dim(f"  explore: ip netns exec {first.netns} ip addr    "
+                        f"status: xvmctl lab status --name {lab.name}    "
+                        f"remove: xvmctl lab down --name {lab.name}"))
+    return EXIT_OK if matrix.ok else EXIT_UNREACHABLE
+
+
+def cmd_lab_down(args: argparse.Namespace) -> int:
+    progress = _stderr_progress(args.name)
+    try:
+        report = labmod.lab_down(args.name, plugin=args.plugin, progress=progress)
+    except labmod.LabError as exc:
+        return _error(exc)
+    style = lab_view.style_for(sys.stdout)
+    if not (report.removed_netns or report.removed_dir or report.deleted):
+        print(f"lab {args.name}: nothing to remove")
+        return EXIT_OK
+    if report.leftovers:
+        print(style.red(f"lab {args.name}: left behind: ") + " ".join(report.leftovers))
+        return EXIT_FAIL
+    note = ""
+    if report.del_failures:
+        note = style.red(f" ({len(report.del_failures)} CNI DEL failed, see above)")
+    print(f"lab {args.name} removed: {len(report.deleted)} pods detached, "
+          f"{len(report.removed_netns)} namespaces and {labmod.lab_dir(args.name)} deleted" + note)
+    return EXIT_OK
+
+
+def cmd_lab_status(args: argparse.Namespace) -> int:
+    names = [args.name] if args.name else labmod.known_labs()
+    style = lab_view.style_for(sys.stdout)
+    if not names:
+        print("no labs (create one: xvmctl lab up)")
+        return EXIT_OK
+    try:
+        for i, name in enumerate(names):
+            if i:
+                print()
+            print(lab_view.render_status(labmod.lab_status(name), style))
+    except labmod.LabError as exc:
+        return _error(exc)
+    return EXIT_OK
+
+
+def add_lab(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    lab = sub.add_parser(
+        "lab", help="a multi-host cluster simulated with network namespaces",
+        description="Simulated hosts on one machine: one netns per host joined by an "
+                    "isolated underlay switch, pods attached by the real plugin.")
+    lab_sub = lab.add_subparsers(dest="lab_command", metavar="{up,down,status}", required=True)
+
+    def name_arg(p: argparse.ArgumentParser, default: str | None) -> None:
+        p.add_argument("--name", default=default, type=_lab_name,
+                       help=f"lab name, lower-case letters and digits (default: "
+                            f"{default or 'all labs'})")
+
+    up = lab_sub.add_parser("up", help="create hosts and pods, then test reachability")
+    up.add_argument("--hosts", type=int, default=3, help="simulated hosts (default: 3)")
+    up.add_argument("--pods", type=int, default=2, help="pods per host (default: 2)")
+    name_arg(up, labmod.DEFAULT_NAME)
+    up.add_argument("--plugin", metavar="PATH",
+                    help="plugin executable (default: xvm-cni next to this Python, else "
+                         "PATH); a file named 'bridge' gets a reference bridge+host-local "
+                         "config instead")
+    up.set_defaults(func=cmd_lab_up)
+
+    down = lab_sub.add_parser("down", help="detach every pod (CNI DEL), remove everything")
+    name_arg(down, labmod.DEFAULT_NAME)
+    down.add_argument("--plugin", metavar="PATH",
+                      help="plugin for CNI DEL (default: the one recorded by up)")
+    down.set_defaults(func=cmd_lab_down)
+
+    status = lab_sub.add_parser("status", help="show what exists of a lab, or of all labs")
+    name_arg(status, None)
+    status.set_defaults(func=cmd_lab_status)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="xvmctl",
+                                     description="Operate xvm-cni networks.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    add_lab(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        sys.exit(func(args))
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
