@@ -59,8 +59,10 @@ def pool() -> AddressPool:
 
 
 def attach(store: IpamStore, pool: AddressPool | None, cid: str, ifname: str = "eth0",
-           **kwargs: object) -> tuple[Attachment, bool]:
-    return store.attach(Attachment(container_id=cid, ifname=ifname), pool, **kwargs)  # type: ignore[arg-type]
+           requested: list[IPv4Address] | None = None,
+           prefixlen: int | None = None) -> tuple[Attachment, bool]:
+    return store.attach(Attachment(container_id=cid, ifname=ifname), pool,
+                        requested=requested, prefixlen=prefixlen)
 
 
 def address_of(att: Attachment) -> IPv4Address:

@@ -125,7 +125,6 @@ class IpamStore:
         deadline = time.monotonic() + self.timeout
         while True:
             try:
-                self._conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
                 self._conn.execute("PRAGMA foreign_keys = ON")
                 mode = self._conn.execute("PRAGMA journal_mode").fetchone()[0]
                 if str(mode).lower() != "wal":
