@@ -24,9 +24,12 @@ def lookup(ipr: Any, name: str) -> HostInterface:
     if link is None:
         raise CniError(INVALID_CONFIG, f"hostInterface {name!r} does not exist on this host",
                        "set hostInterface to the interface that carries traffic between hosts")
-    addresses = ipv4_addresses(ipr, link["index"])
+    # A loopback address can never reach another host, so it does not count.
+    addresses = [a for a in ipv4_addresses(ipr, link["index"])
+                 if not ipaddress.IPv4Address(a[0]).is_loopback]
     if not addresses:
-        raise CniError(INVALID_CONFIG, f"hostInterface {name!r} has no IPv4 address",
+        raise CniError(INVALID_CONFIG, f"hostInterface {name!r} has no IPv4 address "
+                       "other hosts can reach",
                        "VXLAN needs the host's IPv4 address as its tunnel source")
     # The first (primary) address is the VTEP source, as the kernel would pick it.
     return HostInterface(
