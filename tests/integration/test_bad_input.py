@@ -83,7 +83,7 @@ def test_missing_environment(host: Host, missing: str) -> None:
 def test_existing_interface_in_container_is_rolled_back(host: Host) -> None:
     """A failure after allocation undoes the allocation and the devices."""
     pod = host.new_pod()
-    ip("-n", pod.rsplit("/", 1)[1], "link", "add", "eth0", "type", "dummy")
+    ip("-n", pod.rsplit("/", 1)[1], "link", "add", "eth0", "type", "bridge")
     before = host.snapshot()
     res = host.cni("ADD", host.config(), "dup", pod)
     assert res.rc == 1 and res.out and res.out["code"] == 4
