@@ -228,9 +228,10 @@ def _add_locked(request: Request, config: NetworkConfig, spec: l2net.L2Spec, hos
     log.info("ADD %s/%s: %s on %s", request.container_id[:12], request.ifname,
              ", ".join(map(str, attachment.addresses)), host_name)
     result = Result(
-        interfaces=[Interface(spec.bridge, spec.gateway_mac),
-                    Interface(host_name, pair.host_mac),
-                    Interface(request.ifname, pair.container_mac, sandbox=request.netns)],
+        interfaces=[Interface(spec.bridge, spec.gateway_mac, mtu=spec.mtu),
+                    Interface(host_name, pair.host_mac, mtu=spec.mtu),
+                    Interface(request.ifname, pair.container_mac, sandbox=request.netns,
+                              mtu=spec.mtu)],
         ips=[IPConfig(addr, config.gateway, CONTAINER_INTERFACE_INDEX)
              for addr in attachment.addresses],
         routes=_container_routes(config),

@@ -77,7 +77,10 @@ def _get(raw: dict[str, Any], key: str, kind: type | tuple[type, ...], default: 
     if isinstance(value, bool) and kind is not bool:
         raise _fail(f"{key!r} must be {_kind_name(kind)}, got a boolean")
     if not isinstance(value, kind):
-        raise _fail(f"{key!r} must be {_kind_name(kind)}, got {type(value).__name__}")
+        got = {str: "a string", float: "a fraction", list: "a list", dict: "an object",
+               int: "a number", bool: "a boolean"}.get(type(value), type(value).__name__)
+        wanted = "a whole number" if kind is int else _kind_name(kind)
+        raise _fail(f"{key!r} must be {wanted}, got {got}: {value!r}")
     return value
 
 

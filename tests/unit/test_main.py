@@ -107,9 +107,6 @@ def test_errors_are_one_json_object(environ: dict[str, str], stdin: bytes, code:
     assert "Traceback" not in text
 
 
-@pytest.mark.xfail(strict=True, reason="main.py:32-35: when from_environ() rejects the "
-                   "environment after stdin parsed fine, run() still reports cniVersion "
-                   "'1.0.0'; the spec says the error carries the configuration's version")
 def test_environment_error_carries_the_callers_version() -> None:
     status, reply, _ = run({"CNI_COMMAND": "ADD", "CNI_NETNS": "/n", "CNI_IFNAME": "eth0"},
                            config("0.4.0"))

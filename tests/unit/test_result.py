@@ -151,9 +151,6 @@ def test_empty_result() -> None:
     assert Result.from_dict({"cniVersion": "1.0.0"}) == Result()
 
 
-@pytest.mark.xfail(strict=True, reason="result.py _interface_dict (line 161) never writes "
-                   "Interface.mtu, which CNI 1.1.0 results carry; from_dict reads it, so "
-                   "a 1.1.0 round trip loses the MTU")
 def test_interface_mtu_in_1_1_0() -> None:
     result = Result(interfaces=[Interface("eth0", mac="0a:58:0a:f4:0b:05", mtu=1450)])
     assert result.to_dict("1.1.0")["interfaces"] == [

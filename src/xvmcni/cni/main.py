@@ -29,7 +29,8 @@ def emit(out: TextIO, payload: dict[str, Any] | None) -> None:
 
 def run(environ: dict[str, str], stdin: bytes, out: TextIO) -> int:
     """One invocation; returns the exit status. Separate from ``main`` for tests."""
-    cni_version = "1.0.0"
+    # Errors repeat the caller's version, even when the environment is what is wrong.
+    cni_version = _declared_version(stdin)
     try:
         request = from_environ(environ, stdin)
         cni_version = request.cni_version
@@ -45,6 +46,14 @@ def run(environ: dict[str, str], stdin: bytes, out: TextIO) -> int:
     except Exception as exc:  # noqa: BLE001 - the runtime must get JSON, not a traceback
         emit(out, CniError(INTERNAL, "internal error in xvm-cni", repr(exc)).to_dict(cni_version))
         return 1
+
+
+def _declared_version(stdin: bytes) -> str:
+    try:
+        version = json.loads(stdin).get("cniVersion", "0.1.0")
+    except (ValueError, AttributeError):
+        return "1.0.0"  # no usable config: answer in the newest stable format
+    return version if isinstance(version, str) else "1.0.0"
 
 
 def dispatch(request: Request) -> dict[str, Any] | None:

@@ -70,7 +70,7 @@ class Result:
             return self._legacy_dict(version)
         out: dict[str, Any] = {"cniVersion": version}
         if self.interfaces:
-            out["interfaces"] = [_interface_dict(i) for i in self.interfaces]
+            out["interfaces"] = [_interface_dict(i, version) for i in self.interfaces]
         ips = []
         for ip in self.ips:
             entry: dict[str, Any] = {}
@@ -158,10 +158,12 @@ class Result:
         return result
 
 
-def _interface_dict(iface: Interface) -> dict[str, Any]:
+def _interface_dict(iface: Interface, version: str) -> dict[str, Any]:
     out: dict[str, Any] = {"name": iface.name}
     if iface.mac:
         out["mac"] = iface.mac
+    if iface.mtu and version_tuple(version) >= (1, 1, 0):  # "mtu" arrived in CNI 1.1
+        out["mtu"] = iface.mtu
     if iface.sandbox:
         out["sandbox"] = iface.sandbox
     return out
