@@ -484,7 +484,7 @@ def lab_down(name: str = DEFAULT_NAME, plugin: str | None = None,
         lab = _lab_from_names(name, present)
     if plugin or not lab.plugin:
         try:
-            lab.plugin = find_plugin(plugin)
+            lab.plugin = find_plugin(plugin) if plugin else _plugin_from_configs(lab)
         except LabError as exc:
             progress(f"warning: {exc}; skipping CNI DEL")
 
@@ -528,6 +528,24 @@ def lab_down(name: str = DEFAULT_NAME, plugin: str | None = None,
 
     report.leftovers = lab_netns(name) + ([str(lab_dir(name))] if lab_dir(name).exists() else [])
     return report
+
+
+def _plugin_from_configs(lab: Lab) -> str:
+    """Without a state file, pick the plugin the way a runtime does: by the config's
+    ``type``, xvm-cni where ``find_plugin`` looks, anything else in CNI_PATH."""
+    for host in lab.hosts:
+        try:
+            kind = json.loads(Path(host.config_path).read_text()).get("type")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if kind == "xvm-cni" or not isinstance(kind, str):
+            break
+        for directory in CNI_PATH.split(":"):
+            candidate = os.path.join(directory, os.path.basename(kind))
+            if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+                return candidate
+        raise LabError(f"plugin {kind!r} not found in {CNI_PATH}")
+    return find_plugin()
 
 
 def _lab_from_names(name: str, present: set[str]) -> Lab:
