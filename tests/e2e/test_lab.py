@@ -238,6 +238,8 @@ def test_cli_up_status_down_leaves_nothing() -> None:
         if labmod.plugin_flavor(lab_plugin() or "xvm-cni") == "xvm":
             assert up.returncode == 0, up.stdout + up.stderr
             assert "4/4 reachable" in up.stdout
+            assert "path MTU  1450-byte packets with DF set, host to host (first pods): 2/2" \
+                in up.stdout
         else:  # reference plugin: each pod reaches its gateway only; exit 3 says so
             assert up.returncode == 3, up.stdout + up.stderr
             assert "2/4 reachable" in up.stdout
@@ -293,6 +295,30 @@ def test_lab_down_cleans_up_a_lab_killed_half_way() -> None:
         report = labmod.lab_down(name)
     assert report.clean, report.leftovers
     assert leftovers(name) == []
+
+
+def test_sigterm_during_up_removes_the_half_made_lab() -> None:
+    name = unique_lab_name("t")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "xvmcni.cli.xvmctl", "lab", "up", "--name", name,
+         "--hosts", "3", "--pods", "2", *plugin_args()],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if f"host    {name}-h2" in line:
+                proc.send_signal(signal.SIGTERM)
+                break
+        rest = proc.stderr.read()
+        proc.wait(timeout=60)
+        assert proc.returncode == 128 + signal.SIGTERM
+        assert "cleaning up after the failure" in rest
+        assert leftovers(name) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        labmod.lab_down(name)
 
 
 def test_lab_down_without_state_file_removes_by_name() -> None:

@@ -698,3 +698,35 @@ def ping_matrix(lab: Lab, *, size: int = DEFAULT_SIZE, df: bool = False,
     columns = [p.name for p in pods] + ([GATEWAY] if any(p.gateway for p in pods) else [])
     return Matrix(rows=[p.name for p in pods], columns=columns, targets=targets,
                   cells=dict(zip(keys, replies, strict=True)), size=size, df=df)
+
+
+@dataclass
+class MtuCheck:
+    """Full-size packets with DF set between the first pods of every pair of hosts:
+    a too-large pod MTU would pass small pings and black-hole real traffic."""
+
+    size: int                                        # whole IP packet, bytes
+    results: list[tuple[str, str, PingReply]]        # (src pod, dst pod, reply)
+
+    @property
+    def ok(self) -> bool:
+        return all(reply.ok for _, _, reply in self.results)
+
+
+def mtu_check(lab: Lab, *, timeout: float = 1.0, tries: int = 3) -> MtuCheck | None:
+    firsts = [next(p for p in lab.pods if p.host == h.name and p.address)
+              for h in lab.hosts if any(p.host == h.name and p.address for p in lab.pods)]
+    mtu = min((p.mtu for p in firsts if p.mtu), default=0)
+    if len(firsts) < 2 or not mtu:
+        return None
+    pairs = [(a, b) for a in firsts for b in firsts if a is not b]
+    payload = mtu - 28  # 20 IP + 8 ICMP header bytes
+
+    def one(pair: tuple[Pod, Pod]) -> PingReply:
+        return probe(pair[0].netns_path, pair[1].ip, size=payload, df=True,
+                     timeout=timeout, tries=tries)
+
+    with ThreadPoolExecutor(max_workers=min(32, len(pairs))) as pool:
+        replies = list(pool.map(one, pairs))
+    return MtuCheck(size=mtu, results=[(a.name, b.name, r)
+                                       for (a, b), r in zip(pairs, replies, strict=True)])

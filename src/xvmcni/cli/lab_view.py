@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import TextIO
 
-from xvmcni.cli.lab import GATEWAY, Lab, LabStatus, Matrix, lab_dir
+from xvmcni.cli.lab import GATEWAY, Lab, LabStatus, Matrix, MtuCheck, lab_dir
 
 MAX_FAILURES_SHOWN = 10
 _ANSI = re.compile(r"\033\[[0-9;]*m")
@@ -67,11 +67,16 @@ def _table(header: list[str], rows: list[list[str]], indent: str = "  ") -> list
     return lines
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 def render_summary(lab: Lab, style: Style) -> str:
     pods_per_host = len(lab.pods) // max(1, len(lab.hosts))
     plugin = os.path.basename(lab.plugin)
     lines = [
-        style.bold(f"Lab {lab.name}: {len(lab.hosts)} hosts {style.times} {pods_per_host} pods")
+        style.bold(f"Lab {lab.name}: {_plural(len(lab.hosts), 'host')} {style.times} "
+                   f"{_plural(pods_per_host, 'pod')}")
         + f"   plugin {plugin} ({lab.plugin})",
         f"  underlay 172.30.0.0/24 on switch netns {lab.switch_netns} "
         "(bridge br0, multicast snooping off)",
@@ -117,6 +122,10 @@ def render_matrix(matrix: Matrix, style: Style) -> str:
             # Pad before colouring: escape codes have no width on screen.
             cells.append(paint(text.center(widths[col])))
         lines.append("  " + src.ljust(first_w) + "  " + "  ".join(cells))
+    gateways = sorted({addr for (_, col), addr in matrix.targets.items() if col == GATEWAY})
+    if gateways:
+        lines.append(style.dim(f"  {GATEWAY} = the pod's own gateway, "
+                               + ", ".join(gateways)))
     lines.append("")
     rtts = [r.rtt_ms for r in matrix.cells.values() if r.ok and r.rtt_ms is not None]
     summary = f"{matrix.reachable}/{matrix.total} reachable"
@@ -128,6 +137,17 @@ def render_matrix(matrix: Matrix, style: Style) -> str:
         target = f"{col} ({addr})" if col == GATEWAY else f"{col} {addr}"
         lines.append(f"  {style.bad} {src} -> {target}: {reply.error or 'no reply'}"
                      f" after {reply.tries} tries")
+    return "\n".join(lines)
+
+
+def render_mtu(check: MtuCheck, style: Style) -> str:
+    good = sum(1 for _, _, r in check.results if r.ok)
+    text = (f"  path MTU  {check.size}-byte packets with DF set, host to host "
+            f"(first pods): {good}/{len(check.results)} ")
+    lines = [text + (style.green(style.ok) if check.ok else style.red(style.bad))]
+    for src, dst, reply in check.results:
+        if not reply.ok:
+            lines.append(f"  {style.bad} {src} -> {dst}: {reply.error or 'no reply'}")
     return "\n".join(lines)
 
 

@@ -7,6 +7,7 @@ in ``build_parser`` that sets ``func`` on its parser.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import threading
 import time
@@ -67,20 +68,27 @@ def cmd_lab_up(args: argparse.Namespace) -> int:
                             progress=progress)
     except labmod.LabError as exc:
         return _error(exc)
-    progress(f"pinging {len(lab.pods)} pods pairwise and their gateway")
+    progress(f"pinging {len(lab.pods)} pods pairwise and their gateway, then full-size "
+             "packets between hosts")
     matrix = labmod.ping_matrix(lab)
+    mtu = labmod.mtu_check(lab)
     style = lab_view.style_for(sys.stdout)
     print()
     print(lab_view.render_summary(lab, style))
     print()
     print(lab_view.render_matrix(matrix, style))
+    if mtu is not None:
+        print(lab_view.render_mtu(mtu, style))
     print()
-    first = lab.pods[0] if lab.pods else None
-    if first is not None:
-        print(style.dim(f"  explore: ip netns exec {first.netns} ip addr    "
-                        f"status: xvmctl lab status --name {lab.name}    "
-                        f"remove: xvmctl lab down --name {lab.name}"))
-    return EXIT_OK if matrix.ok else EXIT_UNREACHABLE
+    if lab.pods:
+        hints = [(f"ip netns exec {lab.pods[0].netns} ip addr", "look inside a pod"),
+                 (f"xvmctl lab status --name {lab.name}", "what exists, live"),
+                 (f"xvmctl lab down --name {lab.name}", "remove everything")]
+        width = max(len(cmd) for cmd, _ in hints)
+        for i, (cmd, what) in enumerate(hints):
+            lead = "  next: " if i == 0 else "        "
+            print(lead + style.dim(f"{cmd.ljust(width)}  # {what}"))
+    return EXIT_OK if matrix.ok and (mtu is None or mtu.ok) else EXIT_UNREACHABLE
 
 
 def cmd_lab_down(args: argparse.Namespace) -> int:
@@ -132,7 +140,10 @@ def add_lab(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                        help=f"lab name, lower-case letters and digits (default: "
                             f"{default or 'all labs'})")
 
-    up = lab_sub.add_parser("up", help="create hosts and pods, then test reachability")
+    up = lab_sub.add_parser(
+        "up", help="create hosts and pods, then test reachability",
+        epilog="exit status: 0 every pair reachable, 1 error (nothing is left behind), "
+               "3 lab up but some pairs unreachable")
     up.add_argument("--hosts", type=int, default=3, help="simulated hosts (default: 3)")
     up.add_argument("--pods", type=int, default=2, help="pods per host (default: 2)")
     name_arg(up, labmod.DEFAULT_NAME)
@@ -161,9 +172,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminate(signum: int, _frame: object) -> None:
+    # SystemExit unwinds like Ctrl-C does, so a half-built lab is removed on SIGTERM.
+    raise SystemExit(128 + signum)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         sys.exit(func(args))
     except KeyboardInterrupt:
