@@ -96,6 +96,9 @@ class PluginError(LabError):
         self.plugin_details = details
         self.stderr = stderr
         self.status = status
+        # How to reproduce it by hand: the environment and stdin the plugin got.
+        self.request = ""
+        self.config = ""
 
     def __str__(self) -> str:
         code = f"code {self.code}" if self.code is not None else f"exit status {self.status}"
@@ -285,6 +288,14 @@ def run_plugin(lab: Lab, command: str, pod: Pod, config: bytes,
         "CNI_PATH": CNI_PATH,
         "PATH": os.environ.get("PATH") or DEFAULT_PATH,
     }
+    def failed(code: int | None, msg: str, details: str = "", stderr: str = "",
+               status: int = 1) -> PluginError:
+        exc = PluginError(command, pod.name, code, msg, details, stderr, status)
+        exc.request = (" ".join(f"{k}={v}" for k, v in env.items() if k.startswith("CNI_"))
+                       + f" (in host netns {lab.host(pod.host).netns})")
+        exc.config = config.decode(errors="replace")
+        return exc
+
     try:
         host_fd = open_netns(lab.host(pod.host).netns_path)
     except CniError as exc:
@@ -294,7 +305,7 @@ def run_plugin(lab: Lab, command: str, pod: Pod, config: bytes,
             proc = subprocess.run([lab.plugin], input=config, env=env, capture_output=True,
                                   timeout=timeout, check=False)
     except subprocess.TimeoutExpired as exc:
-        raise PluginError(command, pod.name, None, f"no answer within {timeout:.0f} s") from exc
+        raise failed(None, f"no answer within {timeout:.0f} s") from exc
     except OSError as exc:
         raise LabError(f"cannot run plugin {lab.plugin}", str(exc)) from exc
     finally:
@@ -308,16 +319,15 @@ def run_plugin(lab: Lab, command: str, pod: Pod, config: bytes,
             code, msg, details = obj.get("code"), obj.get("msg", ""), obj.get("details", "")
         except (ValueError, AttributeError):
             msg = out or "(no output on stdout)"
-        raise PluginError(command, pod.name, code, str(msg), str(details or ""), err,
-                          proc.returncode)
+        raise failed(code, str(msg), str(details or ""), err, proc.returncode)
     if not out:
         return None
     try:
         result = json.loads(out)
     except ValueError as exc:
-        raise PluginError(command, pod.name, None, "result is not JSON", out[:200], err) from exc
+        raise failed(None, "result is not JSON", out[:200], err, 0) from exc
     if not isinstance(result, dict):
-        raise PluginError(command, pod.name, None, "result is not a JSON object", out[:200], err)
+        raise failed(None, "result is not a JSON object", out[:200], err, 0)
     return result
 
 
@@ -369,9 +379,12 @@ def lab_up(name: str = DEFAULT_NAME, hosts: int = 3, pods: int = 2, plugin: str 
         # Ctrl-C included: leave nothing half-made behind.
         progress("cleaning up after the failure")
         try:
-            lab_down(name, progress=progress)
-        except LabError as exc:
-            progress(f"cleanup incomplete: {exc}")
+            report = lab_down(name, progress=progress)
+            if report.leftovers:
+                progress("cleanup incomplete, left: " + " ".join(report.leftovers))
+        except (LabError, OSError) as exc:
+            # Report and fall through: the original failure is what the user needs.
+            progress(f"cleanup incomplete: {exc}; run: xvmctl lab down --name {name}")
         raise
     return lab
 
@@ -424,15 +437,24 @@ def _attach_all(lab: Lab, state: _State, progress: Progress) -> None:
     """ADD every pod: hosts in parallel (they are separate machines), pods of one
     host one after another (as a runtime starting containers would)."""
     plugin_name = os.path.basename(lab.plugin)
+    failed = threading.Event()
 
     def attach_host(host: Host) -> None:
         config_text = Path(host.config_path).read_text()
         config = json.loads(config_text)
         for pod in (p for p in lab.pods if p.host == host.name):
+            if failed.is_set():
+                return  # another host failed: stop adding, cleanup follows
             pod.attached = True
             state.save()
             began = time.monotonic()
-            result = run_plugin(lab, "ADD", pod, config_text.encode())
+            try:
+                result = run_plugin(lab, "ADD", pod, config_text.encode())
+            except BaseException as exc:
+                failed.set()
+                if isinstance(exc, PluginError):
+                    progress(f"attach  {pod.name}: {plugin_name} ADD FAILED: {exc.plugin_msg}")
+                raise
             _apply_result(pod, result, config)
             state.save()
             progress(f"attach  {pod.name}: {plugin_name} ADD -> {pod.address} "
@@ -516,15 +538,22 @@ def lab_down(name: str = DEFAULT_NAME, plugin: str | None = None,
     # Pods before hosts before the switch: the reverse of creation.
     names = set(lab.netns_created) | present
     for ns in sorted(names, key=lambda n: (-n.count("-"), n)):
-        if lab_net.remove_netns(ns):
-            report.removed_netns.append(ns)
+        try:
+            if lab_net.remove_netns(ns):
+                report.removed_netns.append(ns)
+        except lab_net.NetnsError as exc:
+            # Keep going: the rest can still go; leftovers are listed at the end.
+            progress(f"warning: {exc}")
     if report.removed_netns:
         progress(f"netns   removed {len(report.removed_netns)}: "
                  + " ".join(sorted(report.removed_netns)))
     if lab_dir(name).exists():
-        shutil.rmtree(lab_dir(name))
-        report.removed_dir = True
-        progress(f"files   removed {lab_dir(name)}")
+        try:
+            shutil.rmtree(lab_dir(name))
+            report.removed_dir = True
+            progress(f"files   removed {lab_dir(name)}")
+        except OSError as exc:
+            progress(f"warning: cannot remove {lab_dir(name)}: {exc}")
 
     report.leftovers = lab_netns(name) + ([str(lab_dir(name))] if lab_dir(name).exists() else [])
     return report

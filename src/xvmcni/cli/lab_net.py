@@ -10,7 +10,6 @@ Nothing here ever touches a link in the root namespace.
 from __future__ import annotations
 
 import contextlib
-import errno
 import ipaddress
 import os
 from collections.abc import Iterator
@@ -185,6 +184,3 @@ def links(path: str) -> list[LinkInfo]:
                      names.get(master, "") if master else "")
             for idx, name, kind, up, mtu, master in raw]
 
-
-def is_enoent(exc: BaseException) -> bool:
-    return isinstance(exc, OSError) and exc.errno == errno.ENOENT

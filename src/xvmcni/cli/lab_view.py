@@ -167,6 +167,8 @@ def _role(lab: Lab | None, ns: str) -> str:
 def render_status(status: LabStatus, style: Style) -> str:
     """One row per link, grouped by namespace: what the kernel has right now."""
     lab = status.lab
+    if lab is None and not status.state_error and not status.namespaces and not status.files:
+        return f"Lab {status.name}: does not exist"
     title = style.bold(f"Lab {status.name}")
     if lab is not None:
         title += f"  {lab.phase}, plugin {lab.plugin or '?'}"

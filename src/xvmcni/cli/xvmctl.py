@@ -7,6 +7,7 @@ in ``build_parser`` that sets ``func`` on its parser.
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 import threading
@@ -43,6 +44,13 @@ def _stderr_progress(name: str) -> Callable[[str], None]:
     return emit
 
 
+def _one_line(config: str) -> str:
+    try:
+        return json.dumps(json.loads(config))
+    except ValueError:
+        return " ".join(config.split())
+
+
 def _error(exc: labmod.LabError) -> int:
     style = lab_view.style_for(sys.stderr)
     print(style.red("error: ") + exc.msg, file=sys.stderr)
@@ -52,6 +60,10 @@ def _error(exc: labmod.LabError) -> int:
         if exc.plugin_details:
             print(f"  details:     {exc.plugin_details}", file=sys.stderr)
         print(f"  CNI code:    {code}", file=sys.stderr)
+        if exc.request:
+            print(f"  request:     {exc.request}", file=sys.stderr)
+        if exc.config:
+            print(f"  config:      {_one_line(exc.config)}", file=sys.stderr)
         if exc.stderr:
             print("  plugin stderr:", file=sys.stderr)
             for line in exc.stderr.splitlines()[-20:]:
