@@ -16,7 +16,7 @@ import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from xvmcni import logsetup, netconf
+from xvmcni import logsetup, netconf, netstate
 from xvmcni.cni.errors import (
     CHECK_FAILED,
     INCOMPATIBLE_VERSION,
@@ -71,7 +71,7 @@ def _require_version(command: str, version: str) -> None:
 # --- shared pieces -------------------------------------------------------------------
 
 @contextlib.contextmanager
-def _store(config: NetworkConfig) -> Iterator[IpamStore]:
+def open_store(config: NetworkConfig) -> Iterator[IpamStore]:
     store = IpamStore(config.state_dir / "ipam.db", timeout=LOCK_TIMEOUT)
     try:
         yield store
@@ -79,7 +79,7 @@ def _store(config: NetworkConfig) -> Iterator[IpamStore]:
         store.close()
 
 
-def _spec(config: NetworkConfig, host: hostif.HostInterface) -> l2net.L2Spec:
+def l2_spec(config: NetworkConfig, host: hostif.HostInterface) -> l2net.L2Spec:
     return l2net.L2Spec(
         network=config.name,
         bridge=config.bridge_name,
@@ -95,7 +95,7 @@ def _spec(config: NetworkConfig, host: hostif.HostInterface) -> l2net.L2Spec:
     )
 
 
-def _pool(config: NetworkConfig, host: hostif.HostInterface) -> AddressPool:
+def address_pool(config: NetworkConfig, host: hostif.HostInterface) -> AddressPool:
     return pool_for_host(config.subnet, config.gateway, host.address, config.per_host_prefix,
                          config.range_start, config.range_end)
 
@@ -143,7 +143,7 @@ def _requested_mac(request: Request, config: NetworkConfig) -> str:
     return mac.lower()
 
 
-def _container_side(config: NetworkConfig, request: Request, mtu: int,
+def container_side(config: NetworkConfig, request: Request, mtu: int,
                     addresses: list[ipaddress.IPv4Interface], mac: str) -> veth.ContainerSide:
     return veth.ContainerSide(
         ifname=request.ifname,
@@ -154,7 +154,7 @@ def _container_side(config: NetworkConfig, request: Request, mtu: int,
     )
 
 
-def _leave_if_unused(host_ipr: Any, store: IpamStore, config: NetworkConfig) -> None:
+def leave_if_unused(host_ipr: Any, store: IpamStore, config: NetworkConfig) -> None:
     """The host leaves the network's VXLAN after its last container."""
     if store.all():
         return
@@ -167,7 +167,7 @@ def _leave_if_unused(host_ipr: Any, store: IpamStore, config: NetworkConfig) -> 
     l2net.remove(host_ipr, config.name, config.bridge_name, config.vxlan_name)
 
 
-def _delegated_del(request: Request, config: NetworkConfig, container_id: str,
+def delegated_del(request: Request, config: NetworkConfig, container_id: str,
                    ifname: str) -> None:
     sub = dataclasses.replace(request, container_id=container_id, ifname=ifname)
     delegate.invoke(sub, "DEL", config.raw)
@@ -180,10 +180,10 @@ def _add(request: Request, config: NetworkConfig) -> dict[str, Any]:
     mac = _requested_mac(request, config)
     with rtnl() as host_ipr:
         host = hostif.lookup(host_ipr, config.host_interface)
-        spec = _spec(config, host)
+        spec = l2_spec(config, host)
         pod_fd = open_netns(request.netns)
         try:
-            with network_lock(config.state_dir, LOCK_TIMEOUT), _store(config) as store:
+            with network_lock(config.state_dir, LOCK_TIMEOUT), open_store(config) as store:
                 return _add_locked(request, config, spec, host_ipr, pod_fd, store,
                                    requested, mac)
         finally:
@@ -206,16 +206,18 @@ def _add_locked(request: Request, config: NetworkConfig, spec: l2net.L2Spec, hos
             record.addresses = [ipaddress.IPv4Interface(f"{ip.address.ip}/{prefix}")
                                 for ip in delegated_result.ips if ip.address.version == 4]
             if not record.addresses:
-                _delegated_del(request, config, request.container_id, request.ifname)
+                delegated_del(request, config, request.container_id, request.ifname)
                 raise CniError(INVALID_CONFIG, "the IPAM plugin gave no IPv4 address",
                                "this network carries IPv4")
         attachment, created = store.attach(record, None)
     else:
-        attachment, created = store.attach(record, _pool(config, spec.host), requested)
+        attachment, created = store.attach(record, address_pool(config, spec.host), requested)
     try:
+        if not in_use:
+            netstate.remember(config.state_dir, config.raw)
         bridge_index = l2net.ensure(host_ipr, spec, in_use)
         sysctl.ensure("net.ipv4.ip_forward", "1")
-        side = _container_side(config, request, spec.mtu, attachment.addresses, mac)
+        side = container_side(config, request, spec.mtu, attachment.addresses, mac)
         with rtnl(pod_fd) as pod_ipr:
             pair = veth.ensure(host_ipr, pod_ipr, pod_fd, host_name, bridge_index, side)
         if existing is not None and existing.netns != request.netns:
@@ -258,9 +260,9 @@ def _rollback_add(request: Request, config: NetworkConfig, host_ipr: Any, pod_fd
                   lambda: store.detach(request.container_id, request.ifname)))
     if config.ipam is not None:
         steps.append(("release delegated address",
-                      lambda: _delegated_del(request, config, request.container_id,
+                      lambda: delegated_del(request, config, request.container_id,
                                              request.ifname)))
-    steps.append(("leave network", lambda: _leave_if_unused(host_ipr, store, config)))
+    steps.append(("leave network", lambda: leave_if_unused(host_ipr, store, config)))
     for what, step in steps:
         try:
             step()
@@ -273,7 +275,7 @@ def _rollback_add(request: Request, config: NetworkConfig, host_ipr: Any, pod_fd
 def _del(request: Request, config: NetworkConfig) -> None:
     host_name = names.host_veth_name(request.container_id, request.ifname)
     with rtnl() as host_ipr, network_lock(config.state_dir, LOCK_TIMEOUT), \
-            _store(config) as store:
+            open_store(config) as store:
         record = store.get(request.container_id, request.ifname)
         if netns_gone(request.netns):
             veth.remove(host_ipr, None, host_name, request.ifname, owned=record is not None)
@@ -286,9 +288,9 @@ def _del(request: Request, config: NetworkConfig) -> None:
             finally:
                 os.close(pod_fd)
         if config.ipam is not None:
-            _delegated_del(request, config, request.container_id, request.ifname)
+            delegated_del(request, config, request.container_id, request.ifname)
         store.detach(request.container_id, request.ifname)
-        _leave_if_unused(host_ipr, store, config)
+        leave_if_unused(host_ipr, store, config)
     log.info("DEL %s/%s", request.container_id[:12], request.ifname)
 
 
@@ -298,14 +300,14 @@ def _check(request: Request, config: NetworkConfig) -> None:
     prev = config.prev_result
     if prev is None:
         raise CniError(INVALID_CONFIG, "CHECK needs prevResult in the configuration")
-    with rtnl() as host_ipr, _store(config) as store:
+    with rtnl() as host_ipr, open_store(config) as store:
         record = store.get(request.container_id, request.ifname)
         if record is None:
             raise CniError(UNKNOWN_CONTAINER,
                            f"no attachment {request.container_id}/{request.ifname} "
                            f"on network {config.name}")
         host = hostif.lookup(host_ipr, config.host_interface)
-        spec = _spec(config, host)
+        spec = l2_spec(config, host)
         expected = [ipaddress.IPv4Interface(ip.address) for ip in _container_ips(prev, request)]
         found = l2net.problems(host_ipr, spec)
         if sorted(map(str, expected)) != sorted(map(str, record.addresses)):
@@ -313,7 +315,7 @@ def _check(request: Request, config: NetworkConfig) -> None:
                          f"recorded {[str(a) for a in record.addresses]}")
         mac = next((i.mac for i in prev.interfaces if i.name == request.ifname and i.sandbox),
                    "")
-        side = _container_side(config, request, spec.mtu, expected, mac)
+        side = container_side(config, request, spec.mtu, expected, mac)
         bridge = get_link(host_ipr, spec.bridge)
         pod_fd = open_netns(request.netns)
         try:
@@ -354,7 +356,7 @@ def _gc(request: Request, config: NetworkConfig) -> None:
         raise CniError(INVALID_CONFIG, "each valid attachment needs containerID and ifname",
                        str(exc)) from exc
     with rtnl() as host_ipr, network_lock(config.state_dir, LOCK_TIMEOUT), \
-            _store(config) as store:
+            open_store(config) as store:
         for stale in store.gc(valid):
             log.info("GC: releasing %s/%s %s", stale.container_id[:12], stale.ifname,
                      ", ".join(map(str, stale.addresses)))
@@ -362,12 +364,12 @@ def _gc(request: Request, config: NetworkConfig) -> None:
                         names.host_veth_name(stale.container_id, stale.ifname),
                         stale.ifname, owned=True)
             if config.ipam is not None:
-                _delegated_del(request, config, stale.container_id, stale.ifname)
-        _remove_orphan_ports(host_ipr, config, store)
-        _leave_if_unused(host_ipr, store, config)
+                delegated_del(request, config, stale.container_id, stale.ifname)
+        remove_orphan_ports(host_ipr, config, store)
+        leave_if_unused(host_ipr, store, config)
 
 
-def _remove_orphan_ports(host_ipr: Any, config: NetworkConfig, store: IpamStore) -> None:
+def remove_orphan_ports(host_ipr: Any, config: NetworkConfig, store: IpamStore) -> None:
     """Host veths on our bridge that no record explains: left by a crash mid-ADD."""
     bridge = get_link(host_ipr, config.bridge_name)
     if bridge is None:
@@ -396,11 +398,11 @@ def _status(request: Request, config: NetworkConfig) -> None:
         except CniError as err:
             raise CniError(NOT_AVAILABLE, err.msg, err.details) from err
         return
-    pool = _pool(config, host)
+    pool = address_pool(config, host)
     db = config.state_dir / "ipam.db"
     if not db.exists():
         return
-    with _store(config) as store:
+    with open_store(config) as store:
         used = store.used_addresses()
     if used >= pool.size():
         raise CniError(LIMITED_CONNECTIVITY,

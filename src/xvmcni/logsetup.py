@@ -8,7 +8,14 @@ import sys
 _FORMAT = "%(asctime)s %(levelname)s xvm-cni[%(process)d] %(message)s"
 
 
+# Set by the agent, which owns its logging: a request's logLevel/logFile must not
+# reconfigure a long-running process.
+managed_by_agent = False
+
+
 def configure(level: str, log_file: str = "") -> None:
+    if managed_by_agent:
+        return
     root = logging.getLogger("xvmcni")
     root.setLevel(level.upper())
     root.propagate = False

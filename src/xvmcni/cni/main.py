@@ -30,7 +30,7 @@ def emit(out: TextIO, payload: dict[str, Any] | None) -> None:
 def run(environ: dict[str, str], stdin: bytes, out: TextIO) -> int:
     """One invocation; returns the exit status. Separate from ``main`` for tests."""
     # Errors repeat the caller's version, even when the environment is what is wrong.
-    cni_version = _declared_version(stdin)
+    cni_version = declared_version(stdin)
     try:
         request = from_environ(environ, stdin)
         cni_version = request.cni_version
@@ -48,7 +48,7 @@ def run(environ: dict[str, str], stdin: bytes, out: TextIO) -> int:
         return 1
 
 
-def _declared_version(stdin: bytes) -> str:
+def declared_version(stdin: bytes) -> str:
     try:
         version = json.loads(stdin).get("cniVersion", "0.1.0")
     except (ValueError, AttributeError):

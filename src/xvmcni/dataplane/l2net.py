@@ -77,11 +77,12 @@ def _vxlan_mismatch(link: Any, spec: L2Spec) -> str:
     return ""
 
 
-def _ensure_bridge(ipr: Any, spec: L2Spec) -> int:
+def _ensure_bridge(ipr: Any, spec: L2Spec) -> tuple[int, bool]:
     link = get_link(ipr, spec.bridge)
     if link is not None and link_kind(link) != "bridge":
         raise CniError(INVALID_CONFIG, f"{spec.bridge} exists on this host and is not a bridge",
                        "set 'bridge' to another name")
+    created = link is None
     if link is None:
         try:
             # A MAC set explicitly keeps the bridge from adopting its ports' MACs.
@@ -96,10 +97,10 @@ def _ensure_bridge(ipr: Any, spec: L2Spec) -> int:
         ipr.link("set", index=index, mtu=spec.mtu, address=spec.gateway_mac, state="up")
     except NetlinkError as exc:
         raise kernel_error(f"configure bridge {spec.bridge}", exc) from exc
-    return index
+    return index, created
 
 
-def _ensure_vxlan(ipr: Any, spec: L2Spec, bridge_index: int, in_use: bool) -> int:
+def _ensure_vxlan(ipr: Any, spec: L2Spec, bridge_index: int, in_use: bool) -> bool:
     link = get_link(ipr, spec.vxlan)
     if link is not None:
         why = _vxlan_mismatch(link, spec)
@@ -111,6 +112,7 @@ def _ensure_vxlan(ipr: Any, spec: L2Spec, bridge_index: int, in_use: bool) -> in
             log.info("recreating %s: %s", spec.vxlan, why)
             delete_link(ipr, spec.vxlan)
             link = None
+    created = link is None
     if link is None:
         try:
             ipr.link("add", ifname=spec.vxlan, kind="vxlan", vxlan_id=spec.vni,
@@ -127,7 +129,7 @@ def _ensure_vxlan(ipr: Any, spec: L2Spec, bridge_index: int, in_use: bool) -> in
         ipr.link("set", index=index, master=bridge_index, mtu=spec.mtu, state="up")
     except NetlinkError as exc:
         raise kernel_error(f"attach {spec.vxlan} to {spec.bridge}", exc) from exc
-    return index
+    return created
 
 
 def _ensure_gateway_address(ipr: Any, spec: L2Spec, bridge_index: int) -> None:
@@ -141,12 +143,19 @@ def _ensure_gateway_address(ipr: Any, spec: L2Spec, bridge_index: int) -> None:
             raise kernel_error(f"add gateway {spec.gateway} to {spec.bridge}", exc) from exc
 
 
-def ensure(ipr: Any, spec: L2Spec, in_use: bool) -> int:
+def ensure(ipr: Any, spec: L2Spec, in_use: bool, refresh_filters: bool = False) -> int:
     """Create or repair the network's devices, address and filters; never recreate
-    what containers use. Returns the bridge's ifindex."""
-    bridge_index = _ensure_bridge(ipr, spec)
-    _ensure_vxlan(ipr, spec, bridge_index, in_use)
+    what containers use. Returns the bridge's ifindex.
+
+    The nftables batch (a fork of ``nft``, the costliest step of an ADD) runs when
+    the network is new or a device had to be made, or when asked to; the agent's
+    reconcile loop refreshes it periodically.
+    """
+    bridge_index, new_bridge = _ensure_bridge(ipr, spec)
+    new_vxlan = _ensure_vxlan(ipr, spec, bridge_index, in_use)
     _ensure_gateway_address(ipr, spec, bridge_index)
+    if in_use and not (new_bridge or new_vxlan or refresh_filters):
+        return bridge_index
     batch = nft.gateway_isolation_batch(spec.network, spec.vxlan, spec.gateway.ip,
                                         spec.gateway_mac)
     batch += (nft.masquerade_batch(spec.network, spec.gateway.network) if spec.ip_masq

@@ -1,0 +1,101 @@
+"""``xvm-cnid``: the node agent's command line, logging and signals."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+
+from xvmcni.agent.server import Agent, AgentOptions
+
+RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys()) | {"message"}
+
+
+class JsonLines(logging.Formatter):
+    """One JSON object per line: easy for journald, Loki, or jq."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        entry.update({k: v for k, v in vars(record).items() if k not in RESERVED})
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="xvm-cnid", description="xvm-cni node agent")
+    p.add_argument("--socket", type=Path, default=AgentOptions.socket_path,
+                   help="unix socket the plugin talks to (default %(default)s)")
+    p.add_argument("--cni-conf-dir", type=Path, action="append", dest="conf_dirs",
+                   help="CNI config dir to scan for xvm-cni networks (repeatable; "
+                        "default /etc/cni/net.d)")
+    p.add_argument("--data-dir", type=Path, action="append", dest="data_dirs",
+                   help="xvm-cni dataDir to scan (repeatable; default /var/lib/cni/xvm-cni)")
+    p.add_argument("--metrics-address", default="127.0.0.1")
+    p.add_argument("--metrics-port", type=int, default=9472, help="0 disables metrics")
+    p.add_argument("--request-timeout", type=float, default=25.0)
+    p.add_argument("--gc-interval", type=float, default=60.0,
+                   help="seconds between reconcile/GC passes; 0 disables")
+    p.add_argument("--workers", type=int, default=16)
+    p.add_argument("--log-level", default="info",
+                   choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-file", default="", help="also append JSON lines here")
+    p.add_argument("--log-format", default="json", choices=["json", "text"])
+    return p.parse_args(argv)
+
+
+def setup_logging(level: str, log_file: str, fmt: str) -> None:
+    root = logging.getLogger("xvmcni")
+    root.setLevel(level.upper())
+    root.propagate = False
+    formatter: logging.Formatter = JsonLines() if fmt == "json" else logging.Formatter(
+        "%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file:
+        handlers.append(logging.FileHandler(log_file))
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        root.addHandler(handler)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    setup_logging(args.log_level, args.log_file, args.log_format)
+    options = AgentOptions(
+        socket_path=args.socket,
+        conf_dirs=args.conf_dirs or [Path("/etc/cni/net.d")],
+        data_dirs=args.data_dirs or [Path("/var/lib/cni/xvm-cni")],
+        metrics_address=args.metrics_address,
+        metrics_port=args.metrics_port,
+        request_timeout=args.request_timeout,
+        gc_interval=args.gc_interval,
+        workers=args.workers,
+    )
+    agent = Agent(options)
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        logging.getLogger("xvmcni.agent").info("signal %d: stopping", signum)
+        agent.shutdown()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        agent.serve_forever()
+    except RuntimeError as exc:  # e.g. another agent owns the socket
+        logging.getLogger("xvmcni.agent").error("%s", exc)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

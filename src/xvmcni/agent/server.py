@@ -1,0 +1,262 @@
+"""xvm-cnid: serves the plugin's handler on a unix socket, warm.
+
+One thread per connection; the CNI work itself runs in a bounded worker pool
+with a per-request timeout. Per-network serialisation comes from the same
+flock the in-process plugin takes, so agent and fallback never race.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import io
+import json
+import logging
+import os
+import socket
+import socketserver
+import stat
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from xvmcni import handler, logsetup
+from xvmcni.agent import reconcile
+from xvmcni.agent.metrics import Metrics
+from xvmcni.cni.errors import TRY_AGAIN_LATER, CniError
+from xvmcni.cni.main import declared_version, run
+from xvmcni.dataplane import hostif
+from xvmcni.dataplane.netlink import rtnl
+
+log = logging.getLogger(__name__)
+
+MAX_REQUEST_BYTES = 4 << 20
+CLIENT_READ_TIMEOUT = 10.0
+
+
+@dataclass
+class AgentOptions:
+    socket_path: Path = Path("/run/xvm-cni/xvm-cnid.sock")
+    conf_dirs: list[Path] = field(default_factory=lambda: [Path("/etc/cni/net.d")])
+    data_dirs: list[Path] = field(default_factory=lambda: [Path("/var/lib/cni/xvm-cni")])
+    metrics_address: str = "127.0.0.1"
+    metrics_port: int = 9472
+    request_timeout: float = 25.0
+    gc_interval: float = 60.0
+    workers: int = 16
+
+
+class Agent:
+    def __init__(self, options: AgentOptions) -> None:
+        self.options = options
+        self.started = time.time()
+        self.pool = concurrent.futures.ThreadPoolExecutor(options.workers,
+                                                          thread_name_prefix="cni")
+        self.metrics = Metrics(self.usage) if options.metrics_port else None
+        self.requests: dict[str, int] = {}
+        self._counts_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._server: socketserver.ThreadingUnixStreamServer | None = None
+        logsetup.managed_by_agent = True
+
+    # --- requests --------------------------------------------------------------------
+
+    def cni(self, env: dict[str, str], stdin: str) -> tuple[int, str]:
+        """Run one CNI invocation exactly as the in-process plugin would."""
+        command = env.get("CNI_COMMAND", "?")
+        begin = time.perf_counter()
+        future = self.pool.submit(self._run, env, stdin.encode("utf-8", "surrogateescape"))
+        try:
+            status, text = future.result(timeout=self.options.request_timeout)
+        except concurrent.futures.TimeoutError:
+            version = declared_version(stdin.encode("utf-8", "surrogateescape"))
+            err = CniError(TRY_AGAIN_LATER, f"{command} took longer than "
+                           f"{self.options.request_timeout:g}s in xvm-cnid; try again later")
+            status, text = 1, json.dumps(err.to_dict(version)) + "\n"
+            log.error("%s timed out after %.1fs", command, self.options.request_timeout)
+        elapsed = time.perf_counter() - begin
+        with self._counts_lock:
+            self.requests[command] = self.requests.get(command, 0) + 1
+        if self.metrics is not None:
+            self.metrics.observe(command, elapsed, _error_code(text) if status else None)
+        log.info("%s container=%s ifname=%s exit=%d %.1fms", command,
+                 env.get("CNI_CONTAINERID", "")[:12], env.get("CNI_IFNAME", ""), status,
+                 elapsed * 1000)
+        return status, text
+
+    @staticmethod
+    def _run(env: dict[str, str], stdin: bytes) -> tuple[int, str]:
+        out = io.StringIO()
+        status = run(env, stdin, out)
+        return status, out.getvalue()
+
+    def operation(self, op: str) -> dict[str, Any]:
+        if op == "status":
+            return self.status()
+        if op == "gc":
+            return {"networks": [vars(r) for r in self.reconcile_all()]}
+        if op == "ping":
+            return {"pong": True}
+        return {"error": f"unknown operation {op!r}"}
+
+    # --- state -----------------------------------------------------------------------
+
+    def networks(self) -> list[Any]:
+        return reconcile.known_networks(self.options.conf_dirs, self.options.data_dirs)
+
+    def usage(self) -> list[dict[str, Any]]:
+        rows = []
+        for config in self.networks():
+            row: dict[str, Any] = {"name": config.name, "bridge": config.bridge_name,
+                                   "vni": config.vxlan_id, "subnet": str(config.subnet),
+                                   "containers": 0, "used": 0, "size": 0, "pool": "",
+                                   "ready": True, "reason": ""}
+            try:
+                with rtnl() as ipr:
+                    host = hostif.lookup(ipr, config.host_interface)
+                if config.ipam is None:
+                    pool = handler.address_pool(config, host)
+                    row["size"] = pool.size()
+                    row["pool"] = f"{pool.first}-{pool.last}"
+                if (config.state_dir / "ipam.db").exists():
+                    with handler.open_store(config) as store:
+                        row["containers"] = len(store.all())
+                        row["used"] = store.used_addresses()
+                if config.ipam is None and row["used"] >= row["size"]:
+                    row["ready"], row["reason"] = False, "address range exhausted"
+            except CniError as err:
+                row["ready"], row["reason"] = False, str(err)
+            rows.append(row)
+        return rows
+
+    def status(self) -> dict[str, Any]:
+        with self._counts_lock:
+            counts = dict(self.requests)
+        return {"agent": {"pid": os.getpid(), "uptime": round(time.time() - self.started, 1),
+                          "socket": str(self.options.socket_path), "requests": counts,
+                          "metrics": (f"http://{self.options.metrics_address}:"
+                                      f"{self.options.metrics_port}/metrics"
+                                      if self.options.metrics_port else "")},
+                "networks": self.usage()}
+
+    def reconcile_all(self) -> list[reconcile.NetworkReport]:
+        reports = [reconcile.reconcile(config) for config in self.networks()]
+        for report in reports:
+            if report.released or report.replugged or report.error:
+                log.info("reconcile %s: released=%s replugged=%s error=%s", report.name,
+                         report.released, report.replugged, report.error or "-")
+        return reports
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    def serve_forever(self) -> None:
+        # Warm up: pay the imports and the first netlink socket before the first ADD.
+        with rtnl() as ipr:
+            ipr.get_links()
+        self.reconcile_all()
+        self._server = _bind(self.options.socket_path, self)
+        if self.metrics is not None:
+            self.metrics.serve(self.options.metrics_address, self.options.metrics_port)
+        if self.options.gc_interval > 0:
+            threading.Thread(target=self._gc_loop, name="gc", daemon=True).start()
+        log.info("xvm-cnid ready on %s", self.options.socket_path)
+        try:
+            self._server.serve_forever(poll_interval=0.2)
+        finally:
+            self._server.server_close()
+            with contextlib.suppress(FileNotFoundError):
+                self.options.socket_path.unlink()
+            self.pool.shutdown(wait=True, cancel_futures=False)
+            log.info("xvm-cnid stopped")
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        if self._server is not None:
+            # serve_forever's own thread must not call shutdown(): do it from another.
+            threading.Thread(target=self._server.shutdown, daemon=True).start()
+
+    def _gc_loop(self) -> None:
+        while not self._stop.wait(self.options.gc_interval):
+            try:
+                self.reconcile_all()
+            except Exception:  # the loop must survive one bad pass; it is logged
+                log.exception("periodic reconcile failed")
+
+
+class _Connection(socketserver.BaseRequestHandler):
+    server: _Server
+
+    def handle(self) -> None:
+        sock: socket.socket = self.request
+        sock.settimeout(CLIENT_READ_TIMEOUT)
+        try:
+            data = _read_all(sock)
+            message = json.loads(data)
+            if "op" in message:
+                reply: dict[str, Any] = self.server.agent.operation(str(message["op"]))
+            else:
+                status, text = self.server.agent.cni(
+                    {str(k): str(v) for k, v in dict(message["env"]).items()},
+                    str(message["stdin"]))
+                reply = {"exit": status, "stdout": text}
+            sock.sendall(json.dumps(reply).encode())
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("dropped a malformed or broken client connection: %s", exc)
+
+
+class _Server(socketserver.ThreadingUnixStreamServer):
+    daemon_threads = True
+    agent: Agent
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > MAX_REQUEST_BYTES:
+            raise ValueError(f"request larger than {MAX_REQUEST_BYTES} bytes")
+        chunks.append(chunk)
+
+
+def _bind(path: Path, agent: Agent) -> _Server:
+    """Listen on ``path``, mode 0600 from the first instant, replacing a stale socket."""
+    path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    if path.exists() or path.is_symlink():
+        if not stat.S_ISSOCK(path.lstat().st_mode):
+            raise RuntimeError(f"{path} exists and is not a socket; refusing to replace it")
+        if _socket_alive(path):
+            raise RuntimeError(f"another xvm-cnid is already serving {path}")
+        path.unlink()
+    old_umask = os.umask(0o177)  # no window in which others could connect
+    try:
+        server = _Server(str(path), _Connection)
+    finally:
+        os.umask(old_umask)
+    os.chmod(path, 0o600)
+    server.agent = agent
+    return server
+
+
+def _socket_alive(path: Path) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
+
+
+def _error_code(text: str) -> int:
+    try:
+        return int(json.loads(text)["code"])
+    except (ValueError, KeyError, TypeError):
+        return 0
