@@ -32,9 +32,14 @@ from pathlib import Path
 from typing import Any
 
 from xvmcni.cli import lab_net
-from xvmcni.cli.icmp import DEFAULT_SIZE, PingReply, probe
+from xvmcni.cli.icmp import DEFAULT_SIZE, PingReply, ping, probe
 from xvmcni.cni.errors import CniError
 from xvmcni.dataplane.netns import entered, open_netns
+
+__all__ = [
+    "Host", "Lab", "LabError", "Matrix", "PluginError", "Pod",
+    "lab_down", "lab_status", "lab_up", "load_lab", "mtu_check", "ping", "ping_matrix",
+]
 
 LAB_ROOT = Path("/run/xvm-cni/lab")
 DEFAULT_NAME = "xvmlab"
@@ -450,12 +455,12 @@ def _attach_all(lab: Lab, state: _State, progress: Progress) -> None:
             began = time.monotonic()
             try:
                 result = run_plugin(lab, "ADD", pod, config_text.encode())
+                _apply_result(pod, result, config)
             except BaseException as exc:
                 failed.set()
                 if isinstance(exc, PluginError):
                     progress(f"attach  {pod.name}: {plugin_name} ADD FAILED: {exc.plugin_msg}")
                 raise
-            _apply_result(pod, result, config)
             state.save()
             progress(f"attach  {pod.name}: {plugin_name} ADD -> {pod.address} "
                      f"({(time.monotonic() - began) * 1000:.0f} ms)")
