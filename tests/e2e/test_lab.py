@@ -365,3 +365,26 @@ def test_unreachable_destination_is_reported(lab3x2: labmod.Lab) -> None:
     assert src.ip != unused
     reply = probe(src.netns_path, unused, timeout=0.3, tries=2)
     assert not reply.ok
+
+
+def test_matrix_rendering_pod_by_pod_and_grouped_by_host() -> None:
+    """Layout only (no namespaces): a narrow terminal gets the per-host summary."""
+    from xvmcni.cli import lab_view
+    from xvmcni.cli.icmp import PingReply
+
+    pods = [f"h{h}-p{p}" for h in (1, 2) for p in (1, 2)]
+    cells = {(a, b): PingReply(ok=(a, b) != ("h1-p1", "h2-p2"), rtt_ms=0.1, tries=1)
+             for a in pods for b in pods if a != b}
+    cells.update({(a, labmod.GATEWAY): PingReply(True, 0.1, 1) for a in pods})
+    targets = {key: "10.244.0.9" for key in cells}
+    matrix = labmod.Matrix(rows=pods, columns=[*pods, labmod.GATEWAY], targets=targets,
+                           cells=cells, host_of={p: p.split("-")[0] for p in pods})
+    style = lab_view.Style(ok="ok", bad="--", self_=".", times="x")
+    wide = lab_view.render_matrix(matrix, style, width=200)
+    assert "15/16 reachable" in wide
+    assert "h1-p1 -> h2-p2 10.244.0.9" in wide
+    row = next(line for line in wide.splitlines() if line.startswith("  h1-p1 "))
+    assert row.split() == ["h1-p1", ".", "ok", "ok", "--", "ok"]
+    narrow = lab_view.render_matrix(matrix, style, width=20)
+    row = next(line for line in narrow.splitlines() if line.startswith("  h1 "))
+    assert row.split() == ["h1", "2/2", "3/4", "2/2"]

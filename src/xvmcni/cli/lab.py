@@ -690,6 +690,7 @@ class Matrix:
     cells: dict[tuple[str, str], PingReply]
     size: int = DEFAULT_SIZE
     df: bool = False
+    host_of: dict[str, str] = field(default_factory=dict)   # pod -> its host
 
     @property
     def total(self) -> int:
@@ -731,7 +732,8 @@ def ping_matrix(lab: Lab, *, size: int = DEFAULT_SIZE, df: bool = False,
         replies = list(pool.map(one, keys))
     columns = [p.name for p in pods] + ([GATEWAY] if any(p.gateway for p in pods) else [])
     return Matrix(rows=[p.name for p in pods], columns=columns, targets=targets,
-                  cells=dict(zip(keys, replies, strict=True)), size=size, df=df)
+                  cells=dict(zip(keys, replies, strict=True)), size=size, df=df,
+                  host_of={p.name: p.host for p in pods})
 
 
 @dataclass

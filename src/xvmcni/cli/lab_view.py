@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TextIO
 
+from xvmcni.cli.icmp import PingReply
 from xvmcni.cli.lab import GATEWAY, Lab, LabStatus, Matrix, MtuCheck, lab_dir
 
 MAX_FAILURES_SHOWN = 10
@@ -101,27 +104,57 @@ def render_summary(lab: Lab, style: Style) -> str:
     return "\n".join(lines)
 
 
-def render_matrix(matrix: Matrix, style: Style) -> str:
+def _cell(replies: list[PingReply], style: Style, width: int) -> str:
+    """One cell: a tick or cross, or "ok/total" when it stands for a block of pairs.
+    Padded before colouring: escape codes take no room on screen."""
+    if not replies:
+        return style.dim(style.self_.center(width))
+    good = sum(1 for r in replies if r.ok)
+    single = style.ok if good else style.bad
+    text = single if len(replies) == 1 else f"{good}/{len(replies)}"
+    paint = style.green if good == len(replies) else style.red
+    return paint(text.center(width))
+
+
+def _grid(rows: list[str], columns: list[str],
+          cell: Callable[[str, str], list[PingReply]], style: Style) -> list[str]:
+    widths = {c: max(len(c), 2) for c in columns}
+    if any(len(cell(r, c)) > 1 for r in rows for c in columns):
+        widths = {c: max(w, 5) for c, w in widths.items()}  # room for "16/16"
+    first_w = max([len(r) for r in rows] + [4])
+    lines = [("  " + "".ljust(first_w) + "  "
+              + "  ".join(c.center(widths[c]) for c in columns)).rstrip()]
+    for src in rows:
+        lines.append("  " + src.ljust(first_w) + "  "
+                     + "  ".join(_cell(cell(src, c), style, widths[c]) for c in columns))
+    return lines
+
+
+def render_matrix(matrix: Matrix, style: Style, width: int | None = None) -> str:
+    """Pod by pod when it fits ``width`` columns (the terminal's), else host by host
+    with "reachable/total" per block of pairs."""
     what = f"ICMP echo, {matrix.size} bytes" + (", DF set" if matrix.df else "")
     lines = [style.bold("Reachability") + f"  ({what}; row = from, column = to)", ""]
-    widths = {c: max(len(c), 2) for c in matrix.columns}
-    first_w = max([len(r) for r in matrix.rows] + [len("from")])
-    head = "  " + "".ljust(first_w) + "  " + "  ".join(c.center(widths[c])
-                                                      for c in matrix.columns)
-    lines.append(head.rstrip())
-    for src in matrix.rows:
-        cells = []
-        for col in matrix.columns:
-            reply = matrix.cells.get((src, col))
-            if reply is None:
-                text, paint = style.self_, style.dim
-            elif reply.ok:
-                text, paint = style.ok, style.green
-            else:
-                text, paint = style.bad, style.red
-            # Pad before colouring: escape codes have no width on screen.
-            cells.append(paint(text.center(widths[col])))
-        lines.append("  " + src.ljust(first_w) + "  " + "  ".join(cells))
+    if width is None:
+        # Never narrower than 80: a tiny or odd terminal still gets the pod grid.
+        width = max(shutil.get_terminal_size((100, 24)).columns, 80)
+    full_width = 4 + max(len(r) for r in matrix.rows) + sum(max(len(c), 2) + 2
+                                                             for c in matrix.columns)
+    if full_width <= width or not matrix.host_of:
+        lines += _grid(matrix.rows, matrix.columns,
+                       lambda r, c: [matrix.cells[(r, c)]] if (r, c) in matrix.cells else [],
+                       style)
+    else:
+        hosts = list(dict.fromkeys(matrix.host_of[r] for r in matrix.rows))
+        columns = hosts + [c for c in matrix.columns if c == GATEWAY]
+
+        def block(src_host: str, col: str) -> list[PingReply]:
+            return [reply for (src, dst), reply in matrix.cells.items()
+                    if matrix.host_of[src] == src_host
+                    and (dst == col if col == GATEWAY else matrix.host_of.get(dst) == col)]
+
+        lines.append(style.dim("  pods of the row's host to pods of the column's host"))
+        lines += _grid(hosts, columns, block, style)
     gateways = sorted({addr for (_, col), addr in matrix.targets.items() if col == GATEWAY})
     if gateways:
         lines.append(style.dim(f"  {GATEWAY} = the pod's own gateway, "
@@ -137,6 +170,8 @@ def render_matrix(matrix: Matrix, style: Style) -> str:
         target = f"{col} ({addr})" if col == GATEWAY else f"{col} {addr}"
         lines.append(f"  {style.bad} {src} -> {target}: {reply.error or 'no reply'}"
                      f" after {reply.tries} tries")
+    if len(failures) > MAX_FAILURES_SHOWN:
+        lines.append(f"  ... and {len(failures) - MAX_FAILURES_SHOWN} more failed pairs")
     return "\n".join(lines)
 
 

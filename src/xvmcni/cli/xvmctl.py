@@ -119,7 +119,8 @@ def cmd_lab_down(args: argparse.Namespace) -> int:
     note = ""
     if report.del_failures:
         note = style.red(f" ({len(report.del_failures)} CNI DEL failed, see above)")
-    print(f"lab {args.name} removed: {len(report.deleted)} pods detached, "
+    pods = "pod" if len(report.deleted) == 1 else "pods"
+    print(f"lab {args.name} removed: {len(report.deleted)} {pods} detached, "
           f"{len(report.removed_netns)} namespaces and {labmod.lab_dir(args.name)} deleted" + note)
     return EXIT_OK
 
