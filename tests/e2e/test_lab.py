@@ -388,3 +388,61 @@ def test_matrix_rendering_pod_by_pod_and_grouped_by_host() -> None:
     narrow = lab_view.render_matrix(matrix, style, width=20)
     row = next(line for line in narrow.splitlines() if line.startswith("  h1 "))
     assert row.split() == ["h1", "2/2", "3/4", "2/2"]
+
+
+def test_plugin_runs_in_the_host_netns_and_never_reaches_the_machine_agent(
+        tmp_path: Path) -> None:
+    """A unix socket ignores namespaces: a simulated host must not hand its ADD to an
+    xvm-cnid serving the real machine. Each host gets its own agent socket path."""
+    record = tmp_path / "calls"
+    record.mkdir()
+    fake = tmp_path / "recording-plugin"
+    fake.write_text(
+        "#!/bin/sh\n"
+        "cat >/dev/null\n"
+        f'f="{record}/$CNI_COMMAND-$CNI_CONTAINERID"\n'
+        'env > "$f"\n'
+        'readlink /proc/self/ns/net > "$f.ns"\n'
+        'case "$CNI_CONTAINERID" in *h1*) ip=10.99.0.2 ;; *) ip=10.99.0.3 ;; esac\n'
+        'echo "{\\"cniVersion\\":\\"1.0.0\\",\\"ips\\":[{\\"address\\":\\"$ip/24\\"}]}"\n')
+    fake.chmod(0o755)
+    name = unique_lab_name("r")
+    try:
+        lab = labmod.lab_up(name, hosts=2, pods=1, plugin=str(fake))
+        host_ns = {h.name: h.netns_path for h in lab.hosts}
+        sockets = set()
+        for pod in lab.pods:
+            env = dict(line.split("=", 1) for line in
+                       (record / f"ADD-{pod.container_id}").read_text().splitlines()
+                       if "=" in line)
+            assert env["CNI_NETNS"] == pod.netns_path
+            assert env["CNI_IFNAME"] == "eth0"
+            sock = Path(env["XVM_CNID_SOCKET"])
+            assert sock.is_relative_to(labmod.lab_dir(name))
+            sockets.add(sock)
+            # The plugin process itself ran inside its host's namespace.
+            seen = (record / f"ADD-{pod.container_id}.ns").read_text().strip()
+            st = os.stat(host_ns[pod.host])
+            assert seen == f"net:[{st.st_ino}]"
+        assert len(sockets) == 2
+    finally:
+        labmod.lab_down(name)
+    assert leftovers(name) == []
+
+
+def test_lab_with_the_installed_thin_plugin(tmp_path: Path) -> None:
+    """The shape `make install` puts in /opt/cni/bin (python -IS shim), written to a
+    temporary path: with no agent for the simulated hosts it runs in-process."""
+    if lab_plugin():
+        pytest.skip("XVM_LAB_PLUGIN selects another plugin")
+    from xvmcni import plugin_file
+
+    plugin = plugin_file.write(tmp_path / "xvm-cni")
+    name = unique_lab_name("i")
+    try:
+        lab = labmod.lab_up(name, hosts=2, pods=1, plugin=str(plugin))
+        assert labmod.ping_matrix(lab).ok
+    finally:
+        report = labmod.lab_down(name)
+    assert report.del_failures == []
+    assert leftovers(name) == []

@@ -53,6 +53,7 @@ CNI_PATH = "/usr/lib/cni:/opt/cni/bin"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 PLUGIN_TIMEOUT = 120.0
 STATE_FILE = "state.json"
+AGENT_SOCKET = "xvm-cnid.sock"
 # Lower-case letters and digits only: a '-' in the lab name would make
 # "<name>-h1" of one lab look like a lab of its own to the prefix scan.
 _NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,23}$")
@@ -292,11 +293,17 @@ def run_plugin(lab: Lab, command: str, pod: Pod, config: bytes,
         "CNI_IFNAME": POD_IFNAME,
         "CNI_PATH": CNI_PATH,
         "PATH": os.environ.get("PATH") or DEFAULT_PATH,
+        # The thin plugin forwards to the node agent's unix socket, and a unix socket
+        # path knows no network namespaces: an agent serving the real machine at the
+        # default path would configure the *root* namespace for a simulated host.
+        # Each host gets its own path (no agent listens there today, so the plugin
+        # runs in-process inside the host's namespace).
+        "XVM_CNID_SOCKET": str(lab_dir(lab.name) / pod.host / AGENT_SOCKET),
     }
     def failed(code: int | None, msg: str, details: str = "", stderr: str = "",
                status: int = 1) -> PluginError:
         exc = PluginError(command, pod.name, code, msg, details, stderr, status)
-        exc.request = (" ".join(f"{k}={v}" for k, v in env.items() if k.startswith("CNI_"))
+        exc.request = (" ".join(f"{k}={v}" for k, v in env.items() if k.startswith(("CNI_", "XVM_")))
                        + f" (in host netns {lab.host(pod.host).netns})")
         exc.config = config.decode(errors="replace")
         return exc
