@@ -4,11 +4,15 @@ a test fails. Tests drive the real ``xvm-cni`` executable."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -17,9 +21,13 @@ from typing import Any
 
 import pytest
 
+from xvmcni import plugin_file
+
 pytestmark = pytest.mark.root
 
-PLUGIN = str(Path(sys.executable).with_name("xvm-cni"))
+# In-process: the console script pip made. Agent: the thin file `make install` writes.
+INPROCESS_PLUGIN = str(Path(sys.executable).with_name("xvm-cni"))
+AGENT = str(Path(sys.executable).with_name("xvm-cnid"))
 CNI_PATH = "/usr/lib/cni:/opt/cni/bin"
 ALL_VERSIONS = ("0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 
@@ -47,6 +55,10 @@ class Host:
     address: str
     data_dir: Path
     pods: list[str] = field(default_factory=list)
+    plugin: str = INPROCESS_PLUGIN
+    agent_socket: str = ""
+    agent: subprocess.Popen[bytes] | None = None
+    calls: int = 0  # CNI calls other than VERSION, which the shim answers itself
 
     @property
     def path(self) -> str:
@@ -59,6 +71,8 @@ class Host:
             "subnet": "10.244.0.0/16", "gateway": "10.244.0.1",
             "dataDir": str(self.data_dir),
         }
+        if self.agent_socket:
+            conf["agentSocket"] = self.agent_socket
         conf.update(overrides)
         return {k: v for k, v in conf.items() if v is not None}
 
@@ -72,13 +86,15 @@ class Host:
             netns: str = "", ifname: str = "eth0", args: str = "",
             env: dict[str, str] | None = None) -> Outcome:
         stdin = config if isinstance(config, bytes) else json.dumps(config).encode()
+        if command != "VERSION":
+            self.calls += 1
         environ = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
                    "CNI_COMMAND": command, "CNI_CONTAINERID": container,
                    "CNI_NETNS": netns, "CNI_IFNAME": ifname, "CNI_ARGS": args,
                    "CNI_PATH": CNI_PATH}
         if env is not None:
             environ = {**{"PATH": environ["PATH"]}, **env}
-        proc = subprocess.run(["nsenter", f"--net={self.path}", PLUGIN], input=stdin,
+        proc = subprocess.run(["nsenter", f"--net={self.path}", self.plugin], input=stdin,
                               env=environ, capture_output=True, timeout=60, check=False)
         text = proc.stdout.decode()
         try:
@@ -128,18 +144,81 @@ def make_host(tmp_path: Path, address: str = "172.30.0.11/24") -> Host:
     return host
 
 
+def start_agent(host: Host, *extra: str) -> None:
+    """Run xvm-cnid inside the host's netns, and wait until its socket answers."""
+    sock = host.data_dir.parent / "agent" / "xvm-cnid.sock"
+    host.agent_socket = str(sock)
+    log = open(host.data_dir.parent / "agent.log", "ab")  # noqa: SIM115 - lives with the agent
+    host.agent = subprocess.Popen(
+        ["nsenter", f"--net={host.path}", AGENT, "--socket", str(sock), "--data-dir",
+         str(host.data_dir), "--cni-conf-dir", str(host.data_dir.parent / "conf"),
+         "--metrics-port", "0", "--gc-interval", "0", *extra],
+        stdout=log, stderr=log)
+    log.close()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if host.agent.poll() is not None:
+            raise RuntimeError("xvm-cnid exited: " +
+                               (host.data_dir.parent / "agent.log").read_text())
+        if agent_op(host, "ping").get("pong"):
+            return
+        time.sleep(0.05)
+    raise RuntimeError("xvm-cnid did not come up in 30s")
+
+
+def agent_op(host: Host, op: str) -> dict[str, Any]:
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.settimeout(30)
+    try:
+        client.connect(host.agent_socket)
+        client.sendall(json.dumps({"op": op}).encode())
+        client.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := client.recv(65536):
+            data += chunk
+    except OSError:
+        return {}
+    finally:
+        client.close()
+    return dict(json.loads(data)) if data else {}
+
+
+def stop_agent(host: Host, sig: int = signal.SIGTERM) -> None:
+    if host.agent is None:
+        return
+    # nsenter execs the agent, so the Popen pid is the agent itself.
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(host.agent.pid, sig)
+    try:
+        host.agent.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        host.agent.kill()
+        host.agent.wait()
+    host.agent = None
+
+
 def destroy_host(host: Host) -> None:
+    stop_agent(host, signal.SIGKILL)
     for name in [*host.pods, host.name, host.underlay]:
         subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
     shutil.rmtree(host.data_dir, ignore_errors=True)
 
 
-@pytest.fixture
-def host(tmp_path: Path) -> Iterator[Host]:
+@pytest.fixture(params=["inprocess", "agent"])
+def host(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Host]:
+    """A simulated host; every test using it runs twice: plugin in-process, and the
+    thin plugin talking to an xvm-cnid in that host."""
     if os.geteuid() != 0:
         pytest.skip("needs root for network namespaces")
     h = make_host(tmp_path)
     try:
+        if request.param == "agent":
+            h.plugin = str(plugin_file.write(tmp_path / "bin" / "xvm-cni"))
+            start_agent(h)
         yield h
+        if h.agent is not None and h.calls:
+            # A silent in-process fallback would pass every test: prove the agent served.
+            served = sum(agent_op(h, "status")["agent"]["requests"].values())
+            assert served == h.calls, f"agent served {served} of {h.calls} calls"
     finally:
         destroy_host(h)
