@@ -18,15 +18,22 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
-from tests.e2e.conftest import lab_plugin, leftovers, run_in_threads, unique_lab_name
 from xvmcni.cli import lab as labmod
 from xvmcni.cli.icmp import probe
+from xvmcni.dataplane.netns import entered, open_netns
 
-pytestmark = [pytest.mark.e2e, pytest.mark.root]
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.root,
+    pytest.mark.skipif(os.geteuid() != 0, reason="lab tests need root (network namespaces)"),
+]
 
 VXLAN_MTU = 1450          # 1500 underlay - 50 VXLAN/UDP/IP overhead
 IP_TCP_HEADERS = 40
@@ -41,9 +48,37 @@ def xvmctl(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]
                           env={**os.environ, "NO_COLOR": "1"})
 
 
-def plugin_args() -> list[str]:
-    plugin = lab_plugin()
+T = TypeVar("T")
+
+
+def plugin_args(plugin: str | None) -> list[str]:
     return ["--plugin", plugin] if plugin else []
+
+
+def in_netns(path: str, fn: Callable[[], T]) -> T:
+    """Run ``fn`` in the calling thread while it is inside the namespace at ``path``."""
+    fd = open_netns(path)
+    try:
+        with entered(fd):
+            return fn()
+    finally:
+        os.close(fd)
+
+
+def run_in_threads(*calls: tuple[str, Callable[[], object]], timeout: float = 60) -> list[object]:
+    """Each (netns path, fn) in its own thread inside that namespace; results in order,
+    the first exception re-raised."""
+    with ThreadPoolExecutor(max_workers=len(calls)) as pool:
+        futures = [pool.submit(in_netns, path, fn) for path, fn in calls]
+        return [f.result(timeout=timeout) for f in futures]
+
+
+def leftovers(name: str) -> list[str]:
+    """Namespaces and files of lab ``name`` that still exist."""
+    found = list(labmod.lab_netns(name))
+    if labmod.lab_dir(name).exists():
+        found += [str(p) for p in labmod.lab_dir(name).rglob("*")] or [str(labmod.lab_dir(name))]
+    return found
 
 
 def needs_cross_host(lab: labmod.Lab) -> None:
@@ -230,12 +265,13 @@ def test_status_shows_the_lab(lab3x2: labmod.Lab) -> None:
 # Lifecycle: the CLI, teardown, half-made labs, plugin errors.
 
 
-def test_cli_up_status_down_leaves_nothing() -> None:
-    name = unique_lab_name("c")
-    plugin = plugin_args()
+def test_cli_up_status_down_leaves_nothing(make_lab_name: Callable[[str], str],
+                                           lab_plugin: str | None) -> None:
+    name = make_lab_name("c")
+    plugin = plugin_args(lab_plugin)
     try:
         up = xvmctl("lab", "up", "--name", name, "--hosts", "2", "--pods", "1", *plugin)
-        if labmod.plugin_flavor(lab_plugin() or "xvm-cni") == "xvm":
+        if labmod.plugin_flavor(lab_plugin or "xvm-cni") == "xvm":
             assert up.returncode == 0, up.stdout + up.stderr
             assert "4/4 reachable" in up.stdout
             assert "path MTU  1450-byte packets with DF set, host to host (first pods): 2/2" \
@@ -257,9 +293,10 @@ def test_cli_up_status_down_leaves_nothing() -> None:
     assert "nothing to remove" in xvmctl("lab", "down", "--name", name).stdout
 
 
-def test_lab_down_removes_everything_and_deletes_through_the_plugin() -> None:
-    name = unique_lab_name("d")
-    lab = labmod.lab_up(name, hosts=2, pods=2, plugin=lab_plugin())
+def test_lab_down_removes_everything_and_deletes_through_the_plugin(
+        make_lab_name: Callable[[str], str], lab_plugin: str | None) -> None:
+    name = make_lab_name("d")
+    lab = labmod.lab_up(name, hosts=2, pods=2, plugin=lab_plugin)
     try:
         assert len(labmod.lab_netns(name)) == 1 + 2 + 4
     finally:
@@ -270,10 +307,11 @@ def test_lab_down_removes_everything_and_deletes_through_the_plugin() -> None:
     assert leftovers(name) == []
 
 
-def test_lab_down_cleans_up_a_lab_killed_half_way() -> None:
+def test_lab_down_cleans_up_a_lab_killed_half_way(make_lab_name: Callable[[str], str],
+                                                  lab_plugin: str | None) -> None:
     """SIGKILL ``lab up`` once the hosts exist: no chance to clean up itself."""
-    name = unique_lab_name("k")
-    plugin = plugin_args()
+    name = make_lab_name("k")
+    plugin = plugin_args(lab_plugin)
     proc = subprocess.Popen(
         [sys.executable, "-m", "xvmcni.cli.xvmctl", "lab", "up", "--name", name,
          "--hosts", "3", "--pods", "2", *plugin],
@@ -297,11 +335,12 @@ def test_lab_down_cleans_up_a_lab_killed_half_way() -> None:
     assert leftovers(name) == []
 
 
-def test_sigterm_during_up_removes_the_half_made_lab() -> None:
-    name = unique_lab_name("t")
+def test_sigterm_during_up_removes_the_half_made_lab(make_lab_name: Callable[[str], str],
+                                                     lab_plugin: str | None) -> None:
+    name = make_lab_name("t")
     proc = subprocess.Popen(
         [sys.executable, "-m", "xvmcni.cli.xvmctl", "lab", "up", "--name", name,
-         "--hosts", "3", "--pods", "2", *plugin_args()],
+         "--hosts", "3", "--pods", "2", *plugin_args(lab_plugin)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stderr is not None
@@ -321,9 +360,10 @@ def test_sigterm_during_up_removes_the_half_made_lab() -> None:
         labmod.lab_down(name)
 
 
-def test_lab_down_without_state_file_removes_by_name() -> None:
-    name = unique_lab_name("s")
-    labmod.lab_up(name, hosts=2, pods=1, plugin=lab_plugin())
+def test_lab_down_without_state_file_removes_by_name(make_lab_name: Callable[[str], str],
+                                                     lab_plugin: str | None) -> None:
+    name = make_lab_name("s")
+    labmod.lab_up(name, hosts=2, pods=1, plugin=lab_plugin)
     try:
         (labmod.lab_dir(name) / labmod.STATE_FILE).unlink()
     finally:
@@ -333,7 +373,8 @@ def test_lab_down_without_state_file_removes_by_name() -> None:
     assert leftovers(name) == []
 
 
-def test_plugin_error_is_shown_and_the_run_cleans_up(tmp_path: Path) -> None:
+def test_plugin_error_is_shown_and_the_run_cleans_up(
+        tmp_path: Path, make_lab_name: Callable[[str], str]) -> None:
     fake = tmp_path / "failing-plugin"
     fake.write_text("#!/bin/sh\n"
                     "cat >/dev/null\n"
@@ -342,7 +383,7 @@ def test_plugin_error_is_shown_and_the_run_cleans_up(tmp_path: Path) -> None:
                     '"details":"vxlanID missing"}\'\n'
                     "exit 1\n")
     fake.chmod(0o755)
-    name = unique_lab_name("e")
+    name = make_lab_name("e")
     try:
         out = xvmctl("lab", "up", "--name", name, "--hosts", "2", "--pods", "1",
                      "--plugin", str(fake))
@@ -391,7 +432,7 @@ def test_matrix_rendering_pod_by_pod_and_grouped_by_host() -> None:
 
 
 def test_plugin_runs_in_the_host_netns_and_never_reaches_the_machine_agent(
-        tmp_path: Path) -> None:
+        tmp_path: Path, make_lab_name: Callable[[str], str]) -> None:
     """A unix socket ignores namespaces: a simulated host must not hand its ADD to an
     xvm-cnid serving the real machine. Each host gets its own agent socket path."""
     record = tmp_path / "calls"
@@ -406,7 +447,7 @@ def test_plugin_runs_in_the_host_netns_and_never_reaches_the_machine_agent(
         'case "$CNI_CONTAINERID" in *h1*) ip=10.99.0.2 ;; *) ip=10.99.0.3 ;; esac\n'
         'echo "{\\"cniVersion\\":\\"1.0.0\\",\\"ips\\":[{\\"address\\":\\"$ip/24\\"}]}"\n')
     fake.chmod(0o755)
-    name = unique_lab_name("r")
+    name = make_lab_name("r")
     try:
         lab = labmod.lab_up(name, hosts=2, pods=1, plugin=str(fake))
         host_ns = {h.name: h.netns_path for h in lab.hosts}
@@ -430,15 +471,16 @@ def test_plugin_runs_in_the_host_netns_and_never_reaches_the_machine_agent(
     assert leftovers(name) == []
 
 
-def test_lab_with_the_installed_thin_plugin(tmp_path: Path) -> None:
+def test_lab_with_the_installed_thin_plugin(
+        tmp_path: Path, make_lab_name: Callable[[str], str], lab_plugin: str | None) -> None:
     """The shape `make install` puts in /opt/cni/bin (python -IS shim), written to a
     temporary path: with no agent for the simulated hosts it runs in-process."""
-    if lab_plugin():
+    if lab_plugin:
         pytest.skip("XVM_LAB_PLUGIN selects another plugin")
     from xvmcni import plugin_file
 
     plugin = plugin_file.write(tmp_path / "xvm-cni")
-    name = unique_lab_name("i")
+    name = make_lab_name("i")
     try:
         lab = labmod.lab_up(name, hosts=2, pods=1, plugin=str(plugin))
         assert labmod.ping_matrix(lab).ok

@@ -303,8 +303,8 @@ def run_plugin(lab: Lab, command: str, pod: Pod, config: bytes,
     def failed(code: int | None, msg: str, details: str = "", stderr: str = "",
                status: int = 1) -> PluginError:
         exc = PluginError(command, pod.name, code, msg, details, stderr, status)
-        exc.request = (" ".join(f"{k}={v}" for k, v in env.items() if k.startswith(("CNI_", "XVM_")))
-                       + f" (in host netns {lab.host(pod.host).netns})")
+        shown = " ".join(f"{k}={v}" for k, v in env.items() if k.startswith(("CNI_", "XVM_")))
+        exc.request = f"{shown} (in host netns {lab.host(pod.host).netns})"
         exc.config = config.decode(errors="replace")
         return exc
 
