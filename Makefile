@@ -25,25 +25,6 @@ export PIP_ROOT_USER_ACTION := ignore
 
 .PHONY: all install uninstall dist test lint clean
 
-# Writes the plugin shim (argv[1]); run by the venv's python, so sys.executable and purelib are
-# the venv's. -I ignores PYTHON* variables and the user site, -S skips site (the fastest start),
-# so the venv's site-packages is put on sys.path explicitly, computed here at install time.
-define SHIM_WRITER
-import sys, sysconfig
-site = sysconfig.get_path("purelib")
-lines = [
-    "#!" + sys.prefix + "/bin/python3 -IS",
-    "# xvm-cni CNI plugin, written by make install; its code lives in " + sys.prefix,
-    "import sys",
-    "sys.path.insert(0, " + repr(site) + ")",
-    "from xvmcni.cni.main import main",
-    "main()",
-]
-with open(sys.argv[1], "w") as out:
-    out.write("\n".join(lines) + "\n")
-endef
-export SHIM_WRITER
-
 all: dist
 
 install:
@@ -53,10 +34,11 @@ install:
 	@# Same version number after a code change: make sure the new code replaces the old.
 	$(VENV)/bin/python3 -m pip install -q --disable-pip-version-check --no-deps --force-reinstall .
 	mkdir -p $(CNI_BIN_DIR) $(CNI_CONF_DIR) $(BIN_DIR)
-	@# The plugin: a plain .py file, the fastest entry to start (see SHIM_WRITER above).
-	$(VENV)/bin/python3 -c "$$SHIM_WRITER" $(PLUGIN).tmp
-	chmod 0755 $(PLUGIN).tmp
-	mv -f $(PLUGIN).tmp $(PLUGIN)
+	@# The plugin: a plain Python file started as `python3 -IS` (fastest start; -I ignores
+	@# PYTHON* variables and the user site, -S skips site), so it puts the venv's
+	@# site-packages on sys.path itself, computed now; it runs the stdlib-only thin plugin
+	@# (xvmcni.cni.shim: hands the call to xvm-cnid, else works in-process).
+	$(VENV)/bin/python3 -m xvmcni.plugin_file $(PLUGIN) >/dev/null
 	@if [ -e $(CONF) ]; then \
 	  echo "keeping existing $(CONF)"; \
 	else \
