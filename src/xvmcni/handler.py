@@ -215,6 +215,9 @@ def _add_locked(request: Request, config: NetworkConfig, spec: l2net.L2Spec, hos
     try:
         if not in_use:
             netstate.remember(config.state_dir, config.raw)
+            if spec.mtu < config.mtu:  # said once, when the host joins the network
+                log.warning("mtu %d does not fit a VXLAN packet on %s (MTU %d); using %d",
+                            config.mtu, spec.host.name, spec.host.mtu, spec.mtu)
         bridge_index = l2net.ensure(host_ipr, spec, in_use)
         sysctl.ensure("net.ipv4.ip_forward", "1")
         side = container_side(config, request, spec.mtu, attachment.addresses, mac)

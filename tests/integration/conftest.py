@@ -58,7 +58,9 @@ class Host:
     plugin: str = INPROCESS_PLUGIN
     agent_socket: str = ""
     agent: subprocess.Popen[bytes] | None = None
-    calls: int = 0  # CNI calls other than VERSION, which the shim answers itself
+    # Calls the agent must serve: not VERSION (the shim answers it), and only with a
+    # readable config, since the config names the agent's socket.
+    calls: int = 0
 
     @property
     def path(self) -> str:
@@ -86,7 +88,11 @@ class Host:
             netns: str = "", ifname: str = "eth0", args: str = "",
             env: dict[str, str] | None = None) -> Outcome:
         stdin = config if isinstance(config, bytes) else json.dumps(config).encode()
-        if command != "VERSION":
+        try:
+            names_agent = "agentSocket" in json.loads(stdin)
+        except (ValueError, TypeError):
+            names_agent = False
+        if command != "VERSION" and names_agent and (env is None or "CNI_COMMAND" in env):
             self.calls += 1
         environ = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
                    "CNI_COMMAND": command, "CNI_CONTAINERID": container,

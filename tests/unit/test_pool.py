@@ -42,7 +42,7 @@ def test_default_per_host_prefix(subnet: str, expected: int) -> None:
 
 def test_documented_example_host_11_on_slash16() -> None:
     pool = pool_for_host(NET16, GW16, addr("172.30.0.11"), None, None, None)
-    assert (pool.first, pool.last) == (addr("10.244.11.0"), addr("10.244.11.255"))
+    assert (pool.first, pool.last) == (addr("10.244.11.1"), addr("10.244.11.254"))
 
 
 @pytest.mark.parametrize(
@@ -92,19 +92,19 @@ def test_every_slice_lies_inside_the_subnet() -> None:
 @pytest.mark.parametrize(
     ("subnet", "gateway", "host", "first", "last", "size"),
     [
-        # /16 -> /24 slice; slice 11 holds no reserved address.
-        ("10.244.0.0/16", "10.244.0.1", "172.30.0.11", "10.244.11.0", "10.244.11.255", 256),
-        # Slice 0 holds the network address and the gateway.
-        ("10.244.0.0/16", "10.244.0.1", "172.30.0.0", "10.244.0.0", "10.244.0.255", 254),
-        # The last slice holds the broadcast address.
-        ("10.244.0.0/16", "10.244.0.1", "172.30.0.255", "10.244.255.0", "10.244.255.255", 255),
+        # /16 -> /24 slice; the slice's own .0 and .255 are left out.
+        ("10.244.0.0/16", "10.244.0.1", "172.30.0.11", "10.244.11.1", "10.244.11.254", 254),
+        # Slice 0 also holds the gateway.
+        ("10.244.0.0/16", "10.244.0.1", "172.30.0.0", "10.244.0.1", "10.244.0.254", 253),
+        # The last slice: the subnet's broadcast is its own last address anyway.
+        ("10.244.0.0/16", "10.244.0.1", "172.30.0.255", "10.244.255.1", "10.244.255.254", 254),
         # /24 -> /28 slices, 16 of them: host .11 takes slice 11.
-        ("10.244.5.0/24", "10.244.5.1", "172.30.0.11", "10.244.5.176", "10.244.5.191", 16),
-        # /24, slice 0: network and gateway removed.
-        ("10.244.5.0/24", "10.244.5.1", "172.30.0.32", "10.244.5.0", "10.244.5.15", 14),
+        ("10.244.5.0/24", "10.244.5.1", "172.30.0.11", "10.244.5.177", "10.244.5.190", 14),
+        # /24, slice 0: the gateway is removed too.
+        ("10.244.5.0/24", "10.244.5.1", "172.30.0.32", "10.244.5.1", "10.244.5.14", 13),
         # /20 -> /28 slices, 256 of them.
-        ("10.244.16.0/20", "10.244.16.1", "172.30.0.11", "10.244.16.176", "10.244.16.191", 16),
-        ("10.244.16.0/20", "10.244.16.1", "172.30.0.255", "10.244.31.240", "10.244.31.255", 15),
+        ("10.244.16.0/20", "10.244.16.1", "172.30.0.11", "10.244.16.177", "10.244.16.190", 14),
+        ("10.244.16.0/20", "10.244.16.1", "172.30.0.255", "10.244.31.241", "10.244.31.254", 14),
     ],
 )
 def test_default_pool(subnet: str, gateway: str, host: str, first: str, last: str,
@@ -117,8 +117,8 @@ def test_default_pool(subnet: str, gateway: str, host: str, first: str, last: st
 def test_explicit_per_host_prefix() -> None:
     pool = pool_for_host(NET16, GW16, addr("172.30.0.11"), 20, None, None)
     # 16 slices of /20: 11 mod 16 = 11.
-    assert (pool.first, pool.last) == (addr("10.244.176.0"), addr("10.244.191.255"))
-    assert pool.size() == 4096
+    assert (pool.first, pool.last) == (addr("10.244.176.1"), addr("10.244.191.254"))
+    assert pool.size() == 4094
 
 
 @pytest.mark.parametrize("prefix", [15, 33])

@@ -117,7 +117,7 @@ def test_allocates_unique_addresses_from_the_pool(store: IpamStore, pool: Addres
 def test_first_allocation_starts_at_the_pool_start(store: IpamStore, pool: AddressPool) -> None:
     stored, created = attach(store, pool, "c1")
     assert created is True
-    assert stored.addresses == [IPv4Interface("10.244.11.0/16")]
+    assert stored.addresses == [IPv4Interface("10.244.11.1/16")]
     assert stored.created > 0
 
 

@@ -50,12 +50,7 @@ class L2Spec:
 
 def effective_mtu(requested: int, host_mtu: int) -> int:
     """The MTU pods get: what was asked, but never more than fits in one underlay frame."""
-    fits = host_mtu - VXLAN_OVERHEAD_V4
-    if requested > fits:
-        log.warning("mtu %d does not fit a VXLAN packet on a %d-byte underlay; using %d",
-                    requested, host_mtu, fits)
-        return fits
-    return requested
+    return min(requested, host_mtu - VXLAN_OVERHEAD_V4)
 
 
 def _vxlan_mismatch(link: Any, spec: L2Spec) -> str:

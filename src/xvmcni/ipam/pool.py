@@ -97,5 +97,8 @@ def pool_for_host(subnet: ipaddress.IPv4Network, gateway: ipaddress.IPv4Address,
 
     prefix = per_host_prefix if per_host_prefix is not None else default_per_host_prefix(subnet)
     owned = host_slice(subnet, host_ip, prefix)
+    # The slice's own first and last addresses (x.y.z.0 and x.y.z.255 for a /24) are
+    # valid inside the shared subnet, but operators and firewall rules read them as
+    # network/broadcast addresses: leave them out, as in any subnet.
     return AddressPool(subnet=subnet, gateway=gateway,
-                       first=owned.network_address, last=owned.broadcast_address)
+                       first=owned.network_address + 1, last=owned.broadcast_address - 1)
