@@ -197,3 +197,21 @@ def test_agent_and_in_process_give_identical_results(agent_host: Host) -> None:
             agent_host.plugin = thin
         assert json.dumps(via_agent, sort_keys=True) == json.dumps(in_process, sort_keys=True)
         assert agent_host.cni("DEL", conf, "same", pod).rc == 0
+
+
+def test_agent_refuses_callers_from_another_netns(agent_host: Host, tmp_path: Path) -> None:
+    """A plugin run in some other host namespace must not have its work done in the
+    agent's: the agent says so and the plugin runs in-process where it is."""
+    other = make_host(tmp_path / "other", address="172.30.0.12/24")
+    try:
+        conf = agent_host.config()
+        conf["dataDir"] = str(other.data_dir)
+        other.plugin = agent_host.plugin
+        pod = other.new_pod()
+        result = other.add(conf, "foreign", pod)
+        assert result["ips"][0]["address"].startswith("10.244.12.")  # other's slice
+        assert "xvmbr10" in other.links() and "xvmbr10" not in agent_host.links()
+        assert _served(agent_host) == 0
+        assert other.cni("DEL", conf, "foreign", pod).rc == 0
+    finally:
+        destroy_host(other)

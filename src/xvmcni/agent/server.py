@@ -16,6 +16,7 @@ import os
 import socket
 import socketserver
 import stat
+import struct
 import threading
 import time
 from dataclasses import dataclass, field
@@ -196,6 +197,11 @@ class _Connection(socketserver.BaseRequestHandler):
             message = json.loads(data)
             if "op" in message:
                 reply: dict[str, Any] = self.server.agent.operation(str(message["op"]))
+            elif not _peer_in_my_netns(sock):
+                # The work must happen in the caller's host namespace, not ours: tell the
+                # plugin to run it in-process there.
+                reply = {"fallback": "the plugin runs in another network namespace"}
+                log.warning("refused a request from another network namespace")
             else:
                 status, text = self.server.agent.cni(
                     {str(k): str(v) for k, v in dict(message["env"]).items()},
@@ -209,6 +215,18 @@ class _Connection(socketserver.BaseRequestHandler):
 class _Server(socketserver.ThreadingUnixStreamServer):
     daemon_threads = True
     agent: Agent
+
+
+def _peer_in_my_netns(sock: socket.socket) -> bool:
+    """True when the connecting process shares this agent's network namespace."""
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, _uid, _gid = struct.unpack("3i", creds)
+    try:
+        theirs = os.stat(f"/proc/{pid}/ns/net")
+    except OSError:
+        return False  # the caller is gone or hidden: do not guess
+    mine = os.stat("/proc/self/ns/net")
+    return (theirs.st_dev, theirs.st_ino) == (mine.st_dev, mine.st_ino)
 
 
 def _read_all(sock: socket.socket) -> bytes:

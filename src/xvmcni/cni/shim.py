@@ -79,6 +79,8 @@ def ask_agent(path: str, timeout: float, env: dict[str, str],
         raise AgentSilent("the agent closed the connection without an answer")
     try:
         reply = json.loads(b"".join(chunks))
+        if "fallback" in reply:
+            raise AgentAbsent(str(reply["fallback"]))
         return int(reply["exit"]), str(reply["stdout"])
     except (ValueError, KeyError, TypeError) as exc:
         raise AgentSilent("unreadable answer from the agent: " + str(exc)) from exc
