@@ -13,7 +13,9 @@ import dataclasses
 import ipaddress
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from xvmcni import logsetup, netconf, netstate
@@ -37,6 +39,7 @@ from xvmcni.cni.result import (
 from xvmcni.dataplane import hostif, l2net, names, sysctl, veth
 from xvmcni.dataplane.netlink import get_link, rtnl
 from xvmcni.dataplane.netns import netns_gone, open_netns
+from xvmcni.dataplane.reaper import VethReaper
 from xvmcni.ipam import delegate
 from xvmcni.ipam.pool import AddressPool, pool_for_host
 from xvmcni.ipam.store import Attachment, IpamStore
@@ -46,6 +49,17 @@ from xvmcni.netconf import NetworkConfig
 log = logging.getLogger("xvmcni.handler")
 
 LOCK_TIMEOUT = 10.0
+
+# Set by the agent (a long-lived process): DEL retires veths for background deletion
+# instead of waiting out the kernel's unregister, and IPAM stores stay open per thread.
+# In-process plugin runs leave both None and do everything synchronously.
+veth_reaper: VethReaper | None = None
+_warm_stores: threading.local | None = None
+
+
+def keep_stores_open() -> None:
+    global _warm_stores
+    _warm_stores = threading.local()
 DEFAULT_ROUTE = ipaddress.IPv4Network("0.0.0.0/0")
 # In our results: 0 = bridge, 1 = host veth, 2 = the container's interface.
 CONTAINER_INTERFACE_INDEX = 2
@@ -72,11 +86,25 @@ def _require_version(command: str, version: str) -> None:
 
 @contextlib.contextmanager
 def open_store(config: NetworkConfig) -> Iterator[IpamStore]:
-    store = IpamStore(config.state_dir / "ipam.db", timeout=LOCK_TIMEOUT)
-    try:
-        yield store
-    finally:
-        store.close()
+    path = config.state_dir / "ipam.db"
+    if _warm_stores is None:
+        store = IpamStore(path, timeout=LOCK_TIMEOUT)
+        try:
+            yield store
+        finally:
+            store.close()
+        return
+    # Agent: one connection per thread and database. Closing sqlite's last
+    # connection checkpoints the WAL (fsyncs) every time; keeping it open doesn't.
+    cache: dict[Path, tuple[int, IpamStore]] = _warm_stores.__dict__.setdefault("by_path", {})
+    inode = path.stat().st_ino if path.exists() else -1
+    cached = cache.get(path)
+    if cached is None or cached[0] != inode or inode == -1:
+        if cached is not None:
+            cached[1].close()
+        store = IpamStore(path, timeout=LOCK_TIMEOUT)
+        cache[path] = (path.stat().st_ino, store)
+    yield cache[path][1]
 
 
 def l2_spec(config: NetworkConfig, host: hostif.HostInterface) -> l2net.L2Spec:
@@ -156,7 +184,7 @@ def container_side(config: NetworkConfig, request: Request, mtu: int,
 
 def leave_if_unused(host_ipr: Any, store: IpamStore, config: NetworkConfig) -> None:
     """The host leaves the network's VXLAN after its last container."""
-    if store.all():
+    if store.count():
         return
     if get_link(host_ipr, config.bridge_name) is None \
             and get_link(host_ipr, config.vxlan_name) is None:
@@ -195,7 +223,7 @@ def _add_locked(request: Request, config: NetworkConfig, spec: l2net.L2Spec, hos
                 mac: str) -> dict[str, Any]:
     host_name = names.host_veth_name(request.container_id, request.ifname)
     existing = store.get(request.container_id, request.ifname)
-    in_use = len(store.all()) > (1 if existing else 0)
+    in_use = store.count() > (1 if existing else 0)
     delegated_result: Result | None = None
     record = Attachment(container_id=request.container_id, ifname=request.ifname,
                         netns=request.netns, host_ifname=host_name)
@@ -280,7 +308,9 @@ def _del(request: Request, config: NetworkConfig) -> None:
     with rtnl() as host_ipr, network_lock(config.state_dir, LOCK_TIMEOUT), \
             open_store(config) as store:
         record = store.get(request.container_id, request.ifname)
-        if netns_gone(request.netns):
+        if veth_reaper is not None and veth_reaper.retire(host_ipr, host_name):
+            pass  # down and queued: the agent deletes the pair off the request path
+        elif netns_gone(request.netns):
             veth.remove(host_ipr, None, host_name, request.ifname, owned=record is not None)
         else:
             pod_fd = open_netns(request.netns)

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from xvmcni import plugin_file
+from xvmcni.dataplane.reaper import RETIRED_GROUP
 
 pytestmark = pytest.mark.root
 
@@ -120,8 +121,16 @@ class Host:
                               text=True, timeout=30, check=False)
 
     def links(self) -> dict[str, dict[str, Any]]:
-        data = json.loads(ip("-d", "-j", "-n", self.name, "link", "show"))
-        return {link["ifname"]: link for link in data}
+        """Links of the host, once the agent's reaper has deleted what DEL retired
+        (it batches deletions within ~50 ms; give it up to 5 s)."""
+        deadline = time.monotonic() + 5
+        while True:
+            data = json.loads(ip("-d", "-j", "-n", self.name, "link", "show"))
+            retired = [link["ifname"] for link in data if link.get("group") == str(RETIRED_GROUP)]
+            if not retired:
+                return {link["ifname"]: link for link in data}
+            assert time.monotonic() < deadline, f"retired veths never deleted: {retired}"
+            time.sleep(0.02)
 
     def nft_tables(self) -> list[str]:
         out = self.in_ns(self.path, "nft", "-j", "list", "tables").stdout

@@ -30,6 +30,7 @@ from xvmcni.cni.errors import TRY_AGAIN_LATER, CniError
 from xvmcni.cni.main import declared_version, run
 from xvmcni.dataplane import hostif
 from xvmcni.dataplane.netlink import rtnl
+from xvmcni.dataplane.reaper import VethReaper
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,9 @@ class Agent:
         self._stop = threading.Event()
         self._server: socketserver.ThreadingUnixStreamServer | None = None
         logsetup.managed_by_agent = True
+        handler.keep_stores_open()
+        self.reaper = VethReaper()
+        handler.veth_reaper = self.reaper
 
     # --- requests --------------------------------------------------------------------
 
@@ -156,6 +160,7 @@ class Agent:
         # Warm up: pay the imports and the first netlink socket before the first ADD.
         with rtnl() as ipr:
             ipr.get_links()
+        self.reaper.start()
         self.reconcile_all()
         self._server = _bind(self.options.socket_path, self)
         if self.metrics is not None:
@@ -170,6 +175,7 @@ class Agent:
             with contextlib.suppress(FileNotFoundError):
                 self.options.socket_path.unlink()
             self.pool.shutdown(wait=True, cancel_futures=False)
+            self.reaper.stop()
             log.info("xvm-cnid stopped")
 
     def shutdown(self) -> None:

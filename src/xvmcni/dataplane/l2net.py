@@ -31,6 +31,7 @@ from xvmcni.dataplane.netlink import (
 log = logging.getLogger(__name__)
 
 VXLAN_OVERHEAD_V4 = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
+IFF_UP = 0x1
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,10 @@ def ensure(ipr: Any, spec: L2Spec, in_use: bool, refresh_filters: bool = False) 
     the network is new or a device had to be made, or when asked to; the agent's
     reconcile loop refreshes it periodically.
     """
+    if in_use and not refresh_filters:
+        ready = _ready_bridge(ipr, spec)
+        if ready is not None:
+            return ready
     bridge_index, new_bridge = _ensure_bridge(ipr, spec)
     new_vxlan = _ensure_vxlan(ipr, spec, bridge_index, in_use)
     _ensure_gateway_address(ipr, spec, bridge_index)
@@ -157,6 +162,19 @@ def ensure(ipr: Any, spec: L2Spec, in_use: bool, refresh_filters: bool = False) 
               else nft.delete_table_batch("ip", spec.network))
     nft.run_batch(batch)
     return bridge_index
+
+
+def _ready_bridge(ipr: Any, spec: L2Spec) -> int | None:
+    """The bridge's ifindex when bridge and VXLAN port are present and up (two GETs:
+    the common ADD into a network already in use); None means "do the full ensure"."""
+    bridge = get_link(ipr, spec.bridge)
+    vxlan = get_link(ipr, spec.vxlan)
+    if bridge is None or vxlan is None or link_kind(bridge) != "bridge":
+        return None
+    up = bool(bridge["flags"] & vxlan["flags"] & IFF_UP)
+    if not up or vxlan.get("IFLA_MASTER") != bridge["index"]:
+        return None
+    return int(bridge["index"])
 
 
 def remove(ipr: Any, network: str, bridge: str, vxlan: str) -> None:
@@ -174,7 +192,7 @@ def problems(ipr: Any, spec: L2Spec) -> list[str]:
     bridge = get_link(ipr, spec.bridge)
     if bridge is None or link_kind(bridge) != "bridge":
         return [f"bridge {spec.bridge} is missing"]
-    if bridge.get("IFLA_OPERSTATE") == "DOWN" or not bridge["flags"] & 1:
+    if not bridge["flags"] & IFF_UP:
         found.append(f"bridge {spec.bridge} is down")
     wanted = (str(spec.gateway.ip), spec.gateway.network.prefixlen)
     if wanted not in ipv4_addresses(ipr, bridge["index"]):

@@ -39,21 +39,19 @@ def kernel_error(action: str, exc: NetlinkError) -> CniError:
     return CniError(NETLINK_FAILURE, f"kernel refused to {action}", f"{reason}: {exc}")
 
 
-def link_index(ipr: Any, ifname: str) -> int | None:
-    found = ipr.link_lookup(ifname=ifname)
-    return int(found[0]) if found else None
-
-
 def get_link(ipr: Any, ifname: str) -> Any | None:
-    index = link_index(ipr, ifname)
-    if index is None:
-        return None
+    """One link by name, or None: a single RTM_GETLINK the kernel answers by name."""
     try:
-        return ipr.get_links(index)[0]
+        return ipr.link("get", ifname=ifname)[0]
     except NetlinkError as exc:
         if exc.code == errno.ENODEV:
             return None
         raise
+
+
+def link_index(ipr: Any, ifname: str) -> int | None:
+    link = get_link(ipr, ifname)
+    return int(link["index"]) if link is not None else None
 
 
 def link_kind(link: Any) -> str:
@@ -70,13 +68,10 @@ def ipv4_addresses(ipr: Any, index: int) -> list[tuple[str, int]]:
 
 def delete_link(ipr: Any, ifname: str) -> bool:
     """Delete ``ifname`` if it exists; True when something was removed."""
-    index = link_index(ipr, ifname)
-    if index is None:
-        return False
     try:
-        ipr.link("del", index=index)
+        ipr.link("del", ifname=ifname)
     except NetlinkError as exc:
-        if exc.code == errno.ENODEV:  # gone meanwhile: the outcome we wanted
+        if exc.code == errno.ENODEV:  # not there (any more): the outcome we wanted
             return False
         raise kernel_error(f"delete link {ifname}", exc) from exc
     return True

@@ -11,6 +11,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from xvmcni.cni.errors import INVALID_ENV, CniError
 from xvmcni.cni.result import IPAddress, IPInterface, IPNetwork
+from xvmcni.dataplane import reaper
 from xvmcni.dataplane.netlink import delete_link, get_link, kernel_error, link_kind
 
 IFF_UP = 0x1
@@ -45,47 +46,80 @@ def _peer_of(host_link: Any, container_link: Any) -> bool:
     )
 
 
+def container_mac(addresses: list[IPInterface]) -> str:
+    """0a:58 + the IPv4 address: the Kubernetes convention, unique because addresses
+    are, and readable in any ARP or FDB table."""
+    v4 = next((a.ip for a in addresses if a.version == 4), None)
+    if v4 is None:
+        return ""
+    return "0a:58:" + ":".join(f"{b:02x}" for b in v4.packed)
+
+
 def ensure(host_ipr: Any, pod_ipr: Any, pod_fd: int, host_name: str, bridge_index: int,
            side: ContainerSide) -> VethPair:
     """Create (or adopt, on a repeated ADD) the pair and configure both ends."""
+    mac = side.mac or container_mac(side.addresses)
+    peer: dict[str, Any] = {"ifname": side.ifname, "net_ns_fd": pod_fd, "mtu": side.mtu}
+    if mac:
+        peer["address"] = mac
+    try:
+        # One message: the pair, its MTU, the host end on the bridge and up.
+        host_ipr.link("add", ifname=host_name, kind="veth", mtu=side.mtu,
+                      master=bridge_index, state="up", peer=peer)
+    except NetlinkError as exc:
+        if exc.code != errno.EEXIST:
+            raise kernel_error(f"create veth {host_name}/{side.ifname}", exc) from exc
+        return _adopt(host_ipr, pod_ipr, pod_fd, host_name, bridge_index, side)
     host_link = get_link(host_ipr, host_name)
+    if host_link is None:
+        raise CniError(INVALID_ENV, f"veth {host_name} vanished while being set up")
+    index, container_mac_now = _configure_container(pod_ipr, side, fresh=True)
+    return VethPair(host_name=host_name, host_mac=str(host_link.get("IFLA_ADDRESS")),
+                    container_mac=container_mac_now, container_index=index)
+
+
+def _adopt(host_ipr: Any, pod_ipr: Any, pod_fd: int, host_name: str, bridge_index: int,
+           side: ContainerSide) -> VethPair:
+    """A name was taken: a repeated ADD (adopt the pair), a leftover host end from an
+    interrupted ADD (replace it), or a foreign interface in the container (refuse)."""
+    host_link = get_link(host_ipr, host_name)
+    if reaper.is_retired(host_link):
+        # Deleted by a DEL moments ago and not yet reaped: this is a new attachment.
+        reaper.reclaim(host_ipr, host_name)
+        return ensure(host_ipr, pod_ipr, pod_fd, host_name, bridge_index, side)
     pod_link = get_link(pod_ipr, side.ifname)
     if not _peer_of(host_link, pod_link):
         if pod_link is not None:
             raise CniError(INVALID_ENV,
                            f"interface {side.ifname} already exists in the container's netns",
                            "choose another CNI_IFNAME or remove that interface")
-        # A host end without its container end is left from an interrupted ADD.
         delete_link(host_ipr, host_name)
-        peer: dict[str, Any] = {"ifname": side.ifname, "net_ns_fd": pod_fd}
-        if side.mac:
-            peer["address"] = side.mac
-        try:
-            host_ipr.link("add", ifname=host_name, kind="veth", mtu=side.mtu, peer=peer)
-        except NetlinkError as exc:
-            raise kernel_error(f"create veth {host_name}/{side.ifname}", exc) from exc
-    host_link = get_link(host_ipr, host_name)
-    pod_link = get_link(pod_ipr, side.ifname)
-    if host_link is None or pod_link is None:
-        raise CniError(INVALID_ENV, f"veth {host_name}/{side.ifname} vanished while being set up")
+        return ensure(host_ipr, pod_ipr, pod_fd, host_name, bridge_index, side)
+    assert host_link is not None
     try:
         host_ipr.link("set", index=host_link["index"], master=bridge_index, mtu=side.mtu,
                       state="up")
     except NetlinkError as exc:
         raise kernel_error(f"attach {host_name} to the bridge", exc) from exc
-    _configure_container(pod_ipr, pod_link["index"], side)
-    # Re-read: a MAC or state change above is only visible in a fresh dump.
-    pod_link = get_link(pod_ipr, side.ifname) or pod_link
+    index, container_mac_now = _configure_container(pod_ipr, side, fresh=False)
     return VethPair(host_name=host_name, host_mac=str(host_link.get("IFLA_ADDRESS")),
-                    container_mac=str(pod_link.get("IFLA_ADDRESS")),
-                    container_index=int(pod_link["index"]))
+                    container_mac=container_mac_now, container_index=index)
 
 
-def _configure_container(pod_ipr: Any, index: int, side: ContainerSide) -> None:
+def _configure_container(pod_ipr: Any, side: ContainerSide, fresh: bool) -> tuple[int, str]:
+    """Bring the container end up with its addresses and routes; (ifindex, MAC).
+
+    ``fresh``: just created, so there are no addresses to compare with.
+    """
+    link = get_link(pod_ipr, side.ifname)
+    if link is None:
+        raise CniError(INVALID_ENV, f"{side.ifname} vanished while being set up")
+    index = int(link["index"])
     try:
         pod_ipr.link("set", index=index, mtu=side.mtu, state="up")
-        present = {(str(a.get("IFA_ADDRESS")), int(a["prefixlen"]))
-                   for a in pod_ipr.get_addr(index=index)}
+        present: set[tuple[str, int]] = set() if fresh else {
+            (str(a.get("IFA_ADDRESS")), int(a["prefixlen"]))
+            for a in pod_ipr.get_addr(index=index)}
         for addr in side.addresses:
             if (str(addr.ip), addr.network.prefixlen) not in present:
                 pod_ipr.addr("add", index=index, address=str(addr.ip),
@@ -97,6 +131,7 @@ def _configure_container(pod_ipr: Any, index: int, side: ContainerSide) -> None:
             pod_ipr.route("replace", **spec)
     except NetlinkError as exc:
         raise kernel_error(f"configure {side.ifname} in the container", exc) from exc
+    return index, str(link.get("IFLA_ADDRESS"))
 
 
 def remove(host_ipr: Any, pod_ipr: Any | None, host_name: str, ifname: str,

@@ -266,6 +266,11 @@ class IpamStore:
         with self._read() as conn:
             return self._load_all(conn)
 
+    def count(self) -> int:
+        """How many attachments this network has on this host."""
+        with self._read() as conn:
+            return int(conn.execute("SELECT COUNT(*) FROM attachments").fetchone()[0])
+
     def used_addresses(self) -> int:
         with self._read() as conn:
             return int(conn.execute("SELECT COUNT(*) FROM addresses").fetchone()[0])
