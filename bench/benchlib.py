@@ -1,0 +1,482 @@
+"""Shared plumbing for the benchmarks in bench/: simulated hosts, plugin setups,
+timed invocations, the xvm-cnid agent, statistics, tables and JSON output.
+
+Everything a benchmark creates is registered with a ``Workspace`` and removed by
+``Workspace.close()`` (namespaces, agent processes, the temp dir), also after
+Ctrl-C or SIGTERM. Names are unique per run: ``xb<pid hex><random>``.
+
+Plugins are invoked as a runtime does: ``CNI_*`` in the environment, the config on
+stdin, the process started inside the simulated host's network namespace. The
+benchmarking thread enters that namespace once (``xvmcni.dataplane.netns.entered``)
+and every child it forks inherits it, so no ``nsenter`` exec is added to a sample.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import platform
+import secrets
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from xvmcni.dataplane.netns import entered, open_netns
+from xvmcni.dataplane.reaper import RETIRED_GROUP
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS_DIR = REPO / "bench" / "results"
+VENV_BIN = Path(sys.executable).parent
+CONSOLE_SCRIPT = str(VENV_BIN / "xvm-cni")
+AGENT = str(VENV_BIN / "xvm-cnid")
+REFERENCE_BRIDGE = "/usr/lib/cni/bridge"
+REFERENCE_DIR = "/usr/lib/cni"
+CNI_PATH = "/usr/lib/cni"
+PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+HOST_ADDRESS = "172.30.0.11/24"
+PLUGIN_TIMEOUT = 120.0
+
+# Setup keys, in table order.
+AGENT_SETUP = "xvm: thin + agent"
+THIN_FALLBACK = "xvm: thin, no agent"
+CONSOLE = "xvm: console script"
+REFERENCE = "ref: bridge+host-local"
+ALL_SETUPS = (AGENT_SETUP, THIN_FALLBACK, CONSOLE, REFERENCE)
+SETUP_HELP = {
+    AGENT_SETUP: "thin plugin file (python -m xvmcni.plugin_file) -> xvm-cnid in the host",
+    THIN_FALLBACK: "same thin file, agentSocket names a path nobody listens on: in-process",
+    CONSOLE: f"{CONSOLE_SCRIPT} (pip console script, always in-process)",
+    REFERENCE: f"{REFERENCE_BRIDGE} + host-local, isGateway, own dataDir",
+}
+
+
+def unique(prefix: str = "xb") -> str:
+    """A name no other run (or engineer) uses: prefix, our pid in hex, 4 random hex."""
+    return f"{prefix}{os.getpid():x}{secrets.token_hex(2)}"
+
+
+def ip(*args: str) -> str:
+    return subprocess.run(["ip", *args], check=True, capture_output=True, text=True).stdout
+
+
+# ---------------------------------------------------------------------------
+# Interrupts and cleanup
+
+
+def _raise_interrupt(signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def install_signal_handlers() -> None:
+    """SIGTERM and SIGHUP behave like Ctrl-C: unwind through the finally blocks."""
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGHUP, _raise_interrupt)
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        sys.exit("bench: needs root (creates network namespaces)")
+
+
+@dataclass
+class Agent:
+    process: subprocess.Popen[bytes]
+    socket_path: Path
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+
+@dataclass
+class Workspace:
+    """Owns what a benchmark run creates; ``close()`` removes all of it."""
+
+    tmp: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="xvmbench-")))
+    namespaces: list[str] = field(default_factory=list)
+    agents: list[Agent] = field(default_factory=list)
+    extra: list[Callable[[], object]] = field(default_factory=list)
+
+    def __enter__(self) -> Workspace:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def add_netns(self, prefix: str = "xbp") -> str:
+        name = unique(prefix)
+        self.namespaces.append(name)  # recorded first: a failed add still gets a del
+        ip("netns", "add", name)
+        return name
+
+    def del_netns(self, names: Sequence[str]) -> None:
+        for name in names:
+            subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
+            with contextlib.suppress(ValueError):
+                self.namespaces.remove(name)
+
+    def stop_agent(self, agent: Agent) -> None:
+        proc = agent.process
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        with contextlib.suppress(ValueError):
+            self.agents.remove(agent)
+
+    def close(self) -> None:
+        # Ctrl-C during cleanup must not leave half of it: finish, then re-raise.
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            for action in reversed(self.extra):
+                with contextlib.suppress(Exception):
+                    action()
+            for agent in list(self.agents):
+                self.stop_agent(agent)
+            # Pods before hosts before underlays: the reverse of creation.
+            self.del_netns(list(reversed(self.namespaces)))
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+
+# ---------------------------------------------------------------------------
+# Simulated hosts
+
+
+@dataclass
+class SimHost:
+    """A host namespace with ``eth0`` on a private underlay (as tests/integration)."""
+
+    name: str
+    underlay: str
+    address: str
+
+    @property
+    def path(self) -> str:
+        return f"/run/netns/{self.name}"
+
+    @contextlib.contextmanager
+    def entered(self) -> Iterator[None]:
+        """The calling thread inside this host; children it starts inherit that."""
+        fd = open_netns(self.path)
+        try:
+            with entered(fd):
+                yield
+        finally:
+            os.close(fd)
+
+    def veths(self) -> list[dict[str, Any]]:
+        """Host-side veths except eth0 (the underlay cable)."""
+        links = json.loads(ip("-d", "-j", "-n", self.name, "link", "show", "type", "veth"))
+        return [link for link in links if link.get("ifname") != "eth0"]
+
+    def wait_no_retired(self, timeout: float = 5.0) -> float:
+        """Wait until the agent's reaper deleted every retired veth; seconds waited."""
+        began = time.monotonic()
+        while True:
+            retired = [link for link in self.veths() if link.get("group") == str(RETIRED_GROUP)]
+            if not retired or time.monotonic() - began > timeout:
+                return time.monotonic() - began
+            time.sleep(0.01)
+
+
+def make_host(ws: Workspace, address: str = HOST_ADDRESS) -> SimHost:
+    host = SimHost(name=ws.add_netns("xbh"), underlay=ws.add_netns("xbu"), address=address)
+    ip("link", "add", "eth0", "netns", host.name, "type", "veth", "peer", "name", "up0",
+       "netns", host.underlay)
+    ip("-n", host.name, "addr", "add", address, "dev", "eth0")
+    for ns, dev in ((host.name, "eth0"), (host.name, "lo"), (host.underlay, "up0"),
+                    (host.underlay, "lo")):
+        ip("-n", ns, "link", "set", dev, "up")
+    return host
+
+
+# ---------------------------------------------------------------------------
+# Plugin invocations
+
+
+@dataclass
+class Call:
+    command: str
+    rc: int
+    ns: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ms(self) -> float:
+        return self.ns / 1e6
+
+    @property
+    def result(self) -> dict[str, Any] | None:
+        try:
+            value = json.loads(self.stdout) if self.stdout.strip() else None
+        except ValueError:
+            return None
+        return value if isinstance(value, dict) else None
+
+    @property
+    def ok(self) -> bool:
+        """Exit 0, and JSON without an error code (ADD: a result; DEL: nothing or JSON)."""
+        if self.rc != 0:
+            return False
+        if self.command == "ADD":
+            result = self.result
+            return result is not None and "code" not in result and bool(result.get("ips"))
+        return not self.stdout.strip() or (self.result is not None and "code" not in self.result)
+
+    @property
+    def error(self) -> str:
+        result = self.result or {}
+        return f"rc={self.rc} code={result.get('code')} {result.get('msg', self.stdout[:200])} " \
+               f"{self.stderr.strip()[-300:]}"
+
+    @property
+    def address(self) -> str:
+        ips = (self.result or {}).get("ips") or [{}]
+        return str(ips[0].get("address", ""))
+
+
+@dataclass
+class Setup:
+    """One way of running a CNI plugin on one simulated host."""
+
+    key: str
+    executable: str
+    config: dict[str, Any]
+    host: SimHost
+    agent: Agent | None = None
+
+    @property
+    def stdin(self) -> bytes:
+        return json.dumps(self.config).encode()
+
+    def env(self, command: str, container: str, netns: str) -> dict[str, str]:
+        env = {"PATH": PATH, "CNI_COMMAND": command, "CNI_CONTAINERID": container,
+               "CNI_NETNS": netns, "CNI_IFNAME": "eth0", "CNI_ARGS": "",
+               "CNI_PATH": CNI_PATH}
+        sock = self.config.get("agentSocket")
+        if sock:
+            # Belt and braces: never reach an agent serving the real machine.
+            env["XVM_CNID_SOCKET"] = str(sock)
+        return env
+
+    def invoke(self, command: str, container: str, netns: str) -> Call:
+        """One timed run; the caller's thread must be inside ``self.host``."""
+        env = self.env(command, container, netns)
+        stdin = self.stdin
+        began = time.perf_counter_ns()
+        proc = subprocess.run([self.executable], input=stdin, env=env, capture_output=True,
+                              timeout=PLUGIN_TIMEOUT, check=False)
+        elapsed = time.perf_counter_ns() - began
+        return Call(command, proc.returncode, elapsed, proc.stdout.decode(errors="replace"),
+                    proc.stderr.decode(errors="replace"))
+
+
+def xvm_config(data_dir: Path, agent_socket: Path) -> dict[str, Any]:
+    """The seed's configuration (as the lab and the integration tests use it)."""
+    return {"cniVersion": "1.0.0", "name": "xvm-network", "type": "xvm-cni",
+            "hostInterface": "eth0", "vxlanID": 10, "mtu": 1500,
+            "subnet": "10.244.0.0/16", "gateway": "10.244.0.1",
+            "dataDir": str(data_dir), "agentSocket": str(agent_socket)}
+
+
+def reference_config(data_dir: Path) -> dict[str, Any]:
+    return {"cniVersion": "1.0.0", "name": "bench-reference", "type": "bridge",
+            "bridge": "cni0", "isGateway": True,
+            "ipam": {"type": "host-local", "subnet": "10.88.0.0/16", "dataDir": str(data_dir)}}
+
+
+def write_thin_plugin(dest: Path) -> str:
+    """The plugin file ``make install`` writes, via ``python -m xvmcni.plugin_file``."""
+    subprocess.run([sys.executable, "-m", "xvmcni.plugin_file", str(dest)], check=True,
+                   capture_output=True)
+    return str(dest)
+
+
+def start_agent(ws: Workspace, host: SimHost, workdir: Path, data_dir: Path,
+                *extra: str) -> Agent:
+    """xvm-cnid inside ``host`` (started from a thread that entered it), ready to serve.
+
+    Its own session: a Ctrl-C at the terminal reaches us, and we stop it in order.
+    """
+    sock = workdir / "agent" / "xvm-cnid.sock"
+    log_path = workdir / "agent.log"
+    argv = [AGENT, "--socket", str(sock), "--data-dir", str(data_dir),
+            "--cni-conf-dir", str(workdir / "conf"), *extra]
+    with open(log_path, "ab") as log, host.entered():
+        proc = subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True)
+    agent = Agent(proc, sock, log_path)
+    ws.agents.append(agent)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("xvm-cnid exited: " + log_path.read_text()[-2000:])
+        if agent_op(sock, "ping").get("pong"):
+            return agent
+        time.sleep(0.05)
+    raise RuntimeError("xvm-cnid did not come up in 60 s")
+
+
+def agent_op(sock_path: Path, op: str) -> dict[str, Any]:
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.settimeout(30)
+    try:
+        client.connect(str(sock_path))
+        client.sendall(json.dumps({"op": op}).encode())
+        client.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := client.recv(65536):
+            data += chunk
+    except OSError:
+        return {}
+    finally:
+        client.close()
+    return dict(json.loads(data)) if data else {}
+
+
+def build_setups(ws: Workspace, wanted: Sequence[str] = ALL_SETUPS,
+                 agent_args: Sequence[str] = ("--metrics-port", "0", "--gc-interval", "0"),
+                 ) -> list[Setup]:
+    """One simulated host per setup, so no setup sees another's bridge, state or reaper."""
+    thin = write_thin_plugin(ws.tmp / "bin" / "xvm-cni")
+    setups = []
+    for key in wanted:
+        workdir = ws.tmp / secrets.token_hex(4)
+        workdir.mkdir()
+        host = make_host(ws)
+        data_dir = workdir / "data"
+        if key == REFERENCE:
+            setups.append(Setup(key, REFERENCE_BRIDGE, reference_config(data_dir), host))
+            continue
+        if key == AGENT_SETUP:
+            agent = start_agent(ws, host, workdir, data_dir, *agent_args)
+            setups.append(Setup(key, thin, xvm_config(data_dir, agent.socket_path), host, agent))
+            continue
+        nobody = workdir / "no-agent" / "xvm-cnid.sock"  # nothing ever listens here
+        executable = thin if key == THIN_FALLBACK else CONSOLE_SCRIPT
+        setups.append(Setup(key, executable, xvm_config(data_dir, nobody), host))
+    return setups
+
+
+def anchor_and_warm_up(ws: Workspace, setup: Setup, warmup: int) -> str:
+    """Untimed: the network's first ADD (bridge/VXLAN), kept until the end so later
+    ADDs/DELs never join or leave the network; then ``warmup`` ADD/DEL pairs.
+    Returns the anchor's netns name."""
+    anchor = ws.add_netns()
+    pods = [ws.add_netns() for _ in range(warmup)]
+    with setup.host.entered():
+        call = setup.invoke("ADD", f"anchor-{anchor}", f"/run/netns/{anchor}")
+        if not call.ok:
+            raise RuntimeError(f"{setup.key}: anchor ADD failed: {call.error}")
+        for pod in pods:
+            for command in ("ADD", "DEL"):
+                call = setup.invoke(command, f"warm-{pod}", f"/run/netns/{pod}")
+                if not call.ok:
+                    raise RuntimeError(f"{setup.key}: warm-up {command} failed: {call.error}")
+    setup.host.wait_no_retired()
+    ws.del_netns(pods)
+    return anchor
+
+
+@dataclass
+class Block:
+    """The samples of one sequential ADD-all-then-DEL-all pass."""
+
+    add_ms: list[float] = field(default_factory=list)
+    del_ms: list[float] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+
+def sequential_block(ws: Workspace, setup: Setup, pods: int, tag: str) -> Block:
+    """Fresh namespaces (untimed), then ADD each pod in turn, then DEL each in turn."""
+    block = Block()
+    names = [ws.add_netns() for _ in range(pods)]
+    try:
+        with setup.host.entered():
+            for name in names:
+                call = setup.invoke("ADD", f"{tag}-{name}", f"/run/netns/{name}")
+                block.add_ms.append(call.ms)
+                if not call.ok:
+                    block.failures.append(f"ADD {name}: {call.error}")
+            for name in names:
+                call = setup.invoke("DEL", f"{tag}-{name}", f"/run/netns/{name}")
+                block.del_ms.append(call.ms)
+                if not call.ok:
+                    block.failures.append(f"DEL {name}: {call.error}")
+        # Untimed: let the agent's background deletions finish before anything else
+        # is measured, so one setup's work never lands in another's samples.
+        setup.host.wait_no_retired()
+    finally:
+        ws.del_netns(names)
+    return block
+
+
+def settle(seconds: float = 0.5) -> None:
+    """Give the kernel's asynchronous netns cleanup a moment between blocks."""
+    time.sleep(seconds)
+
+
+# ---------------------------------------------------------------------------
+# Statistics, tables, output
+
+
+def percentile(values: Sequence[float], pct: float) -> float:
+    """Nearest-rank percentile (p95 of 150 samples = the 143rd smallest)."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = max(1, math.ceil(pct / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else math.nan
+
+
+def fmt(value: float, digits: int = 1) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A plain Markdown table (also readable in a terminal)."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+              for i, h in enumerate(headers)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
+
+    sep = "| " + " | ".join("-" * w for w in widths) + " |"
+    return "\n".join([line(headers), sep, *(line(r) for r in rows)])
+
+
+def machine() -> dict[str, Any]:
+    return {"kernel": platform.release(), "python": platform.python_version(),
+            "cpus": os.cpu_count(), "loadavg": os.getloadavg(),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def write_json(name: str, out: str | None, payload: dict[str, Any]) -> Path:
+    path = Path(out) if out else RESULTS_DIR / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"benchmark": name, "machine": machine(), **payload}
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    return path
