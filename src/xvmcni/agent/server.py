@@ -28,7 +28,7 @@ from xvmcni.agent import reconcile
 from xvmcni.agent.metrics import Metrics
 from xvmcni.cni.errors import TRY_AGAIN_LATER, CniError
 from xvmcni.cni.main import declared_version, run
-from xvmcni.dataplane import hostif
+from xvmcni.dataplane import hostif, netlink
 from xvmcni.dataplane.netlink import rtnl
 from xvmcni.dataplane.reaper import VethReaper
 
@@ -63,6 +63,8 @@ class Agent:
         self._server: socketserver.ThreadingUnixStreamServer | None = None
         logsetup.managed_by_agent = True
         handler.keep_stores_open()
+        netlink.keep_host_sockets()
+        hostif.enable_cache()
         self.reaper = VethReaper()
         handler.veth_reaper = self.reaper
 

@@ -15,7 +15,7 @@ Wire format, one request per connection: the client sends
 answers ``{"exit": N, "stdout": "..."}`` and closes.
 """
 
-import os
+import posix  # builtin: os.environ without importing os (1.4 ms under -S)
 import sys
 
 try:
@@ -172,9 +172,19 @@ def in_process(env: dict[str, str], stdin_bytes: bytes) -> int:
     return run(env, stdin_bytes, sys.stdout)
 
 
+def _environment(names: tuple[str, ...] = ("PATH",)) -> dict[str, str]:
+    """CNI_* plus ``names`` from the process environment, decoded as os.environ does."""
+    out = {}
+    for key, value in posix.environ.items():
+        name = key.decode("utf-8", "surrogateescape")
+        if name.startswith("CNI_") or name in names:
+            out[name] = value.decode("utf-8", "surrogateescape")
+    return out
+
+
 def main() -> int:
     stdin_bytes = sys.stdin.buffer.read() if sys.stdin is not None else b""
-    env = {k: v for k, v in os.environ.items() if k.startswith("CNI_") or k == "PATH"}
+    env = _environment()
     command = env.get("CNI_COMMAND", "")
     conf = _config(stdin_bytes)
     if conf is None:
@@ -185,7 +195,8 @@ def main() -> int:
         out = {"cniVersion": _version(conf), "supportedVersions": SUPPORTED}
         sys.stdout.write(dumps(out) + "\n")
         return 0
-    path = conf.get("agentSocket") or os.environ.get("XVM_CNID_SOCKET") or DEFAULT_SOCKET
+    path = conf.get("agentSocket") or _environment(("XVM_CNID_SOCKET",)).get(
+        "XVM_CNID_SOCKET") or DEFAULT_SOCKET
     timeout = conf.get("agentTimeout") or DEFAULT_TIMEOUT
     if not isinstance(path, str) or not isinstance(timeout, (int, float)):
         return in_process(env, stdin_bytes)  # let the full parser explain the bad field

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,8 +19,29 @@ class HostInterface:
     address: ipaddress.IPv4Address
 
 
+# Agent only: the host interface changes rarely, and every ADD asks for it.
+CACHE_SECONDS = 2.0
+_cache: dict[str, tuple[float, HostInterface]] | None = None
+
+
+def enable_cache() -> None:
+    global _cache
+    _cache = {}
+
+
 def lookup(ipr: Any, name: str) -> HostInterface:
     """The host interface, or CniError(INVALID_CONFIG) saying what is wrong."""
+    if _cache is not None:
+        hit = _cache.get(name)
+        if hit is not None and hit[0] > time.monotonic():
+            return hit[1]
+    found = _lookup(ipr, name)
+    if _cache is not None:
+        _cache[name] = (time.monotonic() + CACHE_SECONDS, found)
+    return found
+
+
+def _lookup(ipr: Any, name: str) -> HostInterface:
     link = get_link(ipr, name)
     if link is None:
         raise CniError(INVALID_CONFIG, f"hostInterface {name!r} does not exist on this host",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,6 +13,14 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from xvmcni.cni.errors import NETLINK_FAILURE, CniError
 from xvmcni.dataplane.netns import entered
+
+# Agent only: one warm socket per thread for the thread's own (host) netns.
+_warm: threading.local | None = None
+
+
+def keep_host_sockets() -> None:
+    global _warm
+    _warm = threading.local()
 
 
 @contextlib.contextmanager
@@ -22,6 +31,12 @@ def rtnl(netns_fd: int | None = None) -> Iterator[Any]:
     stays bound to it after the thread switches back (sockets keep their netns).
     Use it from this thread only: pyroute2 0.9 opens a fresh socket per thread.
     """
+    if netns_fd is None and _warm is not None:
+        warm = getattr(_warm, "ipr", None)
+        if warm is None:
+            warm = _warm.ipr = IPRoute()
+        yield warm
+        return
     if netns_fd is None:
         ipr = IPRoute()
     else:
