@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .conftest import Host
+from .conftest import Host, ip
 
 
 def test_devices_addresses_routes_and_mtu(host: Host) -> None:
@@ -65,3 +65,39 @@ def test_ip_masq_table_lives_with_the_network(host: Host) -> None:
     assert "ip saddr 10.244.0.0/16 ip daddr != 10.244.0.0/16 masquerade" in rules
     assert host.cni("DEL", conf, "masq", pod).rc == 0
     assert host.nft_tables() == []
+
+
+def test_ip_masq_lets_pods_reach_outside_the_subnet(host: Host) -> None:
+    """A peer on the underlay has no route back to the pod subnet: only masquerading
+    (source rewritten to the host's eth0 address) makes the reply come back."""
+    ip("-n", host.underlay, "addr", "add", "172.30.0.1/24", "dev", "up0")
+    plain, masq = host.config(), host.config(ipMasq=True)
+    pod = host.new_pod()
+    host.add(plain, "nomasq", pod)
+    blocked = host.in_ns(pod, "busybox", "ping", "-c", "1", "-W", "1", "172.30.0.1")
+    assert blocked.returncode != 0, "reply without masquerade: the test proves nothing"
+    assert host.cni("DEL", plain, "nomasq", pod).rc == 0
+    host.add(masq, "masq2", pod)
+    reached = host.in_ns(pod, "busybox", "ping", "-c", "1", "-W", "2", "172.30.0.1")
+    assert reached.returncode == 0, reached.stdout + reached.stderr
+    assert host.cni("DEL", masq, "masq2", pod).rc == 0
+
+
+def test_dns_is_passed_through_to_the_result(host: Host) -> None:
+    dns = {"nameservers": ["10.244.0.10"], "search": ["svc.local"], "options": ["ndots:2"]}
+    conf = host.config(dns=dns)
+    result = host.add(conf, "dns", host.new_pod())
+    assert result["dns"] == dns
+    assert host.cni("DEL", conf, "dns", "").rc == 0
+
+
+def test_log_file_receives_the_plugins_log(host: Host) -> None:
+    log = host.data_dir.parent / "xvm.log"
+    conf = host.config(logFile=str(log), logLevel="debug")
+    host.add(conf, "log", host.new_pod())
+    assert host.cni("DEL", conf, "log", "").rc == 0
+    text = log.read_text() if log.exists() else ""
+    if host.agent is None:  # in-process: the plugin writes the file itself
+        assert "ADD log/eth0" in text and "DEL log/eth0" in text
+    else:  # the agent owns its logging (its own --log-file), never a request's
+        assert text == ""

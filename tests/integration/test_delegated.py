@@ -72,3 +72,15 @@ def test_missing_ipam_plugin(host: Host) -> None:
     res = host.cni("ADD", conf, "x", host.new_pod())
     assert res.rc == 1 and res.out and res.out["code"] == 7
     assert "no-such-ipam" in res.out["msg"]
+
+
+def test_static_ipam(host: Host) -> None:
+    conf = host.config(ipam={"type": "static",
+                             "addresses": [{"address": "10.244.60.5/16"}]})
+    pod = host.new_pod()
+    result = host.add(conf, "st", pod)
+    assert result["ips"][0]["address"] == "10.244.60.5/16"
+    assert "10.244.60.5/16" in host.in_ns(pod, "busybox", "ip", "-4", "addr").stdout
+    ping = host.in_ns(pod, "busybox", "ping", "-c", "1", "-W", "2", "10.244.0.1")
+    assert ping.returncode == 0
+    assert host.cni("DEL", conf, "st", pod).rc == 0

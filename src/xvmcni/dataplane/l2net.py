@@ -17,7 +17,7 @@ from typing import Any
 from pyroute2.netlink.exceptions import NetlinkError
 
 from xvmcni.cni.errors import INVALID_CONFIG, CniError
-from xvmcni.dataplane import nft
+from xvmcni.dataplane import nft, sysctl
 from xvmcni.dataplane.hostif import HostInterface
 from xvmcni.dataplane.netlink import (
     delete_link,
@@ -73,12 +73,11 @@ def _vxlan_mismatch(link: Any, spec: L2Spec) -> str:
     return ""
 
 
-def _ensure_bridge(ipr: Any, spec: L2Spec) -> tuple[int, bool]:
+def _ensure_bridge(ipr: Any, spec: L2Spec) -> int:
     link = get_link(ipr, spec.bridge)
     if link is not None and link_kind(link) != "bridge":
         raise CniError(INVALID_CONFIG, f"{spec.bridge} exists on this host and is not a bridge",
                        "set 'bridge' to another name")
-    created = link is None
     if link is None:
         try:
             # A MAC set explicitly keeps the bridge from adopting its ports' MACs.
@@ -89,14 +88,17 @@ def _ensure_bridge(ipr: Any, spec: L2Spec) -> tuple[int, bool]:
                 raise kernel_error(f"create bridge {spec.bridge}", exc) from exc
     index = link_index(ipr, spec.bridge)
     assert index is not None
+    # The gateway is IPv4. Its IPv6 link-local address would be the same on every host
+    # (same MAC): duplicate-address detection across the VXLAN, for nothing.
+    sysctl.ensure_if_present(f"net.ipv6.conf.{spec.bridge}.disable_ipv6", "1")
     try:
         ipr.link("set", index=index, mtu=spec.mtu, address=spec.gateway_mac, state="up")
     except NetlinkError as exc:
         raise kernel_error(f"configure bridge {spec.bridge}", exc) from exc
-    return index, created
+    return index
 
 
-def _ensure_vxlan(ipr: Any, spec: L2Spec, bridge_index: int, in_use: bool) -> bool:
+def _ensure_vxlan(ipr: Any, spec: L2Spec, bridge_index: int, in_use: bool) -> None:
     link = get_link(ipr, spec.vxlan)
     if link is not None:
         why = _vxlan_mismatch(link, spec)
@@ -108,7 +110,6 @@ def _ensure_vxlan(ipr: Any, spec: L2Spec, bridge_index: int, in_use: bool) -> bo
             log.info("recreating %s: %s", spec.vxlan, why)
             delete_link(ipr, spec.vxlan)
             link = None
-    created = link is None
     if link is None:
         try:
             ipr.link("add", ifname=spec.vxlan, kind="vxlan", vxlan_id=spec.vni,
@@ -121,11 +122,11 @@ def _ensure_vxlan(ipr: Any, spec: L2Spec, bridge_index: int, in_use: bool) -> bo
                                    exc) from exc
     index = link_index(ipr, spec.vxlan)
     assert index is not None
+    sysctl.ensure_if_present(f"net.ipv6.conf.{spec.vxlan}.disable_ipv6", "1")  # a port only
     try:
         ipr.link("set", index=index, master=bridge_index, mtu=spec.mtu, state="up")
     except NetlinkError as exc:
         raise kernel_error(f"attach {spec.vxlan} to {spec.bridge}", exc) from exc
-    return created
 
 
 def _ensure_gateway_address(ipr: Any, spec: L2Spec, bridge_index: int) -> None:
@@ -143,19 +144,26 @@ def ensure(ipr: Any, spec: L2Spec, in_use: bool, refresh_filters: bool = False) 
     """Create or repair the network's devices, address and filters; never recreate
     what containers use. Returns the bridge's ifindex.
 
-    The nftables batch (a fork of ``nft``, the costliest step of an ADD) runs when
-    the network is new or a device had to be made, or when asked to; the agent's
-    reconcile loop refreshes it periodically.
+    The common case (network in use, devices up) costs two GETs. Anything else runs
+    the full sequence, nftables batch included; the agent's reconcile loop runs it
+    periodically (``refresh_filters``).
     """
     if in_use and not refresh_filters:
         ready = _ready_bridge(ipr, spec)
         if ready is not None:
             return ready
-    bridge_index, new_bridge = _ensure_bridge(ipr, spec)
-    new_vxlan = _ensure_vxlan(ipr, spec, bridge_index, in_use)
+    # Filters first: they match interface names, so they can exist before the devices,
+    # and no frame of a new bridge's gateway (e.g. its first IPv6 DAD/MLD) can slip
+    # across the VXLAN before they do.
+    batch = nft.gateway_isolation_batch(spec.network, spec.vxlan, spec.gateway.ip,
+                                        spec.gateway_mac)
+    batch += (nft.masquerade_batch(spec.network, spec.gateway.network) if spec.ip_masq
+              else nft.delete_table_batch("ip", spec.network))
+    nft.run_batch(batch)
+    bridge_index = _ensure_bridge(ipr, spec)
+    _ensure_vxlan(ipr, spec, bridge_index, in_use)
     _ensure_gateway_address(ipr, spec, bridge_index)
-    if in_use and not (new_bridge or new_vxlan or refresh_filters):
-        return bridge_index
+    return bridge_index
     batch = nft.gateway_isolation_batch(spec.network, spec.vxlan, spec.gateway.ip,
                                         spec.gateway_mac)
     batch += (nft.masquerade_batch(spec.network, spec.gateway.network) if spec.ip_masq

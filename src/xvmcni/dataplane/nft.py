@@ -103,9 +103,12 @@ def gateway_isolation_batch(network: str, vxlan_port: str, gateway: ipaddress.IP
                                         "type": "filter", "hook": hook, "prio": 0,
                                         "policy": "accept"}}})
         port = _match(_meta(direction), vxlan_port)
+        # Counters let an operator (and our tests) see that the filter is doing its job.
         for rule in (
-            [port, _match(_payload("ether", "saddr"), gateway_mac), {"drop": None}],
-            [port, _match(_payload("arp", "daddr ip"), str(gateway)), {"drop": None}],
+            [port, _match(_payload("ether", "saddr"), gateway_mac), {"counter": None},
+             {"drop": None}],
+            [port, _match(_payload("arp", "daddr ip"), str(gateway)), {"counter": None},
+             {"drop": None}],
         ):
             batch.append({"add": {"rule": {"family": "bridge", "table": name, "chain": chain,
                                            "expr": rule}}})

@@ -19,3 +19,9 @@ def ensure(key: str, value: str) -> None:
     except OSError as exc:
         raise CniError(IO_FAILURE, f"cannot set sysctl {key}={value}",
                        exc.strerror or str(exc)) from exc
+
+
+def ensure_if_present(key: str, value: str) -> None:
+    """Like ``ensure``, for sysctls that exist only with some kernel options (IPv6)."""
+    if (PROC_SYS / key.replace(".", "/")).exists():
+        ensure(key, value)
