@@ -164,12 +164,6 @@ def ensure(ipr: Any, spec: L2Spec, in_use: bool, refresh_filters: bool = False) 
     _ensure_vxlan(ipr, spec, bridge_index, in_use)
     _ensure_gateway_address(ipr, spec, bridge_index)
     return bridge_index
-    batch = nft.gateway_isolation_batch(spec.network, spec.vxlan, spec.gateway.ip,
-                                        spec.gateway_mac)
-    batch += (nft.masquerade_batch(spec.network, spec.gateway.network) if spec.ip_masq
-              else nft.delete_table_batch("ip", spec.network))
-    nft.run_batch(batch)
-    return bridge_index
 
 
 def _ready_bridge(ipr: Any, spec: L2Spec) -> int | None:
