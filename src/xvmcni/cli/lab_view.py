@@ -8,66 +8,17 @@ colour is used only on a TTY without NO_COLOR.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TextIO
 
 from xvmcni.cli.icmp import PingReply
 from xvmcni.cli.lab import GATEWAY, Lab, LabStatus, Matrix, MtuCheck, lab_dir
+from xvmcni.cli.status import Style, style_for, table
+
+__all__ = ["Style", "render_matrix", "render_mtu", "render_status", "render_summary",
+           "style_for"]
 
 MAX_FAILURES_SHOWN = 10
-_ANSI = re.compile(r"\033\[[0-9;]*m")
-
-
-@dataclass
-class Style:
-    ok: str = "✓"
-    bad: str = "✗"
-    self_: str = "·"
-    times: str = "\u00d7"  # multiplication sign
-    color: bool = False
-
-    def green(self, text: str) -> str:
-        return f"\033[32m{text}\033[0m" if self.color else text
-
-    def red(self, text: str) -> str:
-        return f"\033[1;31m{text}\033[0m" if self.color else text
-
-    def bold(self, text: str) -> str:
-        return f"\033[1m{text}\033[0m" if self.color else text
-
-    def dim(self, text: str) -> str:
-        return f"\033[2m{text}\033[0m" if self.color else text
-
-
-def style_for(stream: TextIO) -> Style:
-    encoding = getattr(stream, "encoding", None) or "ascii"
-    try:
-        (Style.ok + Style.bad + Style.self_ + Style.times).encode(encoding)
-        style = Style()
-    except (UnicodeEncodeError, LookupError):
-        style = Style(ok="ok", bad="--", self_=".", times="x")
-    isatty = getattr(stream, "isatty", None)
-    style.color = bool(isatty and isatty()) and "NO_COLOR" not in os.environ \
-        and os.environ.get("TERM") != "dumb"
-    return style
-
-
-def _visible(text: str) -> int:
-    return len(_ANSI.sub("", text))
-
-
-def _table(header: list[str], rows: list[list[str]], indent: str = "  ") -> list[str]:
-    """Left-aligned columns two spaces apart, padded by visible width (colour codes
-    take no room on screen)."""
-    widths = [max(_visible(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = []
-    for row in [header, *rows]:
-        cells = [cell + " " * (w - _visible(cell)) for cell, w in zip(row, widths, strict=True)]
-        lines.append((indent + "  ".join(cells)).rstrip())
-    return lines
 
 
 def _plural(n: int, word: str) -> str:
@@ -99,7 +50,7 @@ def render_summary(lab: Lab, style: Style) -> str:
                          pod.name, pod.netns, pod.address or "-", pod.gateway or "-",
                          str(pod.mtu or "-"), pod.mac or "-"])
             first = False
-    lines += _table(["HOST", "UNDERLAY eth0", "POD", "NETNS", "ADDRESS", "GATEWAY", "MTU",
+    lines += table(["HOST", "UNDERLAY eth0", "POD", "NETNS", "ADDRESS", "GATEWAY", "MTU",
                      "MAC"], rows)
     return "\n".join(lines)
 
@@ -231,6 +182,6 @@ def render_status(status: LabStatus, style: Style) -> str:
             rows.append([ns.netns if i == 0 else "", role if i == 0 else "", link.name,
                          link.kind or "-", "up" if link.up else style.red("DOWN"),
                          str(link.mtu), where])
-    lines += _table(["NETNS", "ROLE", "LINK", "KIND", "STATE", "MTU", "ADDRESS / MASTER"],
+    lines += table(["NETNS", "ROLE", "LINK", "KIND", "STATE", "MTU", "ADDRESS / MASTER"],
                     rows)
     return "\n".join(lines)

@@ -1,7 +1,8 @@
 """``xvmctl``: the operator's command. Subcommands register themselves on one parser.
 
-Today: ``lab up|down|status``. Another subcommand is one more ``add_*`` function
-in ``build_parser`` that sets ``func`` on its parser.
+Today: ``status`` and ``gc`` (ask the node agent), ``lab up|down|status``. Another
+subcommand is one more ``add_*`` function in ``build_parser`` that sets ``func`` on its
+parser.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from xvmcni.cli import lab as labmod
-from xvmcni.cli import lab_view
+from xvmcni.cli import lab_view, status
 
 EXIT_OK = 0
 EXIT_FAIL = 1          # an operation failed (plugin error, lab exists, not root, ...)
@@ -141,6 +142,65 @@ def cmd_lab_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _agent_unavailable(exc: status.AgentUnavailable) -> int:
+    style = lab_view.style_for(sys.stderr)
+    print(style.red("error: ") + exc.msg, file=sys.stderr)
+    if exc.hint:
+        print(f"  {exc.hint}", file=sys.stderr)
+    return EXIT_FAIL
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    try:
+        reply = status.agent_request(args.socket, "status", timeout=args.timeout)
+    except status.AgentUnavailable as exc:
+        return _agent_unavailable(exc)
+    if args.json:
+        print(json.dumps(reply, indent=2, sort_keys=True))
+    else:
+        print(status.render_status(reply, lab_view.style_for(sys.stdout)))
+    return EXIT_OK
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    try:
+        reply = status.agent_request(args.socket, "gc", timeout=args.timeout)
+    except status.AgentUnavailable as exc:
+        return _agent_unavailable(exc)
+    if args.json:
+        print(json.dumps(reply, indent=2, sort_keys=True))
+    else:
+        print(status.render_gc(reply, lab_view.style_for(sys.stdout)))
+    return EXIT_FAIL if status.gc_failed(reply) else EXIT_OK
+
+
+def add_agent_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--socket", default=status.default_socket(), metavar="PATH",
+                       help=f"the agent's unix socket (default: ${status.SOCKET_ENV}, else "
+                            f"{status.DEFAULT_SOCKET})")
+        p.add_argument("--json", action="store_true", help="print the agent's raw JSON answer")
+        p.add_argument("--timeout", type=float, default=status.DEFAULT_TIMEOUT, metavar="S",
+                       help="seconds to wait for the answer (default: %(default)g)")
+
+    st = sub.add_parser(
+        "status", help="the node agent (xvm-cnid): requests served, networks, IPAM usage",
+        description="Ask the node agent for its status: pid, uptime, CNI requests served "
+                    "since it started, metrics URL, and per network its bridge, VNI, "
+                    "subnet, address pool and usage, and whether it is ready.",
+        epilog="exit status: 0 the agent answered, 1 no agent answers on the socket")
+    common(st)
+    st.set_defaults(func=cmd_status)
+    gc = sub.add_parser(
+        "gc", help="make the node agent reconcile and garbage-collect now",
+        description="What the agent does every --gc-interval, now: release containers "
+                    "whose netns is gone, recreate missing bridges/VXLANs/rules for the "
+                    "rest, remove orphan veths, leave networks without containers.",
+        epilog="exit status: 0 done, 1 no agent answers or a network failed")
+    common(gc)
+    gc.set_defaults(func=cmd_gc)
+
+
 def add_lab(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     lab = sub.add_parser(
         "lab", help="a multi-host cluster simulated with network namespaces",
@@ -181,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xvmctl",
                                      description="Operate xvm-cni networks.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    add_agent_commands(sub)
     add_lab(sub)
     return parser
 
