@@ -12,15 +12,25 @@ root namespace is never touched):
 Files live under /run/xvm-cni/lab/NAME/: ``state.json`` (what was created, written
 after every step so ``down`` works after a crash) and one directory per host with
 its CNI config and its own ``dataDir``, so simulated hosts never share state.
+
+Agent mode (the default): like a real installation, every host runs its own node
+agent ``xvm-cnid`` inside its namespace (socket ``NAME/h<i>/xvm-cnid.sock``, log
+``NAME/h<i>/xvm-cnid.log``, metrics on the host's own 127.0.0.1:9472), and the pods
+are attached by the thin plugin ``make install`` would write (``NAME/bin/xvm-cni``),
+which hands each ADD to its host's agent. The agents outlive ``up`` (own session,
+pids in ``state.json``); ``down`` stops them, also ones a crash left unrecorded.
+With ``agent=False`` (``--no-agent``) the plugin does the work in-process.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -31,14 +41,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from xvmcni import plugin_file
 from xvmcni.cli import lab_net
 from xvmcni.cli.icmp import DEFAULT_SIZE, PingReply, ping, probe
+from xvmcni.cli.status import AgentUnavailable, agent_request
 from xvmcni.cni.errors import CniError
 from xvmcni.dataplane.netns import entered, open_netns
 
 __all__ = [
-    "Host", "Lab", "LabError", "Matrix", "PluginError", "Pod",
-    "lab_down", "lab_status", "lab_up", "load_lab", "mtu_check", "ping", "ping_matrix",
+    "AgentAction", "AgentHealth", "Host", "Lab", "LabError", "Matrix", "PluginError", "Pod",
+    "agent_restart", "agent_start", "agent_stop", "lab_agents", "lab_down", "lab_status",
+    "lab_up", "load_lab", "mtu_check", "ping", "ping_matrix",
 ]
 
 LAB_ROOT = Path("/run/xvm-cni/lab")
@@ -54,6 +67,11 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 PLUGIN_TIMEOUT = 120.0
 STATE_FILE = "state.json"
 AGENT_SOCKET = "xvm-cnid.sock"
+AGENT_LOG = "xvm-cnid.log"
+AGENT_METRICS_PORT = 9472      # every host netns has its own loopback: no clash
+AGENT_START_TIMEOUT = 30.0     # until the new agent answers "ping"
+AGENT_STOP_TIMEOUT = 10.0      # SIGTERM, then SIGKILL
+PLUGIN_DIR = "bin"             # the thin plugin of agent mode: <lab>/bin/xvm-cni
 # Lower-case letters and digits only: a '-' in the lab name would make
 # "<name>-h1" of one lab look like a lab of its own to the prefix scan.
 _NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,23}$")
@@ -125,6 +143,8 @@ class Host:
     underlay: str           # "172.30.0.11/24" on eth0
     config_path: str = ""
     data_dir: str = ""
+    agent_pid: int = 0      # the host's xvm-cnid (agent mode); 0: none started
+    agent_adds: int = -1    # ADDs that agent reported serving at the end of up (-1: unknown)
 
     @property
     def netns_path(self) -> str:
@@ -161,10 +181,14 @@ class Lab:
     pods: list[Pod] = field(default_factory=list)
     phase: str = "creating"              # creating -> up
     netns_created: list[str] = field(default_factory=list)
+    agent: bool = False                  # one xvm-cnid per host, or the plugin in-process
 
     @property
     def state_dir(self) -> Path:
         return lab_dir(self.name)
+
+    def agent_socket(self, host: str) -> str:
+        return str(agent_socket_path(self.name, host))
 
     @property
     def switch_netns(self) -> str:
@@ -187,11 +211,18 @@ class Lab:
             pods=[Pod(**p) for p in data.get("pods", [])],
             phase=data.get("phase", "creating"),
             netns_created=list(data.get("netns_created", [])),
+            agent=bool(data.get("agent", False)),
         )
 
 
 def lab_dir(name: str) -> Path:
     return LAB_ROOT / name
+
+
+def agent_socket_path(name: str, host: str) -> Path:
+    """Each simulated host's own agent socket (used as XVM_CNID_SOCKET even without
+    agents, so the plugin never reaches an agent serving the real machine)."""
+    return lab_dir(name) / host / AGENT_SOCKET
 
 
 def check_name(name: str) -> str:
@@ -273,7 +304,10 @@ def host_config(lab: Lab, index: int, host_dir: Path) -> dict[str, Any]:
                 "bridge": "br0", "isGateway": True,
                 "ipam": {"type": "host-local", "subnet": f"10.88.{index}.0/24",
                          "dataDir": data_dir}}
-    return {**XVM_CONFIG, "dataDir": data_dir}
+    config = {**XVM_CONFIG, "dataDir": data_dir}
+    if lab.agent:
+        config["agentSocket"] = lab.agent_socket(host_dir.name)
+    return config
 
 
 def run_plugin(lab: Lab, command: str, pod: Pod, config: bytes,
@@ -296,9 +330,10 @@ def run_plugin(lab: Lab, command: str, pod: Pod, config: bytes,
         # The thin plugin forwards to the node agent's unix socket, and a unix socket
         # path knows no network namespaces: an agent serving the real machine at the
         # default path would configure the *root* namespace for a simulated host.
-        # Each host gets its own path (no agent listens there today, so the plugin
-        # runs in-process inside the host's namespace).
-        "XVM_CNID_SOCKET": str(lab_dir(lab.name) / pod.host / AGENT_SOCKET),
+        # Each host gets its own path: its own agent listens there in agent mode (the
+        # config's agentSocket says the same); with --no-agent nothing does, and the
+        # plugin runs in-process inside the host's namespace.
+        "XVM_CNID_SOCKET": lab.agent_socket(pod.host),
     }
     def failed(code: int | None, msg: str, details: str = "", stderr: str = "",
                status: int = 1) -> PluginError:
@@ -359,12 +394,377 @@ def _apply_result(pod: Pod, result: dict[str, Any] | None, config: dict[str, Any
 
 
 # ---------------------------------------------------------------------------
+# Node agents: one xvm-cnid per simulated host (agent mode).
+#
+# An agent is started from a thread that entered its host's namespace (like the
+# plugin), in a session of its own so that it outlives ``up`` and a Ctrl-C of it.
+# It is found again by pid (state.json) or, after a crash, by its command line:
+# an xvm-cnid whose ``--socket`` lies under the lab's directory.
+
+# Agents this process started: reaped here, so a stopped one never lingers as a
+# zombie of a long-lived caller (a test run).
+_children: dict[int, subprocess.Popen[bytes]] = {}
+_children_lock = threading.Lock()
+
+
+@dataclass
+class AgentAction:
+    """What ``agent_stop``/``agent_start``/``agent_restart`` did, with timings."""
+
+    host: str
+    old_pid: int = 0            # the agent stopped (0: none was running)
+    new_pid: int = 0            # the agent started (0: none)
+    signal: str = ""            # how it was stopped: "SIGTERM" or "SIGKILL"
+    forced: bool = False        # SIGTERM was not enough: SIGKILL followed
+    stop_seconds: float = 0.0   # signal until the old agent was gone
+    start_seconds: float = 0.0  # start until the new agent answered "ping"
+
+    @property
+    def down_seconds(self) -> float:
+        """How long no agent answered on the host's socket."""
+        return self.stop_seconds + self.start_seconds
+
+
+@dataclass
+class AgentHealth:
+    """One host's agent as ``lab status`` shows it."""
+
+    host: str
+    socket: str
+    pid: int = 0                            # running xvm-cnid on that socket; 0: none
+    recorded_pid: int = 0                   # what state.json says
+    reply: dict[str, Any] | None = None     # its answer to the "status" operation
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.pid and self.reply is not None and not self.error)
+
+
+def agent_argv(lab: Lab, host: Host) -> list[str]:
+    """The agent's command line: xvm-cnid of this Python's environment (the same code
+    as the lab), the host's socket, dataDir and config directory."""
+    beside = Path(sys.executable).parent / "xvm-cnid"
+    program = [str(beside)] if beside.is_file() and os.access(beside, os.X_OK) \
+        else [sys.executable, "-m", "xvmcni.agent.main"]
+    return [*program, "--socket", lab.agent_socket(host.name), "--data-dir", host.data_dir,
+            "--cni-conf-dir", str(lab.state_dir / host.name),
+            "--metrics-port", str(AGENT_METRICS_PORT)]
+
+
+def _spawn_agent(lab: Lab, host: Host) -> int:
+    try:
+        host_fd = open_netns(host.netns_path)
+    except CniError as exc:
+        raise LabError(f"host namespace of {host.name} is gone", str(exc)) from exc
+    try:
+        # A child inherits the namespaces of the thread that forks it.
+        with open(lab.state_dir / host.name / AGENT_LOG, "ab") as log, entered(host_fd):
+            proc = subprocess.Popen(agent_argv(lab, host), stdin=subprocess.DEVNULL,
+                                    stdout=log, stderr=log, cwd="/", start_new_session=True)
+    except OSError as exc:
+        raise LabError(f"cannot start xvm-cnid for {host.name}", str(exc)) from exc
+    finally:
+        os.close(host_fd)
+    with _children_lock:
+        _children[proc.pid] = proc
+    return proc.pid
+
+
+def _agent_socket_of(pid: int) -> str | None:
+    """The ``--socket`` of process ``pid`` if it is an xvm-cnid, else None (also for a
+    process that is gone, or a zombie: its command line is empty)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None  # exited between listing and reading: not an agent any more
+    argv = [arg.decode(errors="replace") for arg in raw.split(b"\0")]
+    if not any(os.path.basename(arg) == "xvm-cnid" or arg == "xvmcni.agent.main"
+               for arg in argv[:3]):
+        return None
+    for i, arg in enumerate(argv):
+        if arg == "--socket" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--socket="):
+            return arg.split("=", 1)[1]
+    return None  # the default socket: the machine's agent, never a lab's
+
+
+def _reap(pid: int) -> None:
+    with _children_lock:
+        proc = _children.get(pid)
+        if proc is not None and proc.poll() is not None:
+            del _children[pid]
+
+
+def _is_agent(pid: int, socket_path: str) -> bool:
+    """True while ``pid`` is an xvm-cnid serving ``socket_path`` (not a reused pid)."""
+    _reap(pid)
+    return _agent_socket_of(pid) == socket_path
+
+
+def _alive(pid: int) -> bool:
+    """True while process ``pid`` exists and is not a zombie.
+
+    Not by command line: right after ``Popen`` returns, the kernel has closed the
+    exec'd process's close-on-exec fds (which is what Popen waits for) but may not
+    have set up its argument area yet, so /proc/<pid>/cmdline can still be empty.
+    """
+    _reap(pid)
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False  # no such process
+    return stat[stat.rindex(")") + 2:].split(" ", 1)[0] not in ("Z", "X")
+
+
+def lab_agents(name: str) -> dict[int, str]:
+    """Running xvm-cnid processes of lab ``name`` (pid -> socket), found by their
+    command line, so also those a crash left out of state.json."""
+    root = lab_dir(name)
+    found: dict[int, str] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        sock = _agent_socket_of(int(entry))
+        if sock is not None and Path(sock).is_relative_to(root):
+            found[int(entry)] = sock
+    return found
+
+
+@dataclass
+class _Stopped:
+    stopped: list[int] = field(default_factory=list)
+    forced: list[int] = field(default_factory=list)
+    survivors: list[int] = field(default_factory=list)
+
+
+def _stop_pids(pids: dict[int, str], sig: int = signal.SIGTERM,
+               timeout: float = AGENT_STOP_TIMEOUT) -> _Stopped:
+    """Signal every agent at once, wait for all, SIGKILL whoever outlives ``timeout``."""
+    result = _Stopped()
+    alive = _signal_and_wait(pids, sig, timeout)
+    if alive and sig != signal.SIGKILL:
+        result.forced = sorted(alive)
+        alive = _signal_and_wait(alive, signal.SIGKILL, 5.0)
+    result.survivors = sorted(alive)
+    result.stopped = sorted(set(pids) - set(alive))
+    return result
+
+
+def _signal_and_wait(pids: dict[int, str], sig: int, timeout: float) -> dict[int, str]:
+    """Send ``sig`` to each agent; return those still running after ``timeout``."""
+    for pid, sock in pids.items():
+        if _is_agent(pid, sock):  # never signal a pid that was reused meanwhile
+            with contextlib.suppress(ProcessLookupError):  # exited just now: fine
+                os.kill(pid, sig)
+    deadline = time.monotonic() + timeout
+    alive = dict(pids)
+    while True:
+        alive = {pid: sock for pid, sock in alive.items() if _is_agent(pid, sock)}
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.01)
+
+
+def _wait_agent_ready(lab: Lab, host: Host, pid: int,
+                      timeout: float = AGENT_START_TIMEOUT) -> None:
+    """Until the agent answers ``ping`` on the host's socket; LabError (with the tail
+    of its log) when it exits or stays silent; a silent one is killed."""
+    sock = lab.agent_socket(host.name)
+    log_path = lab.state_dir / host.name / AGENT_LOG
+    deadline = time.monotonic() + timeout
+    last = "no answer yet"
+    while True:
+        try:
+            if agent_request(sock, "ping", timeout=2.0).get("pong"):
+                return
+            last = "answered ping without pong"
+        except AgentUnavailable as exc:
+            last = str(exc)  # not listening yet: keep waiting
+        if not _alive(pid):
+            raise LabError(f"xvm-cnid of {host.name} (pid {pid}) exited while starting",
+                           _tail(log_path))
+        if time.monotonic() > deadline:
+            _stop_pids({pid: sock}, signal.SIGKILL)
+            raise LabError(f"xvm-cnid of {host.name} did not answer on {sock} within "
+                           f"{timeout:g} s ({last}); killed it", _tail(log_path))
+        time.sleep(0.01)
+
+
+def _tail(path: Path, lines: int = 5) -> str:
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except OSError as exc:
+        return f"no log ({exc.strerror or exc})"
+    return f"log {path}: " + " | ".join(text[-lines:]) if text else f"log {path} is empty"
+
+
+def _start_agents(lab: Lab, state: _State, progress: Progress) -> None:
+    """Start every host's agent at once, then wait for each to answer."""
+    began = time.monotonic()
+    for host in lab.hosts:
+        host.agent_pid = _spawn_agent(lab, host)
+        state.save()  # recorded before it is up: a crash now still finds it
+    for host in lab.hosts:
+        _wait_agent_ready(lab, host, host.agent_pid)
+        progress(f"agent   {host.name}: xvm-cnid pid {host.agent_pid} answers on "
+                 f"{lab.agent_socket(host.name)} ({time.monotonic() - began:.1f} s)")
+
+
+def _count_served(lab: Lab, progress: Progress) -> None:
+    """Ask each agent how many ADDs it served (a silent in-process fallback would look
+    the same from outside)."""
+    for host in lab.hosts:
+        try:
+            reply = agent_request(lab.agent_socket(host.name), "status", timeout=10.0)
+        except AgentUnavailable as exc:
+            host.agent_adds = -1
+            progress(f"warning: cannot ask xvm-cnid of {host.name} what it served: {exc}")
+            continue
+        requests = (reply.get("agent") or {}).get("requests") or {}
+        host.agent_adds = int(requests.get("ADD", 0))
+
+
+def _stop_lab_agents(lab: Lab, report: DownReport, progress: Progress) -> None:
+    pids = lab_agents(lab.name)
+    for host in lab.hosts:  # the recorded pids, in case the scan missed one
+        sock = lab.agent_socket(host.name)
+        if host.agent_pid and host.agent_pid not in pids and _is_agent(host.agent_pid, sock):
+            pids[host.agent_pid] = sock
+    if not pids:
+        return
+    result = _stop_pids(pids)
+    report.agents_stopped = result.stopped
+    report.agents_forced = result.forced
+    shown = " ".join(f"{Path(pids[pid]).parent.name}:{pid}" for pid in sorted(pids))
+    line = f"agents  stopped {len(result.stopped)} xvm-cnid ({shown})"
+    if result.forced:
+        line += f"; SIGKILL after {AGENT_STOP_TIMEOUT:g} s: {' '.join(map(str, result.forced))}"
+    progress(line)
+    for pid in result.survivors:
+        progress(f"warning: xvm-cnid pid {pid} survived SIGKILL")
+
+
+def _agent_host(name: str, host_name: str) -> tuple[Lab, Host]:
+    lab = load_lab(name)
+    if not lab.agent:
+        raise LabError(f"lab {name} runs without agents",
+                       "it was made with --no-agent or the reference plugin")
+    try:
+        host = lab.host(host_name)
+    except KeyError:
+        raise LabError(f"lab {name} has no host {host_name!r}",
+                       "hosts: " + " ".join(h.name for h in lab.hosts)) from None
+    if not lab_net.netns_exists(host.netns):
+        raise LabError(f"host namespace {host.netns} is gone")
+    return lab, host
+
+
+def _stop_host_agent(lab: Lab, host: Host, kill: bool, action: AgentAction) -> None:
+    sock = lab.agent_socket(host.name)
+    pids = {pid: s for pid, s in lab_agents(lab.name).items() if s == sock}
+    if pids:
+        sig = signal.SIGKILL if kill else signal.SIGTERM
+        action.old_pid = host.agent_pid if host.agent_pid in pids else min(pids)
+        action.signal = sig.name
+        began = time.monotonic()
+        result = _stop_pids(pids, sig)
+        action.stop_seconds = time.monotonic() - began
+        action.forced = bool(result.forced)
+        if result.survivors:
+            raise LabError(f"xvm-cnid of {host.name} survived SIGKILL",
+                           "pids " + " ".join(map(str, result.survivors)))
+    host.agent_pid = 0
+
+
+def _start_host_agent(lab: Lab, host: Host, action: AgentAction) -> None:
+    began = time.monotonic()
+    host.agent_pid = _spawn_agent(lab, host)
+    _State(lab).save()
+    _wait_agent_ready(lab, host, host.agent_pid)
+    action.new_pid = host.agent_pid
+    action.start_seconds = time.monotonic() - began
+
+
+def agent_stop(name: str, host: str, *, kill: bool = False) -> AgentAction:
+    """Stop host ``host``'s agent: SIGTERM (SIGKILL after a timeout), or SIGKILL at
+    once with ``kill`` (a crash). Its pods keep working: the agent is not on the data
+    path. Stopping an agent that does not run is not an error (``old_pid`` 0)."""
+    lab, h = _agent_host(name, host)
+    action = AgentAction(h.name)
+    try:
+        _stop_host_agent(lab, h, kill, action)
+    finally:
+        _State(lab).save()
+    return action
+
+
+def agent_start(name: str, host: str) -> AgentAction:
+    """Start host ``host``'s agent and wait until it answers; it reconciles first."""
+    lab, h = _agent_host(name, host)
+    sock = lab.agent_socket(h.name)
+    running = sorted(pid for pid, s in lab_agents(name).items() if s == sock)
+    if running:
+        raise LabError(f"xvm-cnid of {h.name} already runs (pid {running[0]})",
+                       f"restart it: xvmctl lab agent restart --name {name} --host {h.name}")
+    action = AgentAction(h.name)
+    _start_host_agent(lab, h, action)
+    return action
+
+
+def agent_restart(name: str, host: str, *, kill: bool = False) -> AgentAction:
+    """``agent_stop`` then ``agent_start``, timed: ``down_seconds`` is how long no
+    agent answered on the host's socket."""
+    lab, h = _agent_host(name, host)
+    action = AgentAction(h.name)
+    try:
+        _stop_host_agent(lab, h, kill, action)
+    finally:
+        _State(lab).save()
+    _start_host_agent(lab, h, action)
+    return action
+
+
+def agent_health(name: str, lab: Lab | None) -> list[AgentHealth]:
+    """Every host's agent: running (by command line), answering ``status``? Hosts come
+    from the state file, and from the sockets of running agents without one."""
+    running = lab_agents(name)
+    hosts: dict[str, int] = {}
+    if lab is not None and lab.agent:
+        hosts = {h.name: h.agent_pid for h in lab.hosts}
+    for sock in running.values():
+        hosts.setdefault(Path(sock).parent.name, 0)
+    found = []
+    for host_name, recorded in hosts.items():
+        sock = str(agent_socket_path(name, host_name))
+        pids = sorted(pid for pid, s in running.items() if s == sock)
+        health = AgentHealth(host_name, sock, pids[0] if pids else 0, recorded)
+        if not pids:
+            health.error = "not running"
+        else:
+            try:
+                health.reply = agent_request(sock, "status", timeout=5.0)
+            except AgentUnavailable as exc:
+                health.error = str(exc)
+            if len(pids) > 1:
+                health.error = f"{len(pids)} agents on one socket: {' '.join(map(str, pids))}"
+        found.append(health)
+    return found
+
+
+# ---------------------------------------------------------------------------
 # up / down / status
 
 
 def lab_up(name: str = DEFAULT_NAME, hosts: int = 3, pods: int = 2, plugin: str | None = None,
-           progress: Progress = _quiet) -> Lab:
+           progress: Progress = _quiet, agent: bool = True) -> Lab:
     """Build the lab and attach every pod; on failure remove what this call made.
+
+    ``agent``: start one ``xvm-cnid`` per host and, unless ``plugin`` names another
+    one, attach through the thin plugin (written to ``<lab>/bin/xvm-cni``) that hands
+    every ADD to its host's agent. Without: ``plugin`` or the in-process xvm-cni.
+    The reference ``bridge`` plugin never gets agents.
 
     Raises ``LabError`` (``PluginError`` when the plugin refused an ADD).
     """
@@ -375,17 +775,28 @@ def lab_up(name: str = DEFAULT_NAME, hosts: int = 3, pods: int = 2, plugin: str 
         raise LabError(f"--pods {pods} is out of range", f"allowed: 1..{MAX_PODS}")
     if os.geteuid() != 0:
         raise LabError("the lab needs root", "it creates network namespaces")
-    plugin_path = find_plugin(plugin)
+    thin = agent and not plugin
+    plugin_path = str(lab_dir(name) / PLUGIN_DIR / "xvm-cni") if thin else find_plugin(plugin)
     existing = lab_netns(name)
     if lab_dir(name).exists() or existing:
         raise LabError(f"lab {name!r} already exists",
                        f"remove it first: xvmctl lab down --name {name}")
+    stray = lab_agents(name)
+    if stray:
+        raise LabError(f"xvm-cnid processes of an earlier lab {name!r} still run "
+                       f"(pids {' '.join(map(str, sorted(stray)))})",
+                       f"remove them first: xvmctl lab down --name {name}")
 
-    lab = Lab(name=name, plugin=plugin_path, flavor=plugin_flavor(plugin_path))
+    flavor = plugin_flavor(plugin_path)
+    lab = Lab(name=name, plugin=plugin_path, flavor=flavor, agent=agent and flavor == "xvm")
     lab.state_dir.mkdir(parents=True, mode=0o700)
     state = _State(lab)
     state.save()
     try:
+        if thin:
+            plugin_file.write(Path(plugin_path))
+            progress(f"plugin  {plugin_path}: the thin plugin of make install "
+                     "(python3 -IS, hands each call to its host's xvm-cnid)")
         _build(lab, state, hosts, pods, progress)
     except BaseException:
         # Ctrl-C included: leave nothing half-made behind.
@@ -431,6 +842,9 @@ def _build(lab: Lab, state: _State, hosts: int, pods: int, progress: Progress) -
         progress(f"host    {host.netns}: eth0 {host.underlay} on switch port {host.name}, "
                  f"config {host.config_path}")
 
+    if lab.agent:
+        _start_agents(lab, state, progress)
+
     for host in lab.hosts:
         for j in range(1, pods + 1):
             pod = Pod(name=f"{host.name}-p{j}", host=host.name, netns=f"{host.netns}-p{j}",
@@ -440,6 +854,8 @@ def _build(lab: Lab, state: _State, hosts: int, pods: int, progress: Progress) -
     progress(f"pods    {len(lab.pods)} namespaces created ({lab.name}-h<i>-p<j>)")
 
     _attach_all(lab, state, progress)
+    if lab.agent:
+        _count_served(lab, progress)
     lab.phase = "up"
     state.save()
     progress(f"lab {lab.name} is up ({time.monotonic() - started:.1f} s)")
@@ -487,6 +903,8 @@ class DownReport:
     removed_netns: list[str] = field(default_factory=list)
     removed_dir: bool = False
     leftovers: list[str] = field(default_factory=list)
+    agents_stopped: list[int] = field(default_factory=list)   # xvm-cnid pids
+    agents_forced: list[int] = field(default_factory=list)    # of those: needed SIGKILL
 
     @property
     def clean(self) -> bool:
@@ -496,10 +914,13 @@ class DownReport:
 def lab_down(name: str = DEFAULT_NAME, plugin: str | None = None,
              progress: Progress = _quiet) -> DownReport:
     """Remove lab ``name``: CNI DEL for every pod through the plugin, then the
-    namespaces (by state file and by name prefix), then the files.
+    hosts' agents, then the namespaces (by state file and by name prefix), then the
+    files.
 
-    Works on half-made labs and without a state file. A failing DEL is reported
-    and teardown goes on: deleting the namespaces removes what the plugin made.
+    Works on half-made labs and without a state file: agents are found by their
+    command line (``--socket`` under the lab's directory) as well as by recorded
+    pid. A failing DEL is reported and teardown goes on: deleting the namespaces
+    removes what the plugin made.
     """
     check_name(name)
     if os.geteuid() != 0:
@@ -511,7 +932,7 @@ def lab_down(name: str = DEFAULT_NAME, plugin: str | None = None,
         progress(f"warning: {exc}; removing by name instead")
         lab = None
     present = set(lab_netns(name))
-    if lab is None and not present and not lab_dir(name).exists():
+    if lab is None and not present and not lab_dir(name).exists() and not lab_agents(name):
         return report
 
     if lab is None:
@@ -543,9 +964,14 @@ def lab_down(name: str = DEFAULT_NAME, plugin: str | None = None,
 
     if lab.plugin and lab.hosts:
         # Hosts in parallel, like up; list.append is atomic, so the report is safe.
+        # In agent mode the DELs go through the agents, which still run.
         with ThreadPoolExecutor(max_workers=min(8, len(lab.hosts))) as pool:
             for future in [pool.submit(detach_host, host) for host in lab.hosts]:
                 future.result()
+
+    # Before the namespaces: an agent keeps its host's namespace alive, and one left
+    # running would serve (and reconcile) a lab that no longer exists.
+    _stop_lab_agents(lab, report, progress)
 
     # Pods before hosts before the switch: the reverse of creation.
     names = set(lab.netns_created) | present
@@ -568,6 +994,7 @@ def lab_down(name: str = DEFAULT_NAME, plugin: str | None = None,
             progress(f"warning: cannot remove {lab_dir(name)}: {exc}")
 
     report.leftovers = lab_netns(name) + ([str(lab_dir(name))] if lab_dir(name).exists() else [])
+    report.leftovers += [f"xvm-cnid pid {pid}" for pid in sorted(lab_agents(name))]
     return report
 
 
@@ -580,6 +1007,10 @@ def _plugin_from_configs(lab: Lab) -> str:
         except (OSError, ValueError, AttributeError):
             continue
         if kind == "xvm-cni" or not isinstance(kind, str):
+            # The thin plugin of agent mode, when up wrote one: DELs reach the agents.
+            thin = lab.state_dir / PLUGIN_DIR / "xvm-cni"
+            if thin.is_file() and os.access(thin, os.X_OK):
+                return str(thin)
             break
         for directory in CNI_PATH.split(":"):
             candidate = os.path.join(directory, os.path.basename(kind))
@@ -627,6 +1058,7 @@ class LabStatus:
     state_error: str = ""
     namespaces: list[NsStatus] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
+    agents: list[AgentHealth] = field(default_factory=list)
 
 
 def known_labs() -> list[str]:
@@ -662,6 +1094,7 @@ def lab_status(name: str) -> LabStatus:
         status.namespaces.append(entry)
     if lab_dir(name).is_dir():
         status.files = sorted(str(p) for p in lab_dir(name).rglob("*") if p.is_file())
+    status.agents = agent_health(name, status.lab)
     return status
 
 

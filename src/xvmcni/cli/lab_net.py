@@ -163,6 +163,7 @@ class LinkInfo:
     mtu: int
     addresses: list[str]
     master: str = ""
+    index: int = 0          # ifindex: a recreated link gets a new one
 
 
 def links(path: str) -> list[LinkInfo]:
@@ -181,6 +182,6 @@ def links(path: str) -> list[LinkInfo]:
             addrs.setdefault(msg["index"], []).append(
                 f"{msg.get('address')}/{msg['prefixlen']}")
     return [LinkInfo(name, kind, up, mtu, addrs.get(idx, []),
-                     names.get(master, "") if master else "")
+                     names.get(master, "") if master else "", idx)
             for idx, name, kind, up, mtu, master in raw]
 

@@ -12,11 +12,28 @@ import shutil
 from collections.abc import Callable
 
 from xvmcni.cli.icmp import PingReply
-from xvmcni.cli.lab import GATEWAY, Lab, LabStatus, Matrix, MtuCheck, lab_dir
-from xvmcni.cli.status import Style, style_for, table
+from xvmcni.cli.lab import (
+    AGENT_METRICS_PORT,
+    AGENT_SOCKET,
+    GATEWAY,
+    AgentHealth,
+    Lab,
+    LabStatus,
+    Matrix,
+    MtuCheck,
+    lab_dir,
+)
+from xvmcni.cli.status import (
+    Style,
+    format_requests,
+    format_uptime,
+    format_usage,
+    style_for,
+    table,
+)
 
-__all__ = ["Style", "render_matrix", "render_mtu", "render_status", "render_summary",
-           "style_for"]
+__all__ = ["Style", "render_agents", "render_matrix", "render_mode", "render_mtu",
+           "render_status", "render_summary", "style_for"]
 
 MAX_FAILURES_SHOWN = 10
 
@@ -41,6 +58,7 @@ def render_summary(lab: Lab, style: Style) -> str:
     else:
         lines.append("  reference bridge plugin: one 10.88.<host>.0/24 per host, "
                      "no cross-host network")
+    lines += render_mode(lab, style)
     lines.append("")
     rows = []
     for host in lab.hosts:
@@ -53,6 +71,39 @@ def render_summary(lab: Lab, style: Style) -> str:
     lines += table(["HOST", "UNDERLAY eth0", "POD", "NETNS", "ADDRESS", "GATEWAY", "MTU",
                      "MAC"], rows)
     return "\n".join(lines)
+
+
+def render_mode(lab: Lab, style: Style) -> list[str]:
+    """Which mode ran, and in agent mode whether the agents really served the ADDs
+    (their own request counts, asked right after the last ADD)."""
+    if lab.flavor != "xvm":
+        return ["  mode     in-process: the reference plugin has no agent"]
+    if not lab.agent:
+        return [f"  mode     in-process (--no-agent): {os.path.basename(lab.plugin)} did each "
+                "ADD itself, inside its host's namespace"]
+    lines = [f"  mode     agent: one xvm-cnid per host, socket {lab_dir(lab.name)}/<host>/"
+             f"{AGENT_SOCKET}, metrics 127.0.0.1:{AGENT_METRICS_PORT} inside each host"]
+    per_host = []
+    served = expected = 0
+    known = True
+    for host in lab.hosts:
+        pods = sum(1 for p in lab.pods if p.host == host.name and p.address)
+        expected += pods
+        if host.agent_adds < 0:
+            known = False
+            per_host.append(f"{host.name} ?/{pods}")
+        else:
+            served += host.agent_adds
+            per_host.append(f"{host.name} {host.agent_adds}/{pods}")
+    detail = ", ".join(per_host)
+    if known and served == expected:
+        lines.append("  served   " + style.green(f"{served}/{expected} ADDs by the agents")
+                     + f" ({detail})")
+    else:
+        lines.append("  served   " + style.red(f"only {served} of {expected} ADDs by the "
+                                               "agents") + f" ({detail}): the rest ran "
+                     "in-process (agent logs: <lab>/<host>/xvm-cnid.log)")
+    return lines
 
 
 def _cell(replies: list[PingReply], style: Style, width: int) -> str:
@@ -157,7 +208,8 @@ def render_status(status: LabStatus, style: Style) -> str:
         return f"Lab {status.name}: does not exist"
     title = style.bold(f"Lab {status.name}")
     if lab is not None:
-        title += f"  {lab.phase}, plugin {lab.plugin or '?'}"
+        mode = "agent mode" if lab.agent else "in-process"
+        title += f"  {lab.phase}, {mode}, plugin {lab.plugin or '?'}"
     elif status.state_error:
         title += "  " + style.red(status.state_error)
     else:
@@ -167,6 +219,8 @@ def render_status(status: LabStatus, style: Style) -> str:
     lines = [title]
     if not status.namespaces:
         lines.append("  no namespaces" + ("" if status.files else ", no files: nothing exists"))
+        if status.agents:
+            lines += ["", render_agents(status.agents, style)]
         return "\n".join(lines)
     rows = []
     for ns in status.namespaces:
@@ -184,4 +238,37 @@ def render_status(status: LabStatus, style: Style) -> str:
                          str(link.mtu), where])
     lines += table(["NETNS", "ROLE", "LINK", "KIND", "STATE", "MTU", "ADDRESS / MASTER"],
                     rows)
+    if status.agents:
+        lines += ["", render_agents(status.agents, style)]
+    return "\n".join(lines)
+
+
+def render_agents(agents: list[AgentHealth], style: Style) -> str:
+    """One row per host's xvm-cnid: running, answering, what it served, its networks."""
+    rows = []
+    for agent in agents:
+        agent_info = (agent.reply or {}).get("agent") or {}
+        if agent.ok:
+            state = style.green("ok")
+        elif agent.pid:
+            state = style.red(f"NOT ANSWERING: {agent.error}")
+        else:
+            state = style.red("NOT RUNNING")
+        pid = str(agent.pid) if agent.pid else "-"
+        if agent.recorded_pid and agent.pid and agent.recorded_pid != agent.pid:
+            pid += f" (state.json: {agent.recorded_pid})"
+        nets = [f"{n.get('name')} {format_usage(int(n.get('used', 0)), int(n.get('size', 0)))}"
+                + ("" if n.get("ready") else " " + style.red(f"NOT READY: {n.get('reason')}"))
+                for n in (agent.reply or {}).get("networks") or []]
+        rows.append([agent.host, pid, state,
+                     format_uptime(float(agent_info["uptime"])) if "uptime" in agent_info
+                     else "-",
+                     format_requests(agent_info["requests"]) if "requests" in agent_info
+                     else "-",
+                     "; ".join(nets) or "-"])
+    healthy = sum(1 for a in agents if a.ok)
+    summary = f"{healthy}/{len(agents)} answering"
+    lines = [style.bold("Agents") + "  (xvm-cnid, one per host; "
+             + (style.green(summary) if healthy == len(agents) else style.red(summary)) + ")"]
+    lines += table(["HOST", "PID", "STATE", "UPTIME", "REQUESTS", "NETWORKS (used/pool)"], rows)
     return "\n".join(lines)

@@ -1,8 +1,8 @@
 """``xvmctl``: the operator's command. Subcommands register themselves on one parser.
 
-Today: ``status`` and ``gc`` (ask the node agent), ``lab up|down|status``. Another
-subcommand is one more ``add_*`` function in ``build_parser`` that sets ``func`` on its
-parser.
+Today: ``status`` and ``gc`` (ask the node agent), ``lab up|down|status`` and
+``lab agent start|stop|restart``. Another subcommand is one more ``add_*`` function
+in ``build_parser`` that sets ``func`` on its parser.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def cmd_lab_up(args: argparse.Namespace) -> int:
     progress = _stderr_progress(args.name)
     try:
         lab = labmod.lab_up(args.name, args.hosts, args.pods, plugin=args.plugin,
-                            progress=progress)
+                            progress=progress, agent=not args.no_agent)
     except labmod.LabError as exc:
         return _error(exc)
     progress(f"pinging {len(lab.pods)} pods pairwise and their gateway, then full-size "
@@ -95,8 +95,14 @@ def cmd_lab_up(args: argparse.Namespace) -> int:
     print()
     if lab.pods:
         hints = [(f"ip netns exec {lab.pods[0].netns} ip addr", "look inside a pod"),
-                 (f"xvmctl lab status --name {lab.name}", "what exists, live"),
-                 (f"xvmctl lab down --name {lab.name}", "remove everything")]
+                 (f"xvmctl lab status --name {lab.name}", "what exists, live")]
+        if lab.agent:
+            first = lab.hosts[0].name
+            hints += [(f"xvmctl status --socket {lab.agent_socket(first)}",
+                       f"{first}'s agent in detail"),
+                      (f"xvmctl lab agent restart --name {lab.name} --host {first}",
+                       "restart an agent (pods keep their traffic)")]
+        hints.append((f"xvmctl lab down --name {lab.name}", "remove everything"))
         width = max(len(cmd) for cmd, _ in hints)
         for i, (cmd, what) in enumerate(hints):
             lead = "  next: " if i == 0 else "        "
@@ -111,7 +117,8 @@ def cmd_lab_down(args: argparse.Namespace) -> int:
     except labmod.LabError as exc:
         return _error(exc)
     style = lab_view.style_for(sys.stdout)
-    if not (report.removed_netns or report.removed_dir or report.deleted):
+    if not (report.removed_netns or report.removed_dir or report.deleted
+            or report.agents_stopped):
         print(f"lab {args.name}: nothing to remove")
         return EXIT_OK
     if report.leftovers:
@@ -121,7 +128,8 @@ def cmd_lab_down(args: argparse.Namespace) -> int:
     if report.del_failures:
         note = style.red(f" ({len(report.del_failures)} CNI DEL failed, see above)")
     pods = "pod" if len(report.deleted) == 1 else "pods"
-    print(f"lab {args.name} removed: {len(report.deleted)} {pods} detached, "
+    agents = f"{len(report.agents_stopped)} xvm-cnid stopped, " if report.agents_stopped else ""
+    print(f"lab {args.name} removed: {len(report.deleted)} {pods} detached, {agents}"
           f"{len(report.removed_netns)} namespaces and {labmod.lab_dir(args.name)} deleted" + note)
     return EXIT_OK
 
@@ -139,6 +147,30 @@ def cmd_lab_status(args: argparse.Namespace) -> int:
             print(lab_view.render_status(labmod.lab_status(name), style))
     except labmod.LabError as exc:
         return _error(exc)
+    return EXIT_OK
+
+
+def cmd_lab_agent(args: argparse.Namespace) -> int:
+    try:
+        if args.action == "stop":
+            action = labmod.agent_stop(args.name, args.host, kill=args.kill)
+        elif args.action == "start":
+            action = labmod.agent_start(args.name, args.host)
+        else:
+            action = labmod.agent_restart(args.name, args.host, kill=args.kill)
+    except labmod.LabError as exc:
+        return _error(exc)
+    how = f"{action.signal}" + (", SIGKILL after the timeout" if action.forced else "")
+    stopped = (f"pid {action.old_pid} stopped ({how}, {action.stop_seconds:.2f} s)"
+               if action.old_pid else "was not running")
+    started = f"pid {action.new_pid} answering ({action.start_seconds:.2f} s)"
+    if args.action == "stop":
+        print(f"{action.host}: xvm-cnid {stopped}")
+    elif args.action == "start":
+        print(f"{action.host}: xvm-cnid {started}")
+    else:
+        print(f"{action.host}: xvm-cnid restarted: {stopped}, {started}; no agent answered "
+              f"for {action.down_seconds:.2f} s")
     return EXIT_OK
 
 
@@ -206,7 +238,8 @@ def add_lab(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "lab", help="a multi-host cluster simulated with network namespaces",
         description="Simulated hosts on one machine: one netns per host joined by an "
                     "isolated underlay switch, pods attached by the real plugin.")
-    lab_sub = lab.add_subparsers(dest="lab_command", metavar="{up,down,status}", required=True)
+    lab_sub = lab.add_subparsers(dest="lab_command", metavar="{up,down,status,agent}",
+                                 required=True)
 
     def name_arg(p: argparse.ArgumentParser, default: str | None) -> None:
         p.add_argument("--name", default=default, type=_lab_name,
@@ -224,6 +257,10 @@ def add_lab(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                     help="plugin executable (default: xvm-cni next to this Python, else "
                          "PATH); a file named 'bridge' gets a reference bridge+host-local "
                          "config instead")
+    up.add_argument("--no-agent", action="store_true",
+                    help="no xvm-cnid in the hosts: the plugin does every ADD in-process "
+                         "(default: one agent per host, pods attached through the thin "
+                         "plugin that hands each ADD to its host's agent)")
     up.set_defaults(func=cmd_lab_up)
 
     down = lab_sub.add_parser("down", help="detach every pod (CNI DEL), remove everything")
@@ -232,9 +269,23 @@ def add_lab(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                       help="plugin for CNI DEL (default: the one recorded by up)")
     down.set_defaults(func=cmd_lab_down)
 
-    status = lab_sub.add_parser("status", help="show what exists of a lab, or of all labs")
-    name_arg(status, None)
-    status.set_defaults(func=cmd_lab_status)
+    status_p = lab_sub.add_parser("status",
+                                  help="show what exists of a lab, or of all labs, and "
+                                       "the health of its agents")
+    name_arg(status_p, None)
+    status_p.set_defaults(func=cmd_lab_status)
+
+    agent = lab_sub.add_parser(
+        "agent", help="stop, start or restart one simulated host's xvm-cnid",
+        description="Operate one host's node agent. The agent is not on the data path: "
+                    "pods keep their traffic while it is down, and a new one reconciles "
+                    "without touching healthy devices.")
+    agent.add_argument("action", choices=["start", "stop", "restart"])
+    agent.add_argument("--host", required=True, metavar="hN", help="the host, e.g. h1")
+    name_arg(agent, labmod.DEFAULT_NAME)
+    agent.add_argument("--kill", action="store_true",
+                       help="stop with SIGKILL (a crash) instead of SIGTERM")
+    agent.set_defaults(func=cmd_lab_agent)
 
 
 def build_parser() -> argparse.ArgumentParser:
