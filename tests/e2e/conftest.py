@@ -1,5 +1,5 @@
-"""Fixtures for lab tests: unique lab names, the plugin to use, and a 3 x 2 lab torn
-down even when a test fails."""
+"""Fixtures for lab tests: unique lab names, the plugin to use, a 3 x 2 lab and a
+2 x 1 lab whose agents tests may restart, each torn down even when a test fails."""
 
 from __future__ import annotations
 
@@ -42,6 +42,22 @@ def lab3x2() -> Iterator[labmod.Lab]:
     name = _unique_lab_name()
     try:
         lab = labmod.lab_up(name, hosts=3, pods=2, plugin=_lab_plugin())
+        yield lab
+    finally:
+        labmod.lab_down(name)
+
+
+@pytest.fixture(scope="module")
+def agent_lab() -> Iterator[labmod.Lab]:
+    """A 2-host x 1-pod lab in agent mode (one xvm-cnid per host) for tests that stop
+    and restart agents; removed, agents included, even if a test fails."""
+    if os.geteuid() != 0:
+        pytest.skip("lab tests need root (network namespaces)")
+    name = _unique_lab_name("a")
+    try:
+        lab = labmod.lab_up(name, hosts=2, pods=1, plugin=_lab_plugin(), agent=True)
+        if not lab.agent:
+            pytest.skip(f"{lab.plugin} runs without agents (reference plugin)")
         yield lab
     finally:
         labmod.lab_down(name)

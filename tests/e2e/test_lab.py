@@ -1,12 +1,16 @@
-"""The lab end to end: 3 simulated hosts x 2 pods attached by the real plugin.
+"""The lab end to end: 3 simulated hosts x 2 pods attached by the real plugin, each
+host with its own node agent (xvm-cnid) unless a test asks for --no-agent.
 
 Traffic stays inside the lab's namespaces: every socket here is created in a thread
-that entered a lab namespace, and every address probed belongs to the lab.
+that entered a lab namespace, and every address probed belongs to the lab (the
+agents' sockets are unix sockets in the lab's directory; their metrics endpoints
+listen on each host namespace's own loopback).
 """
 
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
 import queue
@@ -20,13 +24,16 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
 from xvmcni.cli import lab as labmod
-from xvmcni.cli.icmp import probe
+from xvmcni.cli import lab_net, lab_view
+from xvmcni.cli import status as statusmod
+from xvmcni.cli.icmp import echo, probe
 from xvmcni.dataplane.netns import entered, open_netns
 
 pytestmark = [
@@ -74,11 +81,21 @@ def run_in_threads(*calls: tuple[str, Callable[[], object]], timeout: float = 60
 
 
 def leftovers(name: str) -> list[str]:
-    """Namespaces and files of lab ``name`` that still exist."""
+    """Namespaces, files and agent processes of lab ``name`` that still exist."""
     found = list(labmod.lab_netns(name))
     if labmod.lab_dir(name).exists():
         found += [str(p) for p in labmod.lab_dir(name).rglob("*")] or [str(labmod.lab_dir(name))]
+    found += [f"xvm-cnid pid {pid} ({sock})" for pid, sock in labmod.lab_agents(name).items()]
     return found
+
+
+def needs_agents(lab: labmod.Lab) -> None:
+    if not lab.agent:
+        pytest.skip(f"{os.path.basename(lab.plugin)} runs without agents")
+
+
+def netns_inode(path: str) -> int:
+    return os.stat(path).st_ino
 
 
 def needs_cross_host(lab: labmod.Lab) -> None:
@@ -259,6 +276,15 @@ def test_status_shows_the_lab(lab3x2: labmod.Lab) -> None:
     for pod in lab3x2.pods:
         assert pod.netns in out.stdout
         assert pod.address in out.stdout
+    if lab3x2.agent:
+        assert [(a.host, a.pid, a.ok) for a in status.agents] == \
+            [(h.name, h.agent_pid, True) for h in lab3x2.hosts]
+        assert "3/3 answering" in out.stdout
+        for host in lab3x2.hosts:
+            row = next(line for line in out.stdout.splitlines()
+                       if line.split()[:2] == [host.name, str(host.agent_pid)])
+            assert row.split()[2] == "ok", row
+            assert "  ADD 2  " in row and "xvm-network 2/254 (0.8%)" in row, row
 
 
 # ---------------------------------------------------------------------------
@@ -269,6 +295,7 @@ def test_cli_up_status_down_leaves_nothing(make_lab_name: Callable[[str], str],
                                            lab_plugin: str | None) -> None:
     name = make_lab_name("c")
     plugin = plugin_args(lab_plugin)
+    agents = not lab_plugin  # the default: thin plugin + one agent per host
     try:
         up = xvmctl("lab", "up", "--name", name, "--hosts", "2", "--pods", "1", *plugin)
         if labmod.plugin_flavor(lab_plugin or "xvm-cni") == "xvm":
@@ -281,6 +308,14 @@ def test_cli_up_status_down_leaves_nothing(make_lab_name: Callable[[str], str],
             assert "2/4 reachable" in up.stdout
         assert f"{name}-h2-p1" in up.stdout
         assert "attach  h2-p1" in up.stderr  # progress, one line per step
+        if agents:
+            assert "mode     agent: one xvm-cnid per host" in up.stdout
+            assert "served   2/2 ADDs by the agents (h1 1/1, h2 1/1)" in up.stdout
+            assert up.stderr.count("xvm-cnid pid") == 2
+            assert len(labmod.lab_agents(name)) == 2
+            status = xvmctl("lab", "status", "--name", name)
+            assert "agent mode" in status.stdout
+            assert "2/2 answering" in status.stdout
         again = xvmctl("lab", "up", "--name", name, *plugin)
         assert again.returncode == 1
         assert "already exists" in again.stderr
@@ -289,6 +324,9 @@ def test_cli_up_status_down_leaves_nothing(make_lab_name: Callable[[str], str],
     assert down.returncode == 0, down.stdout + down.stderr
     assert "2 pods detached" in down.stdout
     assert "DEL ok" in down.stderr
+    if agents:
+        assert "2 xvm-cnid stopped" in down.stdout
+        assert "agents  stopped 2 xvm-cnid" in down.stderr
     assert leftovers(name) == []
     assert "nothing to remove" in xvmctl("lab", "down", "--name", name).stdout
 
@@ -474,7 +512,7 @@ def test_plugin_runs_in_the_host_netns_and_never_reaches_the_machine_agent(
 def test_lab_with_the_installed_thin_plugin(
         tmp_path: Path, make_lab_name: Callable[[str], str], lab_plugin: str | None) -> None:
     """The shape `make install` puts in /opt/cni/bin (python -IS shim), written to a
-    temporary path: with no agent for the simulated hosts it runs in-process."""
+    temporary path, without agents (--no-agent): it falls back to in-process."""
     if lab_plugin:
         pytest.skip("XVM_LAB_PLUGIN selects another plugin")
     from xvmcni import plugin_file
@@ -482,9 +520,384 @@ def test_lab_with_the_installed_thin_plugin(
     plugin = plugin_file.write(tmp_path / "xvm-cni")
     name = make_lab_name("i")
     try:
-        lab = labmod.lab_up(name, hosts=2, pods=1, plugin=str(plugin))
+        lab = labmod.lab_up(name, hosts=2, pods=1, plugin=str(plugin), agent=False)
+        assert not lab.agent
+        assert labmod.lab_agents(name) == {}
         assert labmod.ping_matrix(lab).ok
     finally:
         report = labmod.lab_down(name)
     assert report.del_failures == []
     assert leftovers(name) == []
+
+
+# ---------------------------------------------------------------------------
+# Node agents: one xvm-cnid per simulated host.
+
+
+def test_lab_adds_were_served_by_the_agents(lab3x2: labmod.Lab) -> None:
+    """Each host's own agent, running inside that host's namespace, counted exactly its
+    pods' ADDs: nothing fell back to in-process on the way."""
+    needs_agents(lab3x2)
+    for host in lab3x2.hosts:
+        pods = [p for p in lab3x2.pods if p.host == host.name]
+        reply = statusmod.agent_request(lab3x2.agent_socket(host.name), "status")
+        assert reply["agent"]["pid"] == host.agent_pid
+        assert reply["agent"]["requests"] == {"ADD": len(pods)}
+        assert host.agent_adds == len(pods)     # what up recorded and printed
+        assert netns_inode(f"/proc/{host.agent_pid}/ns/net") == netns_inode(host.netns_path)
+        (network,) = reply["networks"]
+        assert (network["name"], network["containers"], network["used"], network["ready"]) \
+            == ("xvm-network", len(pods), len(pods), True)
+    text = "\n".join(lab_view.render_mode(lab3x2, lab_view.Style()))
+    assert "served   6/6 ADDs by the agents (h1 2/2, h2 2/2, h3 2/2)" in text
+
+
+def test_xvmctl_status_and_gc_ask_a_host_agent(lab3x2: labmod.Lab, tmp_path: Path) -> None:
+    needs_agents(lab3x2)
+    host = lab3x2.hosts[1]
+    sock = lab3x2.agent_socket(host.name)
+    out = xvmctl("status", "--socket", sock)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith(f"xvm-cnid pid {host.agent_pid}, up ")
+    assert lines[0].endswith(f"socket {sock}")
+    assert "  requests  ADD 2" in lines
+    assert "  metrics   http://127.0.0.1:9472/metrics" in lines
+    row = next(line for line in lines if line.startswith("  xvm-network "))
+    assert row.split() == ["xvm-network", "xvmbr10", "10", "10.244.0.0/16",
+                           "10.244.12.1-10.244.12.254", "2", "2/254", "(0.8%)", "yes"]
+
+    raw = xvmctl("status", "--socket", sock, "--json")
+    assert raw.returncode == 0, raw.stderr
+    reply = json.loads(raw.stdout)
+    assert reply["agent"]["pid"] == host.agent_pid
+    assert reply["networks"][0]["pool"] == "10.244.12.1-10.244.12.254"
+
+    gc = xvmctl("gc", "--socket", sock)
+    assert gc.returncode == 0, gc.stdout + gc.stderr
+    row = next(line for line in gc.stdout.splitlines() if line.startswith("  xvm-network "))
+    assert row.split() == ["xvm-network", "2", "-", "-", "ok"]  # nothing to release
+    assert labmod.ping_matrix(lab3x2).ok
+
+    missing = xvmctl("status", "--socket", str(tmp_path / "nothing.sock"))
+    assert missing.returncode == 1
+    assert f"no xvm-cnid socket at {tmp_path / 'nothing.sock'}" in missing.stderr
+    stale = tmp_path / "stale.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as unbound:
+        unbound.bind(str(stale))  # a socket file nobody listens on: a dead agent's
+    gone = xvmctl("gc", "--socket", str(stale))
+    assert gone.returncode == 1
+    assert f"no xvm-cnid listens on {stale}" in gone.stderr
+
+
+def test_agent_metrics_endpoint_inside_a_host(lab3x2: labmod.Lab) -> None:
+    """The metric names the README documents, read on the host namespace's loopback."""
+    needs_agents(lab3x2)
+    host = lab3x2.hosts[0]
+
+    def scrape() -> str:
+        conn = http.client.HTTPConnection("127.0.0.1", labmod.AGENT_METRICS_PORT, timeout=10)
+        try:
+            conn.request("GET", "/metrics")
+            response = conn.getresponse()
+            assert response.status == 200
+            return response.read().decode()
+        finally:
+            conn.close()
+
+    text = in_netns(host.netns_path, scrape)
+    samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+               for line in text.splitlines() if line and not line.startswith("#")}
+    assert samples['xvmcni_containers{network="xvm-network"}'] == 2
+    assert samples['xvmcni_ipam_used_addresses{network="xvm-network"}'] == 2
+    assert samples['xvmcni_ipam_pool_addresses{network="xvm-network"}'] == 254
+    assert samples['xvmcni_cni_request_seconds_count{command="ADD"}'] == 2
+    assert "# TYPE xvmcni_cni_errors_total counter" in text
+
+
+@dataclass
+class PingRun:
+    """A continuous ping: one ICMP echo every ``interval`` s, each waiting up to 1 s."""
+
+    sent: int = 0
+    received: int = 0
+    sent_at: list[float] = field(default_factory=list)
+    lost: list[tuple[float, str]] = field(default_factory=list)   # (when sent, why)
+    max_rtt_ms: float = 0.0
+
+
+def ping_continuously(src: labmod.Pod, dst_ip: str, stop: threading.Event, run: PingRun,
+                      interval: float = 0.01) -> None:
+    """From inside ``src``'s namespace (this thread only) until ``stop`` is set."""
+    def loop() -> None:
+        next_at = time.monotonic()
+        while not stop.is_set():
+            sent_at = time.monotonic()
+            reply = echo(dst_ip, timeout=1.0, tries=1)
+            run.sent += 1
+            run.sent_at.append(sent_at)
+            if reply.ok:
+                run.received += 1
+                run.max_rtt_ms = max(run.max_rtt_ms, reply.rtt_ms or 0.0)
+            else:
+                run.lost.append((sent_at, reply.error or "no reply"))
+            next_at += interval
+            delay = next_at - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            else:
+                next_at = time.monotonic()  # late (a lost reply's timeout): no burst
+
+    in_netns(src.netns_path, loop)
+
+
+def record_result(name: str, figure: dict[str, Any]) -> None:
+    """Print the figure (pytest -s / -rA show it) and keep it in $XVM_RESULTS_DIR."""
+    print(f"\n{name}: " + json.dumps(figure))
+    results = os.environ.get("XVM_RESULTS_DIR")
+    if results:
+        Path(results).mkdir(parents=True, exist_ok=True)
+        (Path(results) / f"{name}.json").write_text(json.dumps(figure, indent=2) + "\n")
+
+
+def test_continuous_ping_counts_an_outage(agent_lab: labmod.Lab) -> None:
+    """The control for the zero-loss test below: the same ping sees a 200 ms break
+    of the path (h2's pod veth down on the host side) as lost packets."""
+    src = next(p for p in agent_lab.pods if p.host == "h1")
+    dst = next(p for p in agent_lab.pods if p.host == "h2")
+    h2 = agent_lab.host("h2")
+    (port,) = [link.name for link in lab_net.links(h2.netns_path)
+               if link.kind == "veth" and link.master == "xvmbr10"]
+    stop, run = threading.Event(), PingRun()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pinger = pool.submit(ping_continuously, src, dst.ip, stop, run)
+        try:
+            deadline = time.monotonic() + 10
+            while run.received < 20 and time.monotonic() < deadline and not pinger.done():
+                time.sleep(0.01)
+            subprocess.run(["ip", "-n", h2.netns, "link", "set", port, "down"], check=True)
+            time.sleep(0.2)
+            subprocess.run(["ip", "-n", h2.netns, "link", "set", port, "up"], check=True)
+            deadline = time.monotonic() + 10
+            received = run.received
+            while run.received < received + 20 and time.monotonic() < deadline:
+                time.sleep(0.01)  # the path is back
+        finally:
+            stop.set()
+        pinger.result(timeout=30)
+    assert run.received >= 40
+    # The outage lasted 200 ms; a lost echo blocks the pinger for its 1 s timeout, so at
+    # least one probe is lost, and no late reply made up for it.
+    assert len(run.lost) >= 1
+    assert run.sent - run.received == len(run.lost)
+
+
+RESTARTS = 3  # per variant, back to back, under one continuous ping
+
+
+@pytest.mark.parametrize("kill", [False, True], ids=["sigterm", "sigkill"])
+def test_agent_restart_loses_no_packet(agent_lab: labmod.Lab, kill: bool) -> None:
+    """A pod on h1 pings a pod on h2 every 10 ms while h1's agent is stopped (SIGTERM,
+    or SIGKILL: a crash) and started again, three times: the agent is not on the data
+    path, and each new one reconciles without recreating anything that works."""
+    src = next(p for p in agent_lab.pods if p.host == "h1")
+    dst = next(p for p in agent_lab.pods if p.host == "h2")
+    h1 = agent_lab.host("h1")
+    links_before = {link.name: link.index for link in lab_net.links(h1.netns_path)}
+    stop, run = threading.Event(), PingRun()
+    actions: list[labmod.AgentAction] = []
+    windows: list[tuple[float, float]] = []
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pinger = pool.submit(ping_continuously, src, dst.ip, stop, run)
+        try:
+            deadline = time.monotonic() + 10
+            while run.received < 20 and time.monotonic() < deadline and not pinger.done():
+                time.sleep(0.01)  # warm: ARP resolved, FDB learned, pings flowing
+            assert run.received >= 20 and not run.lost, f"no steady ping before: {run}"
+            for _ in range(RESTARTS):
+                began = time.monotonic()
+                actions.append(labmod.agent_restart(agent_lab.name, "h1", kill=kill))
+                windows.append((began, time.monotonic()))
+                time.sleep(0.3)  # a loss caused by the new agent's start shows by now
+        finally:
+            stop.set()
+        pinger.result(timeout=30)
+
+    during = [sum(1 for t in run.sent_at if a <= t <= b) for a, b in windows]
+    figure = {
+        "variant": "SIGKILL" if kill else "SIGTERM",
+        "restarts": RESTARTS, "interval_ms": 10,
+        "sent": run.sent, "received": run.received, "lost": run.sent - run.received,
+        "sent_during_restarts": during,
+        "restart_seconds": [round(b - a, 3) for a, b in windows],
+        "stop_seconds": [round(a.stop_seconds, 3) for a in actions],
+        "start_seconds": [round(a.start_seconds, 3) for a in actions],
+        "max_rtt_ms": round(run.max_rtt_ms, 2),
+        "pids": [actions[0].old_pid] + [a.new_pid for a in actions],
+    }
+    record_result(f"lab-agent-restart-{figure['variant'].lower()}", figure)
+    assert run.lost == [], f"lost {len(run.lost)}: {run.lost[:5]}"
+    assert run.sent == run.received
+    # The pings really covered every restart (one per 10 ms: at least half of them).
+    for (a, b), count in zip(windows, during, strict=True):
+        assert count >= (b - a) / 0.01 / 2, figure
+
+    pids = figure["pids"]
+    assert isinstance(pids, list) and len(set(pids)) == RESTARTS + 1 and all(pids)
+    assert {a.signal for a in actions} == {"SIGKILL" if kill else "SIGTERM"}
+    assert not any(a.forced for a in actions)
+    final = actions[-1].new_pid
+    assert labmod.load_lab(agent_lab.name).host("h1").agent_pid == final
+    assert labmod.lab_agents(agent_lab.name).get(final) == agent_lab.agent_socket("h1")
+    reply = statusmod.agent_request(agent_lab.agent_socket("h1"), "status")
+    assert reply["agent"]["pid"] == final
+    assert (reply["networks"][0]["containers"], reply["networks"][0]["ready"]) == (1, True)
+    # Reconcile recreated nothing: bridge, VXLAN port and veth keep their ifindex.
+    assert {link.name: link.index for link in lab_net.links(h1.netns_path)} == links_before
+
+
+def test_cli_lab_agent_stop_start_restart(agent_lab: labmod.Lab) -> None:
+    name = agent_lab.name
+    src = next(p for p in agent_lab.pods if p.host == "h1")
+    dst = next(p for p in agent_lab.pods if p.host == "h2")
+    sock = agent_lab.agent_socket("h2")
+    old = labmod.load_lab(name).host("h2").agent_pid
+
+    stopped = xvmctl("lab", "agent", "stop", "--name", name, "--host", "h2")
+    assert stopped.returncode == 0, stopped.stderr
+    assert stopped.stdout.startswith(f"h2: xvm-cnid pid {old} stopped (SIGTERM, ")
+    assert sock not in labmod.lab_agents(name).values()
+    assert not Path(sock).exists()  # a clean stop removes its socket
+    assert labmod.load_lab(name).host("h2").agent_pid == 0
+    status = xvmctl("lab", "status", "--name", name)
+    assert "1/2 answering" in status.stdout
+    assert any(line.split()[:4] == ["h2", "-", "NOT", "RUNNING"]
+               for line in status.stdout.splitlines()), status.stdout
+    assert probe(src.netns_path, dst.ip).ok, "pods must not need their agent"
+    again = xvmctl("lab", "agent", "stop", "--name", name, "--host", "h2")
+    assert again.stdout.strip() == "h2: xvm-cnid was not running"
+
+    started = xvmctl("lab", "agent", "start", "--name", name, "--host", "h2")
+    assert started.returncode == 0, started.stderr
+    new = labmod.load_lab(name).host("h2").agent_pid
+    assert new not in (0, old)
+    assert started.stdout.startswith(f"h2: xvm-cnid pid {new} answering (")
+    assert statusmod.agent_request(sock, "ping") == {"pong": True}
+    twice = xvmctl("lab", "agent", "start", "--name", name, "--host", "h2")
+    assert twice.returncode == 1
+    assert f"already runs (pid {new})" in twice.stderr
+
+    restarted = xvmctl("lab", "agent", "restart", "--kill", "--name", name, "--host", "h2")
+    assert restarted.returncode == 0, restarted.stderr
+    newest = labmod.load_lab(name).host("h2").agent_pid
+    assert f"pid {new} stopped (SIGKILL, " in restarted.stdout
+    assert f"pid {newest} answering" in restarted.stdout
+    assert "no agent answered for" in restarted.stdout
+    assert statusmod.agent_request(sock, "status")["agent"]["pid"] == newest
+
+    unknown = xvmctl("lab", "agent", "restart", "--name", name, "--host", "h9")
+    assert unknown.returncode == 1
+    assert "has no host 'h9'" in unknown.stderr
+
+
+def test_no_agent_runs_the_plugin_in_process(make_lab_name: Callable[[str], str],
+                                             lab_plugin: str | None) -> None:
+    if lab_plugin:
+        pytest.skip("XVM_LAB_PLUGIN selects another plugin")
+    name = make_lab_name("n")
+    try:
+        up = xvmctl("lab", "up", "--no-agent", "--name", name, "--hosts", "2", "--pods", "1")
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert "4/4 reachable" in up.stdout
+        assert "mode     in-process (--no-agent): xvm-cni did each ADD itself" in up.stdout
+        assert "served" not in up.stdout
+        assert "xvm-cnid" not in up.stderr
+        lab = labmod.load_lab(name)
+        assert not lab.agent
+        assert labmod.lab_agents(name) == {}
+        assert lab.plugin == labmod.find_plugin()   # today's plugin, not the thin one
+        for host in lab.hosts:
+            assert "agentSocket" not in json.loads(Path(host.config_path).read_text())
+            assert not Path(lab.agent_socket(host.name)).exists()
+        status = xvmctl("lab", "status", "--name", name)
+        assert "in-process" in status.stdout
+        assert "Agents" not in status.stdout
+        refused = xvmctl("lab", "agent", "restart", "--name", name, "--host", "h1")
+        assert refused.returncode == 1
+        assert "runs without agents" in refused.stderr
+    finally:
+        down = xvmctl("lab", "down", "--name", name)
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert "xvm-cnid" not in down.stdout
+    assert leftovers(name) == []
+
+
+def test_lab_down_kills_agents_a_crash_left_behind(make_lab_name: Callable[[str], str],
+                                                   lab_plugin: str | None) -> None:
+    """SIGKILL ``lab up`` once the agents run, and lose state.json too: down still finds
+    the agents (by their --socket under the lab's directory) and stops them."""
+    if lab_plugin:
+        pytest.skip("XVM_LAB_PLUGIN selects another plugin")
+    name = make_lab_name("x")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "xvmcni.cli.xvmctl", "lab", "up", "--name", name,
+         "--hosts", "2", "--pods", "2"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if "attach  " in line:
+                proc.send_signal(signal.SIGKILL)
+                break
+        proc.wait(timeout=30)
+        assert proc.returncode == -signal.SIGKILL, "lab up finished before it was killed"
+        agents = labmod.lab_agents(name)
+        assert sorted(Path(sock).parent.name for sock in agents.values()) == ["h1", "h2"]
+        (labmod.lab_dir(name) / labmod.STATE_FILE).unlink()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        report = labmod.lab_down(name)
+    assert sorted(report.agents_stopped) == sorted(agents)
+    assert report.agents_forced == []  # SIGTERM was enough
+    assert report.clean, report.leftovers
+    assert leftovers(name) == []
+
+
+def test_agent_views_render_without_a_lab() -> None:
+    """Layout only: the mode lines, the agents table and ``xvmctl status``'s text."""
+    style = lab_view.Style(ok="ok", bad="--", self_=".", times="x")
+    lab = labmod.Lab(name="xtview", plugin="/x/bin/xvm-cni", flavor="xvm", agent=True,
+                     hosts=[labmod.Host("h1", "xtview-h1", "", agent_pid=11, agent_adds=2),
+                            labmod.Host("h2", "xtview-h2", "", agent_pid=12, agent_adds=1)],
+                     pods=[labmod.Pod(f"h{h}-p{p}", f"h{h}", "", "", address="10.244.0.9/16")
+                           for h in (1, 2) for p in (1, 2)])
+    assert lab_view.render_mode(lab, style)[1] == (
+        "  served   only 3 of 4 ADDs by the agents (h1 2/2, h2 1/2): the rest ran in-process "
+        "(agent logs: <lab>/<host>/xvm-cnid.log)")
+    lab.agent = False
+    assert lab_view.render_mode(lab, style) == [
+        "  mode     in-process (--no-agent): xvm-cni did each ADD itself, inside its host's "
+        "namespace"]
+
+    reply: dict[str, Any] = {
+        "agent": {"pid": 11, "uptime": 3725.4, "socket": "/s", "requests": {"DEL": 1, "ADD": 3},
+                  "metrics": ""},
+        "networks": [{"name": "n1", "bridge": "xvmbr7", "vni": 7, "subnet": "10.1.0.0/24",
+                      "containers": 14, "used": 14, "size": 14, "pool": "10.1.0.2-10.1.0.15",
+                      "ready": False, "reason": "address range exhausted"}]}
+    text = statusmod.render_status(reply, style).splitlines()
+    assert text[0] == "xvm-cnid pid 11, up 1h 02m, socket /s"
+    assert text[1] == "  requests  ADD 3, DEL 1 (4 total)"
+    assert text[2] == "  metrics   off (--metrics-port 0)"
+    assert text[-1].split() == ["n1", "xvmbr7", "7", "10.1.0.0/24", "10.1.0.2-10.1.0.15", "14",
+                                "14/14", "(100.0%)", "NO:", "address", "range", "exhausted"]
+    agents = [labmod.AgentHealth("h1", "/s1", 11, 11, reply),
+              labmod.AgentHealth("h2", "/s2", 0, 12, None, "not running")]
+    table = lab_view.render_agents(agents, style).splitlines()
+    assert table[0] == "Agents  (xvm-cnid, one per host; 1/2 answering)"
+    assert table[2].split()[:6] == ["h1", "11", "ok", "1h", "02m", "ADD"]
+    assert table[3].split() == ["h2", "-", "NOT", "RUNNING", "-", "-", "-"]
+    assert [statusmod.format_uptime(s) for s in (5, 65, 3600, 90000)] == \
+        ["5s", "1m 05s", "1h 00m", "1d 01h"]
