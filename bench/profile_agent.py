@@ -9,8 +9,10 @@ host), does the untimed anchor ADD and warm-up, then runs ``--rounds`` sequentia
 blocks of ``--pods`` ADDs and DELs while ``py-spy record --format raw`` samples the
 agent (active threads only; py-spy slows the agent a little). Prints: the split of
 a request's wall time (runtime-side, from perf_counter_ns; agent-side, from the
-agent's own log line per request), and the functions with the most samples
-per thread role, attributed to the innermost xvmcni function of each sample.
+agent's own log line per request), and, per thread role, the samples attributed to
+the innermost xvmcni function of each stack (so pyroute2, sqlite and kernel time
+count for the project function that asked for it) and the package the sampled
+frame was in. The JSON also keeps the 15 most frequent stacks per role.
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ def aggregate(raw: str) -> dict[str, dict[str, Any]]:
     owners: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
     leaves: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
     totals: collections.Counter[str] = collections.Counter()
+    stacks: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
     for line in raw.splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not stack or not count_text.isdigit():
@@ -86,12 +89,14 @@ def aggregate(raw: str) -> dict[str, dict[str, Any]]:
         role = _role(frames)
         count = int(count_text)
         totals[role] += count
+        stacks[role][" <- ".join(reversed(frames[-8:]))] += count
         ours = [f for f in frames if f.startswith("xvmcni/")]
         owners[role][ours[-1] if ours else "(outside xvmcni)"] += count
         leaf_file = frames[-1].split(":", 1)[0]
         leaves[role][leaf_file.split("/", 1)[0] if "/" in leaf_file else leaf_file] += count
     return {role: {"samples": totals[role], "by_project_function": dict(owners[role].most_common()),
-                   "by_leaf_module": dict(leaves[role].most_common())}
+                   "by_leaf_module": dict(leaves[role].most_common()),
+                   "top_stacks": dict(stacks[role].most_common(15))}
             for role in sorted(totals, key=lambda r: -totals[r])}
 
 
