@@ -2,8 +2,14 @@
 #
 #   sudo make install     venv in /opt/xvm-cni, plugin in /opt/cni/bin/xvm-cni,
 #                         example config in /etc/cni/net.d/10-xvm.conf (kept if present),
-#                         /usr/local/bin/xvmctl
+#                         /usr/local/bin/xvmctl, the agent's unit
+#                         /etc/systemd/system/xvm-cnid.service (enabled and started
+#                         where systemd runs)
 #   sudo make uninstall   the reverse (an edited 10-xvm.conf is kept)
+#
+# Every path is a variable, e.g. a trial install that touches nothing of the system's:
+#   sudo make install VENV=/tmp/x/venv CNI_BIN_DIR=/tmp/x/bin CNI_CONF_DIR=/tmp/x/net.d \
+#        BIN_DIR=/tmp/x/usr-bin SYSTEMD_DIR=/tmp/x/systemd SYSTEMD_RUNNING=no
 #   make dist             dist/xvm-cni.pyz: one architecture-free file (xvmcni + pyroute2)
 #   sudo make test        ./test.sh
 #   make lint             ruff + mypy
@@ -13,9 +19,15 @@ VENV        ?= /opt/xvm-cni
 CNI_BIN_DIR ?= /opt/cni/bin
 CNI_CONF_DIR?= /etc/cni/net.d
 BIN_DIR     ?= /usr/local/bin
+SYSTEMD_DIR ?= /etc/systemd/system
+# systemctl is used only where systemd runs (not in most containers and chroots), or
+# never with SYSTEMD_RUNNING=no.
+SYSTEMD_RUNNING ?= $(shell test -d /run/systemd/system && echo yes || echo no)
+AGENT_SOCKET := /run/xvm-cni/xvm-cnid.sock
 
 PLUGIN      := $(CNI_BIN_DIR)/xvm-cni
 CONF        := $(CNI_CONF_DIR)/10-xvm.conf
+UNIT        := $(SYSTEMD_DIR)/xvm-cnid.service
 PYZ         := dist/xvm-cni.pyz
 PYZ_BUILD   := build/pyz
 
@@ -47,9 +59,40 @@ install:
 	ln -sfn $(VENV)/bin/xvmctl $(BIN_DIR)/xvmctl
 	@printf '{"cniVersion":"1.0.0"}' | CNI_COMMAND=VERSION $(PLUGIN) >/dev/null \
 	  && echo "installed $(PLUGIN) (answers VERSION)"
+	@# The node agent's unit, pointing at this VENV's xvm-cnid.
+	mkdir -p $(SYSTEMD_DIR)
+	sed 's|/opt/xvm-cni/bin/|$(VENV)/bin/|g' deploy/xvm-cnid.service > $(UNIT).tmp
+	chmod 0644 $(UNIT).tmp && mv -f $(UNIT).tmp $(UNIT)
+	@echo "installed $(UNIT)"
+	@if [ "$(SYSTEMD_RUNNING)" = yes ]; then \
+	  systemctl daemon-reload && \
+	  if systemctl is-active --quiet xvm-cnid.service; then \
+	    systemctl enable xvm-cnid.service && systemctl restart xvm-cnid.service \
+	      && echo "xvm-cnid restarted with the new code (pods keep their traffic)"; \
+	  else \
+	    systemctl enable --now xvm-cnid.service && echo "xvm-cnid enabled and started"; \
+	  fi; \
+	else \
+	  echo "systemd is not running here, so xvm-cnid was not started. Start it by hand,"; \
+	  echo "as root, in the host's network namespace (without it the plugin works"; \
+	  echo "in-process, slower):"; \
+	  echo "  setsid $(VENV)/bin/xvm-cnid </dev/null >>/var/log/xvm-cnid.log 2>&1 &"; \
+	  echo "  $(BIN_DIR)/xvmctl status      # answers once it is up"; \
+	fi
 
 uninstall:
 	@test "$$(id -u)" -eq 0 || { echo "make uninstall needs root: sudo make uninstall" >&2; exit 1; }
+	@if [ -e $(UNIT) ]; then \
+	  if [ "$(SYSTEMD_RUNNING)" = yes ]; then \
+	    systemctl disable --now xvm-cnid.service && echo "xvm-cnid stopped and disabled"; \
+	  fi; \
+	  rm -f $(UNIT) && echo "removed $(UNIT)"; \
+	  if [ "$(SYSTEMD_RUNNING)" = yes ]; then systemctl daemon-reload; fi; \
+	fi
+	@if [ -x $(VENV)/bin/xvmctl ] && out=$$($(VENV)/bin/xvmctl status --socket $(AGENT_SOCKET) 2>/dev/null); then \
+	  echo "warning: $${out%%,*} still answers on $(AGENT_SOCKET) (started by hand?):" \
+	       "stop it (kill <pid>); its code is being removed" >&2; \
+	fi
 	rm -f $(PLUGIN)
 	@if [ -L $(BIN_DIR)/xvmctl ] && [ "$$(readlink $(BIN_DIR)/xvmctl)" = "$(VENV)/bin/xvmctl" ]; then \
 	  rm -f $(BIN_DIR)/xvmctl; echo "removed $(BIN_DIR)/xvmctl"; fi
