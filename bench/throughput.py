@@ -116,7 +116,8 @@ def lab_name() -> str:
 
 
 def lab_mode() -> dict[str, Any]:
-    """Whatever agent mode the lab API offers (it gains one while this is written)."""
+    """The lab API's agent mode if it has one (``lab_up(agent=True)``: one xvm-cnid per
+    simulated host; the data path is the same either way)."""
     params = inspect.signature(labapi.lab_up).parameters
     for name in ("agent", "agents", "with_agent", "use_agent"):
         if name in params:
@@ -161,7 +162,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             print(f"lab {name}: down ({'clean' if report.clean else report.leftovers})",
                   file=sys.stderr)
     return {"params": vars(args), "load_before": load_before, "lab": name,
-            "lab_mode": mode or "lab API default (plugin in-process, no agent option)",
+            "lab_mode": (", ".join(f"lab_up({k}=True)" for k in mode) if mode
+                         else "lab_up() default (it has no agent option)"),
             "pod_mtu": pod_mtu, "underlay_mtu": labapi.UNDERLAY_MTU,
             "iperf3": results, "rtt_ms": ping_ms}
 
