@@ -205,11 +205,11 @@ class _Connection(socketserver.BaseRequestHandler):
             message = json.loads(data)
             if "op" in message:
                 reply: dict[str, Any] = self.server.agent.operation(str(message["op"]))
-            elif not _peer_in_my_netns(sock):
+            elif (why := _foreign_caller(sock)):
                 # The work must happen in the caller's host namespace, not ours: tell the
                 # plugin to run it in-process there.
-                reply = {"fallback": "the plugin runs in another network namespace"}
-                log.warning("refused a request from another network namespace")
+                reply = {"fallback": why}
+                log.warning("not serving a request: %s; the plugin runs it in-process", why)
             else:
                 status, text = self.server.agent.cni(
                     {str(k): str(v) for k, v in dict(message["env"]).items()},
@@ -225,16 +225,21 @@ class _Server(socketserver.ThreadingUnixStreamServer):
     agent: Agent
 
 
-def _peer_in_my_netns(sock: socket.socket) -> bool:
-    """True when the connecting process shares this agent's network namespace."""
+def _foreign_caller(sock: socket.socket) -> str:
+    """Why this agent must not serve the connecting process ('' when it may): it has to
+    share our network namespace, and we must be able to tell."""
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     pid, _uid, _gid = struct.unpack("3i", creds)
     try:
         theirs = os.stat(f"/proc/{pid}/ns/net")
-    except OSError:
-        return False  # the caller is gone or hidden: do not guess
+    except OSError as exc:
+        # Gone already, or we lack CAP_SYS_PTRACE to look: do not guess.
+        return (f"cannot verify the caller's network namespace (pid {pid}): "
+                f"{exc.strerror or exc}")
     mine = os.stat("/proc/self/ns/net")
-    return (theirs.st_dev, theirs.st_ino) == (mine.st_dev, mine.st_ino)
+    if (theirs.st_dev, theirs.st_ino) != (mine.st_dev, mine.st_ino):
+        return "the plugin runs in another network namespace than this agent"
+    return ""
 
 
 def _read_all(sock: socket.socket) -> bytes:
