@@ -8,6 +8,7 @@ import signal
 import stat
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -215,3 +216,33 @@ def test_agent_refuses_callers_from_another_netns(agent_host: Host, tmp_path: Pa
         assert other.cni("DEL", conf, "foreign", pod).rc == 0
     finally:
         destroy_host(other)
+
+
+def test_a_burst_of_adds_is_served_by_the_agent_not_the_fallback(agent_host: Host) -> None:
+    """50 plugins connecting at once must queue at the agent (deep listen backlog,
+    EAGAIN waited out), not fall back to 50 slow in-process runs."""
+    conf = agent_host.config("1.1.0")
+    pods = [agent_host.new_pod() for _ in range(50)]
+    outcomes: list[int] = []
+
+    def add(i: int) -> None:
+        outcomes.append(agent_host.cni("ADD", conf, f"burst{i}", pods[i]).rc)
+
+    threads = [threading.Thread(target=add, args=(i,)) for i in range(50)]
+    assert agent_host.agent is not None
+    # Frozen, the agent accepts nothing: all 50 connections pile up in its backlog, as
+    # they would behind a busy accept loop. (With socketserver's default backlog of 5,
+    # 45 of them got EAGAIN and ran in-process.)
+    os.kill(agent_host.agent.pid, signal.SIGSTOP)
+    try:
+        for t in threads:
+            t.start()
+        time.sleep(2)
+    finally:
+        os.kill(agent_host.agent.pid, signal.SIGCONT)
+    for t in threads:
+        t.join()
+    assert outcomes == [0] * 50
+    assert _served(agent_host) == 50, "some ADDs fell back to in-process"
+    gc = agent_host.cni("GC", dict(conf, **{"cni.dev/valid-attachments": []}), "", "", "")
+    assert gc.rc == 0

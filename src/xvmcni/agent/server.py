@@ -222,6 +222,9 @@ class _Connection(socketserver.BaseRequestHandler):
 
 class _Server(socketserver.ThreadingUnixStreamServer):
     daemon_threads = True
+    # socketserver's default backlog is 5: a burst of pods (50 ADDs at once) would see
+    # EAGAIN on connect. The kernel caps this at net.core.somaxconn.
+    request_queue_size = 1024
     agent: Agent
 
 

@@ -17,6 +17,7 @@ answers ``{"exit": N, "stdout": "..."}`` and closes.
 
 import posix  # builtin: os.environ without importing os (1.4 ms under -S)
 import sys
+import time  # builtin
 
 try:
     import _json
@@ -129,17 +130,31 @@ def _safe_loads(text: str) -> object:
         return None
 
 
+def _connect(sock: "socket.socket", path: str, timeout: float) -> None:
+    """Connect; a full listen backlog (EAGAIN: a burst of pods) is waited out, since
+    the agent is alive. No socket, or a stale one (no listener): AgentAbsent."""
+    deadline = time.monotonic() + timeout
+    pause = 0.001
+    while True:
+        try:
+            sock.connect(path)
+            return
+        except BlockingIOError as exc:
+            if time.monotonic() + pause > deadline:
+                raise AgentSilent("the agent's connection queue stayed full") from exc
+            time.sleep(pause)
+            pause = min(pause * 2, 0.02)
+        except OSError as exc:
+            raise AgentAbsent(str(exc)) from exc
+
+
 def ask_agent(path: str, timeout: float, env: dict[str, str],
               stdin: str) -> tuple[int, str]:
     """Send one request; return (exit status, stdout text)."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
-        try:
-            sock.connect(path)
-        except OSError as exc:
-            # No socket, or a stale one left by a dead agent.
-            raise AgentAbsent(str(exc)) from exc
+        _connect(sock, path, timeout)
         try:
             sock.sendall(dumps({"env": env, "stdin": stdin}).encode("ascii"))
             sock.shutdown(socket.SHUT_WR)
