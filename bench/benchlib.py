@@ -3,7 +3,7 @@ timed invocations, the xvm-cnid agent, statistics, tables and JSON output.
 
 Everything a benchmark creates is registered with a ``Workspace`` and removed by
 ``Workspace.close()`` (namespaces, agent processes, the temp dir), also after
-Ctrl-C or SIGTERM. Names are unique per run: ``xb<pid hex><random>``.
+Ctrl-C or SIGTERM. Names are unique per run: ``xb<pid hex>-<serial><random>``.
 
 Plugins are invoked as a runtime does: ``CNI_*`` in the environment, the config on
 stdin, the process started inside the simulated host's network namespace. The
@@ -14,6 +14,7 @@ and every child it forks inherits it, so no ``nsenter`` exec is added to a sampl
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -79,13 +80,20 @@ SETUP_HELP = {
 }
 
 
+_serial = itertools.count(1)
+
+
 def unique(prefix: str = "xb") -> str:
-    """A name no other run (or engineer) uses: prefix, our pid in hex, 4 random hex."""
-    return f"{prefix}{os.getpid():x}{secrets.token_hex(2)}"
+    """A name no other run (or engineer) uses: prefix, our pid in hex, a per-process
+    serial number (a run creates thousands of namespaces) and 4 random hex digits."""
+    return f"{prefix}{os.getpid():x}-{next(_serial):x}{secrets.token_hex(2)}"
 
 
 def ip(*args: str) -> str:
-    return subprocess.run(["ip", *args], check=True, capture_output=True, text=True).stdout
+    proc = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"ip {' '.join(args)}: {proc.stderr.strip()}")
+    return proc.stdout
 
 
 # ---------------------------------------------------------------------------

@@ -4,12 +4,13 @@
 
 Starts ``xvm-cnid`` in a simulated host with its default options (Prometheus
 metrics on the host namespace's 127.0.0.1:9472, reconcile/GC every 60 s) and samples
-``/proc/<pid>/status`` (VmRSS, VmHWM, Threads) and ``/proc/<pid>/stat`` (utime +
-stime) every 100 ms through three phases: idle right after start (``--idle``
-seconds, no request), load (the loop of addel.py through the agent: ``--rounds`` x
-(``--pods`` ADDs then ``--pods`` DELs), after an untimed anchor ADD and warm-up), and
-idle again after the load. CPU % is per core (100 % = one core busy). For scale,
-the peak RSS of single plugin processes is measured too (GNU time's %M).
+``/proc/<pid>/status`` (VmRSS and its RssAnon/RssFile/RssShmem parts, VmHWM, Threads)
+and ``/proc/<pid>/stat`` (utime + stime) every 100 ms through three phases: idle
+right after start (``--idle`` seconds, no request), load (the loop of addel.py
+through the agent: ``--rounds`` x (``--pods`` ADDs then ``--pods`` DELs), after an
+untimed anchor ADD and warm-up), and idle again after the load. CPU % is per core
+(100 % = one core busy). For scale, the peak RSS of single plugin processes is
+measured too (GNU time's %M).
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 class Sample:
     t: float
     rss_kib: int
+    anon_kib: int          # RssAnon: heap, stacks (what a leak grows)
+    file_kib: int          # RssFile: mapped files (libraries, sqlite's -shm)
+    shmem_kib: int         # RssShmem
     hwm_kib: int
     threads: int
     cpu_s: float          # utime + stime of the agent
@@ -60,8 +64,11 @@ def read_sample(pid: int) -> Sample:
         # Fields after "(comm)": state is field 3, utime/stime 14/15, cutime/cstime 16/17.
         fields = f.read().rsplit(")", 1)[1].split()
     utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
-    return Sample(time.monotonic(), int(status["VmRSS"].split()[0]),
-                  int(status["VmHWM"].split()[0]), int(status["Threads"]),
+    def kib(key: str) -> int:
+        return int(status[key].split()[0])
+
+    return Sample(time.monotonic(), kib("VmRSS"), kib("RssAnon"), kib("RssFile"),
+                  kib("RssShmem"), kib("VmHWM"), int(status["Threads"]),
                   (utime + stime) / TICKS, (cutime + cstime) / TICKS)
 
 
@@ -104,6 +111,8 @@ class Sampler:
         out = {"phase": phase, "seconds": wall, "samples": len(rows),
                "rss_mib_median": bl.median(rss), "rss_mib_max": max(rss),
                "hwm_mib": rows[-1].hwm_kib / 1024, "threads_max": max(s.threads for s in rows),
+               "end_anon_file_shmem_mib": [rows[-1].anon_kib / 1024, rows[-1].file_kib / 1024,
+                                           rows[-1].shmem_kib / 1024],
                "cpu_s": cpu, "cpu_pct_per_core": 100 * cpu / wall if wall else 0.0,
                "children_cpu_s": rows[-1].children_cpu_s - rows[0].children_cpu_s}
         if ops:
@@ -182,10 +191,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     data = run(args)
     print(bl.table(
-        ["agent phase", "seconds", "RSS MiB (median / max)", "VmHWM MiB", "threads",
-         "CPU % (per core)", "CPU ms per op"],
+        ["agent phase", "seconds", "RSS MiB (median / max)", "at end: anon/file/shmem MiB",
+         "VmHWM MiB", "threads", "CPU % (per core)", "CPU ms per op"],
         [[p["phase"], bl.fmt(p["seconds"]),
           f"{bl.fmt(p['rss_mib_median'])} / {bl.fmt(p['rss_mib_max'])}",
+          " / ".join(bl.fmt(x) for x in p["end_anon_file_shmem_mib"]),
           bl.fmt(p["hwm_mib"]), str(p["threads_max"]), bl.fmt(p["cpu_pct_per_core"], 2),
           f"{bl.fmt(p['cpu_ms_per_op'])} ({p['ops']} ops)" if "ops" in p else "-"]
          for p in data["phases"]]))
