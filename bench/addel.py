@@ -64,6 +64,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             print(f"warm-up  {setup.key}", file=sys.stderr)
             anchors[setup.key] = bl.anchor_and_warm_up(ws, setup, args.warmup)
         floors = floor(ws, setups)
+        served_before = {s.key: bl.agent_served(s) for s in setups}
         for r in range(args.rounds):
             order = setups[r % len(setups):] + setups[:r % len(setups)]
             for setup in order:
@@ -78,6 +79,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                       f"({time.monotonic() - began:.1f} s, {len(block.failures)} failures)",
                       file=sys.stderr)
                 bl.settle()
+        served = {s.key: (after - served_before[s.key])
+                  for s in setups
+                  if (after := bl.agent_served(s)) is not None
+                  and served_before[s.key] is not None}
         for setup in setups:  # the anchors' DEL: untimed, but it must work
             with setup.host.entered():
                 call = setup.invoke("DEL", f"anchor-{anchors[setup.key]}",
@@ -85,6 +90,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if not call.ok:
                 failures[setup.key].append(f"anchor DEL: {call.error}")
     return {"params": vars(args), "load_before": load_before, "floor_ms": floors,
+            "agent_served": served,
             "samples_ms": samples, "failures": failures,
             "setups": {k: bl.SETUP_HELP[k] for k in args.setups}}
 
@@ -119,6 +125,9 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print(bl.table(["start-up floor (same harness)", "median ms"],
                    [[k, bl.fmt(v)] for k, v in data["floor_ms"].items()]))
+    for key, count in data["agent_served"].items():
+        total = sum(len(v) for v in data["samples_ms"][key].values())
+        print(f"{key}: the agent served {count} of the {total} timed calls")
     for key, items in data["failures"].items():
         for item in items[:5]:
             print(f"failure {key}: {item}")

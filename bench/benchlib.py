@@ -378,6 +378,18 @@ def agent_op(sock_path: Path, op: str) -> dict[str, Any]:
     return dict(json.loads(data)) if data else {}
 
 
+def agent_served(setup: Setup) -> int | None:
+    """How many CNI requests the setup's agent has served so far (None: no agent).
+
+    A plugin that cannot reach the agent (socket backlog full, agent refusing) quietly
+    runs in-process, and a benchmark would then time the wrong thing: compare this
+    before and after a batch of calls."""
+    if setup.agent is None:
+        return None
+    status = agent_op(setup.agent.socket_path, "status")
+    return sum(int(n) for n in status.get("agent", {}).get("requests", {}).values())
+
+
 def build_setups(ws: Workspace, wanted: Sequence[str] = ALL_SETUPS,
                  agent_args: Sequence[str] = ("--metrics-port", "0", "--gc-interval", "0"),
                  ) -> list[Setup]:

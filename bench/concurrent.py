@@ -7,7 +7,8 @@ inside the setup's simulated host, wait on one barrier and then each run one ADD
 wall time = barrier release to the last exit. Then the same for DEL. Failures are a
 non-zero exit or a JSON error object. Checked: after ADD, every address is distinct;
 after DEL, no host veth of these pods is left (the agent deletes DEL'ed veths in the
-background within ~50 ms: polled for up to 5 s, and the time it took is reported).
+background within ~50 ms: polled for up to 5 s, and the time it took is reported);
+with an agent, that it served every call (a plugin that cannot reach it runs in-process).
 An anchor pod (untimed, attached before the rounds) keeps the network joined.
 """
 
@@ -95,19 +96,24 @@ class Round:
     new_veths_after_add: int
     clean_after_s: float
     leftover_veths: list[str] = field(default_factory=list)
+    agent_served: int | None = None  # of the 2 x pods calls; None without an agent
 
 
 def one_round(ws: bl.Workspace, setup: bl.Setup, pods: int, tag: str) -> Round:
     names = [ws.add_netns() for _ in range(pods)]
     try:
         baseline = veth_names(setup.host)
+        served_before = bl.agent_served(setup)
         pairs = [(f"{tag}-{n}", f"/run/netns/{n}") for n in names]
         add = storm(setup, "ADD", pairs)
         addresses = {c.address for c in add.calls if c.ok}
         new_veths = len(veth_names(setup.host) - baseline)
         delete = storm(setup, "DEL", pairs)
         clean_s, left = wait_clean(setup.host, baseline)
-        return Round(add, delete, len(addresses), new_veths, clean_s, left)
+        served_after = bl.agent_served(setup)
+        served = None if served_before is None or served_after is None \
+            else served_after - served_before
+        return Round(add, delete, len(addresses), new_veths, clean_s, left, served)
     finally:
         ws.del_netns(names)
 
@@ -132,7 +138,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                       f"{result.unique_addresses} distinct addresses)  "
                       f"DEL {result.delete.wall_s:.2f} s ({len(result.delete.failures)} failed, "
                       f"clean after {result.clean_after_s * 1000:.0f} ms, "
-                      f"{len(result.leftover_veths)} veths left)", file=sys.stderr)
+                      f"{len(result.leftover_veths)} veths left)"
+                      + (f"  agent served {result.agent_served} of {2 * args.pods}"
+                         if result.agent_served is not None else ""), file=sys.stderr)
                 bl.settle()
         for setup in setups:
             with setup.host.entered():
@@ -150,7 +158,8 @@ def _round_dict(r: Round) -> dict[str, Any]:
             "add_failures": r.add.failures, "del_failures": r.delete.failures,
             "unique_addresses": r.unique_addresses,
             "new_veths_after_add": r.new_veths_after_add,
-            "clean_after_s": r.clean_after_s, "leftover_veths": r.leftover_veths}
+            "clean_after_s": r.clean_after_s, "leftover_veths": r.leftover_veths,
+            "agent_served": r.agent_served}
 
 
 def summarize(data: dict[str, Any]) -> list[dict[str, Any]]:
@@ -170,6 +179,9 @@ def summarize(data: dict[str, Any]) -> list[dict[str, Any]]:
                 check = "veths left " + "/".join(str(len(r["leftover_veths"])) for r in rounds) \
                     + ", gone after " + "/".join(f"{r['clean_after_s'] * 1000:.0f}"
                                                  for r in rounds) + " ms"
+            served = [r["agent_served"] for r in rounds if r["agent_served"] is not None]
+            if served and op == "ADD":
+                check += "; agent served " + "/".join(map(str, served)) + f" of {2 * pods} calls"
             med = bl.median(walls)
             rows.append({"setup": setup, "op": op, "pods": pods, "rounds": len(rounds),
                          "wall_s_median": med, "wall_s_max": max(walls),
