@@ -14,7 +14,11 @@ from pyroute2.netlink.exceptions import NetlinkError
 from xvmcni.cni.errors import NETLINK_FAILURE, CniError
 from xvmcni.dataplane.netns import entered
 
-# Agent only: one warm socket per thread for the thread's own (host) netns.
+# Agent only: one warm socket per thread for the thread's own (host) netns, replaced
+# after RECYCLE_AFTER uses: pyroute2 0.9.7 queues the kernel's late ACK of every
+# "get" on a long-lived sync socket and never reads it (about 5 KiB of RSS per ADD,
+# measured by bench/footprint.py), so a socket must not live for ever.
+RECYCLE_AFTER = 20
 _warm: threading.local | None = None
 
 
@@ -33,8 +37,14 @@ def rtnl(netns_fd: int | None = None) -> Iterator[Any]:
     """
     if netns_fd is None and _warm is not None:
         warm = getattr(_warm, "ipr", None)
+        uses = getattr(_warm, "uses", 0)
+        if warm is not None and uses >= RECYCLE_AFTER:
+            warm.close()
+            warm = None
         if warm is None:
-            warm = _warm.ipr = IPRoute()
+            warm, uses = IPRoute(), 0
+            _warm.ipr = warm
+        _warm.uses = uses + 1
         yield warm
         return
     if netns_fd is None:
