@@ -34,25 +34,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-
-def _load_stdlib_concurrent() -> None:
-    """bench/concurrent.py is named like the stdlib package ``concurrent``, and a script
-    run from bench/ has bench/ first on sys.path: load the real package now (asyncio,
-    so pyroute2, and xvmcni.cli.lab need it) so that later imports reuse it."""
-    here = Path(__file__).resolve().parent
-    saved = sys.path[:]
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
-    try:
-        import concurrent.futures  # noqa: F401
-    finally:
-        sys.path[:] = saved
-
-
-_load_stdlib_concurrent()
-
-# Both import pyroute2, which imports asyncio, which imports concurrent.futures.
-from xvmcni.dataplane.netns import entered, open_netns  # noqa: E402
-from xvmcni.dataplane.reaper import RETIRED_GROUP  # noqa: E402
+from xvmcni.dataplane.netns import entered, open_netns
+from xvmcni.dataplane.reaper import RETIRED_GROUP
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO / "bench" / "results"

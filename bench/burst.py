@@ -1,6 +1,6 @@
 """Concurrent CNI ADD and DEL: 50 at once, xvm-cni (agent, in-process) vs bridge + host-local.
 
-    sudo .venv/bin/python bench/concurrent.py [--pods 50] [--rounds 3] [--out FILE]
+    sudo .venv/bin/python bench/burst.py [--pods 50] [--rounds 3] [--out FILE]
 
 Per round and setup: ``--pods`` fresh namespaces (untimed); ``--pods`` threads, each
 inside the setup's simulated host, wait on one barrier and then each run one ADD;
@@ -33,7 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=3, help="untimed ADD/DEL pairs per setup")
     p.add_argument("--setups", nargs="+", choices=bl.ALL_SETUPS, default=list(bl.ALL_SETUPS),
                    metavar="SETUP", help=f"subset of: {', '.join(bl.ALL_SETUPS)}")
-    p.add_argument("--out", help="JSON output (default bench/results/concurrent.json)")
+    p.add_argument("--out", help="JSON output (default bench/results/burst.json)")
     return p.parse_args(argv)
 
 
@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
         for r in rounds:
             for item in (r["add_failures"] + r["del_failures"])[:3]:
                 print(f"failure {setup}: {item}")
-    print(f"\nwrote {bl.write_json('concurrent', args.out, data)}")
+    print(f"\nwrote {bl.write_json('burst', args.out, data)}")
 
 
 if __name__ == "__main__":
