@@ -22,7 +22,6 @@ import platform
 import secrets
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -34,6 +33,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from xvmcni.cli.status import AgentUnavailable, agent_request
 from xvmcni.dataplane.netns import entered, open_netns
 from xvmcni.dataplane.reaper import RETIRED_GROUP
 
@@ -345,20 +345,11 @@ def start_agent(ws: Workspace, host: SimHost, workdir: Path, data_dir: Path,
 
 
 def agent_op(sock_path: Path, op: str) -> dict[str, Any]:
-    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    client.settimeout(30)
+    """The agent's answer to an admin operation, or {} when it does not answer."""
     try:
-        client.connect(str(sock_path))
-        client.sendall(json.dumps({"op": op}).encode())
-        client.shutdown(socket.SHUT_WR)
-        data = b""
-        while chunk := client.recv(65536):
-            data += chunk
-    except OSError:
+        return agent_request(str(sock_path), op, timeout=30)
+    except AgentUnavailable:
         return {}
-    finally:
-        client.close()
-    return dict(json.loads(data)) if data else {}
 
 
 def agent_served(setup: Setup) -> int | None:

@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from typing import Any
 import pytest
 
 from xvmcni import plugin_file
+from xvmcni.cli.status import AgentUnavailable, agent_request
 from xvmcni.dataplane.reaper import RETIRED_GROUP
 
 pytestmark = pytest.mark.root
@@ -182,20 +182,11 @@ def start_agent(host: Host, *extra: str) -> None:
 
 
 def agent_op(host: Host, op: str) -> dict[str, Any]:
-    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    client.settimeout(30)
+    """The agent's answer to an admin operation (the xvmctl client), {} if none."""
     try:
-        client.connect(host.agent_socket)
-        client.sendall(json.dumps({"op": op}).encode())
-        client.shutdown(socket.SHUT_WR)
-        data = b""
-        while chunk := client.recv(65536):
-            data += chunk
-    except OSError:
+        return agent_request(host.agent_socket, op, timeout=30)
+    except AgentUnavailable:
         return {}
-    finally:
-        client.close()
-    return dict(json.loads(data)) if data else {}
 
 
 def stop_agent(host: Host, sig: int = signal.SIGTERM) -> None:
