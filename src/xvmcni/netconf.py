@@ -206,6 +206,13 @@ def parse(raw: dict[str, Any]) -> NetworkConfig:
     if len(bridge) > 15:
         raise _fail(f"'bridge' {bridge!r} is longer than 15 characters")
 
+    # Read by the thin plugin before any parsing; checked here so a mistyped value is an
+    # error rather than a silent in-process run.
+    _get(raw, "agentSocket", str)
+    agent_timeout = _get(raw, "agentTimeout", (int, float))
+    if agent_timeout is not None and agent_timeout <= 0:
+        raise _fail(f"'agentTimeout' {agent_timeout} must be a positive number of seconds")
+
     prev = raw.get("prevResult")
     return NetworkConfig(
         cni_version=cni_version,

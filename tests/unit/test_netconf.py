@@ -181,3 +181,15 @@ def test_error_object_shape() -> None:
     assert out["cniVersion"] == "1.0.0"
     assert out["code"] == INVALID_CONFIG
     assert "vxlanID" in out["msg"]
+
+
+@pytest.mark.parametrize("overrides", [{"agentSocket": 5}, {"agentTimeout": "30"},
+                                       {"agentTimeout": 0}, {"agentTimeout": True}])
+def test_agent_fields_are_checked(overrides: dict[str, Any]) -> None:
+    with pytest.raises(CniError) as info:
+        parse({**SEED, **overrides})
+    assert info.value.code == 7
+
+
+def test_agent_fields_accepted() -> None:
+    parse({**SEED, "agentSocket": "/run/x.sock", "agentTimeout": 2.5})

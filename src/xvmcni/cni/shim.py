@@ -187,7 +187,7 @@ def in_process(env: dict[str, str], stdin_bytes: bytes) -> int:
     return run(env, stdin_bytes, sys.stdout)
 
 
-def _environment(names: tuple[str, ...] = ("PATH",)) -> dict[str, str]:
+def _environment(names: tuple[str, ...] = ("PATH", "XVM_CNID_SOCKET")) -> dict[str, str]:
     """CNI_* plus ``names`` from the process environment, decoded as os.environ does."""
     out = {}
     for key, value in posix.environ.items():
@@ -210,8 +210,7 @@ def main() -> int:
         out = {"cniVersion": _version(conf), "supportedVersions": SUPPORTED}
         sys.stdout.write(dumps(out) + "\n")
         return 0
-    path = conf.get("agentSocket") or _environment(("XVM_CNID_SOCKET",)).get(
-        "XVM_CNID_SOCKET") or DEFAULT_SOCKET
+    path = conf.get("agentSocket") or env.get("XVM_CNID_SOCKET") or DEFAULT_SOCKET
     timeout = conf.get("agentTimeout") or DEFAULT_TIMEOUT
     if not isinstance(path, str) or not isinstance(timeout, (int, float)):
         return in_process(env, stdin_bytes)  # let the full parser explain the bad field
