@@ -227,19 +227,13 @@ def _add_locked(request: Request, config: NetworkConfig, spec: l2net.L2Spec, hos
     delegated_result: Result | None = None
     record = Attachment(container_id=request.container_id, ifname=request.ifname,
                         netns=request.netns, host_ifname=host_name)
-    if config.ipam is not None:
-        if existing is None:
-            delegated_result = delegate.add(request, config.raw)
-            prefix = config.subnet.prefixlen
-            record.addresses = [ipaddress.IPv4Interface(f"{ip.address.ip}/{prefix}")
-                                for ip in delegated_result.ips if ip.address.version == 4]
-            if not record.addresses:
-                delegated_del(request, config, request.container_id, request.ifname)
-                raise CniError(INVALID_CONFIG, "the IPAM plugin gave no IPv4 address",
-                               "this network carries IPv4")
-        attachment, created = store.attach(record, None)
-    else:
+    # Delegated IPAM for a new attachment runs once the interface exists: plugins such
+    # as dhcp obtain the address through it (the reference bridge plugin's order too).
+    delegate_now = config.ipam is not None and existing is None
+    if config.ipam is None:
         attachment, created = store.attach(record, address_pool(config, spec.host), requested)
+    else:
+        attachment, created = existing or record, False
     try:
         if not in_use:
             netstate.remember(config.state_dir, config.raw)
@@ -248,14 +242,25 @@ def _add_locked(request: Request, config: NetworkConfig, spec: l2net.L2Spec, hos
                             config.mtu, spec.host.name, spec.host.mtu, spec.mtu)
         bridge_index = l2net.ensure(host_ipr, spec, in_use)
         sysctl.ensure("net.ipv4.ip_forward", "1")
-        side = container_side(config, request, spec.mtu, attachment.addresses, mac)
         with rtnl(pod_fd) as pod_ipr:
+            if delegate_now:
+                bare = veth.ContainerSide(request.ifname, [], [], spec.mtu, mac)
+                veth.ensure(host_ipr, pod_ipr, pod_fd, host_name, bridge_index, bare)
+                delegated_result = delegate.add(request, config.raw)
+                prefix = config.subnet.prefixlen
+                record.addresses = [ipaddress.IPv4Interface(f"{ip.address.ip}/{prefix}")
+                                    for ip in delegated_result.ips if ip.address.version == 4]
+                if not record.addresses:
+                    raise CniError(INVALID_CONFIG, "the IPAM plugin gave no IPv4 address",
+                                   "this network carries IPv4")
+                attachment, created = store.attach(record, None)
+            side = container_side(config, request, spec.mtu, attachment.addresses, mac)
             pair = veth.ensure(host_ipr, pod_ipr, pod_fd, host_name, bridge_index, side)
         if existing is not None and existing.netns != request.netns:
             store.update_host_ifname(request.container_id, request.ifname, host_name,
                                      request.netns)
     except BaseException:
-        if created:
+        if created or delegate_now:
             _rollback_add(request, config, host_ipr, pod_fd, store, host_name)
         raise
     log.info("ADD %s/%s: %s on %s", request.container_id[:12], request.ifname,

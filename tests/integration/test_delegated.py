@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -84,3 +87,55 @@ def test_static_ipam(host: Host) -> None:
     ping = host.in_ns(pod, "busybox", "ping", "-c", "1", "-W", "2", "10.244.0.1")
     assert ping.returncode == 0
     assert host.cni("DEL", conf, "st", pod).rc == 0
+
+
+@pytest.fixture
+def dhcp_daemon(host: Host) -> Iterator[Path]:
+    """Debian's dhcp IPAM daemon in the simulated host, on a private socket."""
+    sock = host.data_dir.parent / "dhcp.sock"
+    proc = subprocess.Popen(["nsenter", f"--net={host.path}", "/usr/lib/cni/dhcp", "daemon",
+                             "-socketpath", str(sock)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not sock.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "dhcp daemon died"
+            time.sleep(0.05)
+        yield sock
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_dhcp_ipam_leases_through_the_container_interface(host: Host, dhcp_daemon: Path) -> None:
+    """The dhcp plugin asks for a lease *through* the container's interface, so the
+    interface must be plugged before IPAM runs. The DHCP server is another pod on the
+    same L2 network (busybox udhcpd)."""
+    plain = host.config()
+    server_pod = host.new_pod()
+    host.add(plain, "dhcpsrv", server_pod, args="IP=10.244.70.1")
+    conf_file = host.data_dir.parent / "udhcpd.conf"
+    conf_file.write_text("\n".join([
+        "start 10.244.70.10", "end 10.244.70.20", "interface eth0",
+        f"lease_file {host.data_dir.parent / 'udhcpd.leases'}",
+        "option subnet 255.255.0.0", "option router 10.244.0.1", "option lease 600", ""]))
+    (host.data_dir.parent / "udhcpd.leases").touch()
+    server = subprocess.Popen(["nsenter", f"--net={server_pod}", "busybox", "udhcpd", "-f",
+                               str(conf_file)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        conf = host.config(ipam={"type": "dhcp", "daemonSocketPath": str(dhcp_daemon)})
+        client_pod = host.new_pod()
+        result = host.add(conf, "dhcpcli", client_pod)
+        address = result["ips"][0]["address"]
+        assert address.startswith("10.244.70.") and address.endswith("/16"), result
+        inside = host.in_ns(client_pod, "busybox", "ip", "-4", "addr", "show", "eth0").stdout
+        assert address in inside
+        ping = host.in_ns(client_pod, "busybox", "ping", "-c", "1", "-W", "2", "10.244.70.1")
+        assert ping.returncode == 0
+        assert host.cni("DEL", conf, "dhcpcli", client_pod).rc == 0
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    assert host.cni("DEL", plain, "dhcpsrv", server_pod).rc == 0
+    assert "xvmbr10" not in host.links()
