@@ -19,7 +19,6 @@ DEFAULT_GROUP = ipaddress.IPv4Address("239.1.1.1")   # the original XVM's group
 DEFAULT_PORT = 8472                                   # Linux's (and XVM's, Flannel's) VXLAN port
 DEFAULT_DATA_DIR = Path("/var/lib/cni/xvm-cni")
 DEFAULT_MTU = 1500
-VXLAN_OVERHEAD_V4 = 50
 VNI_MAX = 16_777_215
 LOG_LEVELS = ("debug", "info", "warning", "error")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")

@@ -74,13 +74,6 @@ def entered(fd: int) -> Iterator[None]:
         os.close(original)
 
 
-def same_netns(fd: int) -> bool:
-    """True when ``fd`` is the namespace the calling thread is in already."""
-    mine = os.stat("/proc/thread-self/ns/net")
-    other = os.fstat(fd)
-    return (mine.st_dev, mine.st_ino) == (other.st_dev, other.st_ino)
-
-
 def netns_gone(path: str) -> bool:
     """True when ``path`` no longer names a live network namespace (DEL tolerates it)."""
     if not path:
