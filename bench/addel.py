@@ -23,12 +23,7 @@ import benchlib as bl
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--pods", type=int, default=50, help="pods per round (default 50)")
-    p.add_argument("--rounds", type=int, default=3, help="rounds over all setups (default 3)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed ADD/DEL pairs per setup")
-    p.add_argument("--setups", nargs="+", choices=bl.ALL_SETUPS, default=list(bl.ALL_SETUPS),
-                   metavar="SETUP", help=f"subset of: {', '.join(bl.ALL_SETUPS)}")
-    p.add_argument("--out", help="JSON output (default bench/results/addel.json)")
+    bl.add_run_args(p, "addel", "pods per round")
     return p.parse_args(argv)
 
 

@@ -13,6 +13,7 @@ and every child it forks inherits it, so no ``nsenter`` exec is added to a sampl
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import itertools
 import json
@@ -342,6 +343,16 @@ def start_agent(ws: Workspace, host: SimHost, workdir: Path, data_dir: Path,
             return agent
         time.sleep(0.05)
     raise RuntimeError("xvm-cnid did not come up in 60 s")
+
+
+def add_run_args(p: argparse.ArgumentParser, name: str, pods_help: str) -> None:
+    """The options addel.py and burst.py share: pods, rounds, warm-up, setups, output."""
+    p.add_argument("--pods", type=int, default=50, help=f"{pods_help} (default 50)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds over all setups (default 3)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed ADD/DEL pairs per setup")
+    p.add_argument("--setups", nargs="+", choices=ALL_SETUPS, default=list(ALL_SETUPS),
+                   metavar="SETUP", help=f"subset of: {', '.join(ALL_SETUPS)}")
+    p.add_argument("--out", help=f"JSON output (default bench/results/{name}.json)")
 
 
 def agent_op(sock_path: Path, op: str) -> dict[str, Any]:

@@ -28,12 +28,7 @@ CLEAN_TIMEOUT = 5.0
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--pods", type=int, default=50, help="concurrent pods (default 50)")
-    p.add_argument("--rounds", type=int, default=3, help="rounds over all setups (default 3)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed ADD/DEL pairs per setup")
-    p.add_argument("--setups", nargs="+", choices=bl.ALL_SETUPS, default=list(bl.ALL_SETUPS),
-                   metavar="SETUP", help=f"subset of: {', '.join(bl.ALL_SETUPS)}")
-    p.add_argument("--out", help="JSON output (default bench/results/burst.json)")
+    bl.add_run_args(p, "burst", "concurrent pods")
     return p.parse_args(argv)
 
 
