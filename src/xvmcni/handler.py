@@ -45,6 +45,7 @@ from xvmcni.ipam.pool import AddressPool, pool_for_host
 from xvmcni.ipam.store import Attachment, IpamStore
 from xvmcni.locking import network_lock
 from xvmcni.netconf import NetworkConfig
+from xvmcni.runtime import Runtime
 
 log = logging.getLogger("xvmcni.handler")
 
@@ -65,7 +66,7 @@ DEFAULT_ROUTE = ipaddress.IPv4Network("0.0.0.0/0")
 CONTAINER_INTERFACE_INDEX = 2
 
 
-def handle(request: Request) -> dict[str, Any] | None:
+def handle(request: Request, runtime: Runtime) -> dict[str, Any] | None:
     """Run one CNI command; the result in the caller's version, or None (DEL/GC/STATUS)."""
     config = netconf.parse(request.config)
     logsetup.configure(config.log_level, config.log_file)

@@ -51,7 +51,7 @@ def add_env(**extra: str) -> dict[str, str]:
 
 @pytest.fixture
 def no_dispatch(monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(request: Request) -> dict[str, Any] | None:
+    def refuse(request: Request, runtime: object = None) -> dict[str, Any] | None:
         raise AssertionError(f"dispatch must not run for {request.command}")
 
     monkeypatch.setattr(cni_main, "dispatch", refuse)
@@ -118,7 +118,7 @@ def test_environment_error_carries_the_callers_version() -> None:
 def test_dispatch_result_is_printed(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[Request] = []
 
-    def fake(request: Request) -> dict[str, Any] | None:
+    def fake(request: Request, runtime: object = None) -> dict[str, Any] | None:
         seen.append(request)
         return {"cniVersion": request.cni_version, "ips": []}
 
@@ -130,7 +130,7 @@ def test_dispatch_result_is_printed(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_dispatch_returning_nothing_prints_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cni_main, "dispatch", lambda request: None)
+    monkeypatch.setattr(cni_main, "dispatch", lambda request, runtime=None: None)
     out = io.StringIO()
     assert cni_main.run(add_env(CNI_COMMAND="DEL"), config(), out) == 0
     assert out.getvalue() == ""
@@ -138,7 +138,7 @@ def test_dispatch_returning_nothing_prints_nothing(monkeypatch: pytest.MonkeyPat
 
 def test_cni_error_from_dispatch_uses_the_callers_version(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    def fail(request: Request) -> dict[str, Any] | None:
+    def fail(request: Request, runtime: object = None) -> dict[str, Any] | None:
         raise CniError(UNKNOWN_CONTAINER, "no such container", "c1")
 
     monkeypatch.setattr(cni_main, "dispatch", fail)
@@ -149,7 +149,7 @@ def test_cni_error_from_dispatch_uses_the_callers_version(
 
 
 def test_unexpected_exception_becomes_internal_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    def crash(request: Request) -> dict[str, Any] | None:
+    def crash(request: Request, runtime: object = None) -> dict[str, Any] | None:
         raise KeyError("surprise")
 
     monkeypatch.setattr(cni_main, "dispatch", crash)

@@ -11,7 +11,6 @@ import concurrent.futures
 import contextlib
 import ctypes
 import ctypes.util
-import io
 import json
 import logging
 import os
@@ -30,10 +29,11 @@ from xvmcni import handler, logsetup
 from xvmcni.agent import reconcile
 from xvmcni.agent.metrics import Metrics
 from xvmcni.cni.errors import TRY_AGAIN_LATER, CniError
-from xvmcni.cni.main import declared_version, run
+from xvmcni.cni.main import Outcome, declared_version, execute
 from xvmcni.dataplane import hostif, netlink
 from xvmcni.dataplane.netlink import rtnl
 from xvmcni.dataplane.reaper import VethReaper
+from xvmcni.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -67,44 +67,39 @@ class Agent:
         self._stop = threading.Event()
         self._served_since_trim = False
         self._server: socketserver.ThreadingUnixStreamServer | None = None
+        self.reaper = VethReaper()
+        self.runtime = Runtime.for_agent(self.reaper)
         logsetup.managed_by_agent = True
         handler.keep_stores_open()
         netlink.keep_host_sockets()
         hostif.enable_cache()
-        self.reaper = VethReaper()
         handler.veth_reaper = self.reaper
 
     # --- requests --------------------------------------------------------------------
 
-    def cni(self, env: dict[str, str], stdin: str) -> tuple[int, str]:
+    def cni(self, env: dict[str, str], stdin: str) -> Outcome:
         """Run one CNI invocation exactly as the in-process plugin would."""
         command = env.get("CNI_COMMAND", "?")
         begin = time.perf_counter()
-        future = self.pool.submit(self._run, env, stdin.encode("utf-8", "surrogateescape"))
+        raw = stdin.encode("utf-8", "surrogateescape")
+        future = self.pool.submit(execute, env, raw, self.runtime)
         try:
-            status, text = future.result(timeout=self.options.request_timeout)
+            outcome = future.result(timeout=self.options.request_timeout)
         except concurrent.futures.TimeoutError:
-            version = declared_version(stdin.encode("utf-8", "surrogateescape"))
             err = CniError(TRY_AGAIN_LATER, f"{command} took longer than "
                            f"{self.options.request_timeout:g}s in xvm-cnid; try again later")
-            status, text = 1, json.dumps(err.to_dict(version)) + "\n"
+            outcome = Outcome(1, err.to_dict(declared_version(raw)), err.code)
             log.error("%s timed out after %.1fs", command, self.options.request_timeout)
         elapsed = time.perf_counter() - begin
         with self._counts_lock:
             self.requests[command] = self.requests.get(command, 0) + 1
             self._served_since_trim = True
         if self.metrics is not None:
-            self.metrics.observe(command, elapsed, _error_code(text) if status else None)
+            self.metrics.observe(command, elapsed, outcome.code)
         log.info("%s container=%s ifname=%s exit=%d %.1fms", command,
-                 env.get("CNI_CONTAINERID", "")[:12], env.get("CNI_IFNAME", ""), status,
+                 env.get("CNI_CONTAINERID", "")[:12], env.get("CNI_IFNAME", ""), outcome.exit,
                  elapsed * 1000)
-        return status, text
-
-    @staticmethod
-    def _run(env: dict[str, str], stdin: bytes) -> tuple[int, str]:
-        out = io.StringIO()
-        status = run(env, stdin, out)
-        return status, out.getvalue()
+        return outcome
 
     def operation(self, op: str) -> dict[str, Any]:
         if op == "status":
@@ -236,10 +231,12 @@ class _Connection(socketserver.BaseRequestHandler):
                 reply = {"fallback": why}
                 log.warning("not serving a request: %s; the plugin runs it in-process", why)
             else:
-                status, text = self.server.agent.cni(
+                outcome = self.server.agent.cni(
                     {str(k): str(v) for k, v in dict(message["env"]).items()},
                     str(message["stdin"]))
-                reply = {"exit": status, "stdout": text}
+                reply = {"exit": outcome.exit, "stdout": outcome.stdout()}
+                if outcome.code is not None:
+                    reply["code"] = outcome.code
             sock.sendall(json.dumps(reply).encode())
         except (OSError, ValueError, KeyError, TypeError) as exc:
             log.warning("dropped a malformed or broken client connection: %s", exc)
@@ -322,10 +319,3 @@ def _socket_alive(path: Path) -> bool:
     finally:
         probe.close()
     return True
-
-
-def _error_code(text: str) -> int:
-    try:
-        return int(json.loads(text)["code"])
-    except (ValueError, KeyError, TypeError):
-        return 0

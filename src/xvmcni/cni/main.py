@@ -9,11 +9,27 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any, TextIO
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TextIO
 
 from xvmcni.cni.errors import INTERNAL, CniError
 from xvmcni.cni.request import Request, from_environ
 from xvmcni.cni.result import SUPPORTED_VERSIONS
+
+if TYPE_CHECKING:
+    from xvmcni.runtime import Runtime
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One finished invocation: what to print, the exit status, and the error code."""
+
+    exit: int
+    payload: dict[str, Any] | None
+    code: int | None = None
+
+    def stdout(self) -> str:
+        return json.dumps(self.payload) + "\n" if self.payload is not None else ""
 
 
 def version_reply(cni_version: str) -> dict[str, Any]:
@@ -27,8 +43,17 @@ def emit(out: TextIO, payload: dict[str, Any] | None) -> None:
     out.flush()
 
 
-def run(environ: dict[str, str], stdin: bytes, out: TextIO) -> int:
-    """One invocation; returns the exit status. Separate from ``main`` for tests."""
+def run(environ: dict[str, str], stdin: bytes, out: TextIO,
+        runtime: Runtime | None = None) -> int:
+    """One invocation, printed to ``out``; returns the exit status."""
+    outcome = execute(environ, stdin, runtime)
+    out.write(outcome.stdout())
+    out.flush()
+    return outcome.exit
+
+
+def execute(environ: dict[str, str], stdin: bytes, runtime: Runtime | None = None) -> Outcome:
+    """One invocation as a value: the in-process plugin prints it, the agent sends it."""
     # Errors repeat the caller's version, even when the environment is what is wrong.
     cni_version = declared_version(stdin)
     try:
@@ -36,16 +61,13 @@ def run(environ: dict[str, str], stdin: bytes, out: TextIO) -> int:
         cni_version = request.cni_version
         if request.command == "VERSION":
             # Answered without importing the kernel side at all.
-            emit(out, version_reply(cni_version))
-            return 0
-        emit(out, dispatch(request))
-        return 0
+            return Outcome(0, version_reply(cni_version))
+        return Outcome(0, dispatch(request, runtime))
     except CniError as err:
-        emit(out, err.to_dict(cni_version))
-        return 1
+        return Outcome(1, err.to_dict(cni_version), err.code)
     except Exception as exc:  # noqa: BLE001 - the runtime must get JSON, not a traceback
-        emit(out, CniError(INTERNAL, "internal error in xvm-cni", repr(exc)).to_dict(cni_version))
-        return 1
+        bug = CniError(INTERNAL, "internal error in xvm-cni", repr(exc))
+        return Outcome(1, bug.to_dict(cni_version), bug.code)
 
 
 def declared_version(stdin: bytes) -> str:
@@ -56,11 +78,12 @@ def declared_version(stdin: bytes) -> str:
     return version if isinstance(version, str) else "1.0.0"
 
 
-def dispatch(request: Request) -> dict[str, Any] | None:
+def dispatch(request: Request, runtime: Runtime | None = None) -> dict[str, Any] | None:
     # Imported here so VERSION and config errors never pay for pyroute2.
     from xvmcni.handler import handle
+    from xvmcni.runtime import Runtime
 
-    return handle(request)
+    return handle(request, runtime or Runtime.in_process())
 
 
 def main() -> None:
