@@ -8,14 +8,9 @@ import sys
 _FORMAT = "%(asctime)s %(levelname)s xvm-cni[%(process)d] %(message)s"
 
 
-# Set by the agent, which owns its logging: a request's logLevel/logFile must not
-# reconfigure a long-running process.
-managed_by_agent = False
-
-
 def configure(level: str, log_file: str = "") -> None:
-    if managed_by_agent:
-        return
+    """Log at ``level`` to stderr and ``log_file``. Only for one-request processes:
+    the agent owns its logging (Runtime.manage_logging)."""
     root = logging.getLogger("xvmcni")
     root.setLevel(level.upper())
     root.propagate = False

@@ -4,42 +4,54 @@ Two kinds of process run the command flow: the in-process plugin (one request,
 then exit) and the node agent (thousands of requests, many threads). What
 differs between them lives here: the agent keeps warm sqlite connections and
 netlink sockets per thread, caches the host interface, retires veths to a
-background reaper, and owns its logging; the in-process plugin does none of
-that. Nothing in this module imports pyroute2, so the plugin's error paths
-stay cheap.
+background reaper, and owns its logging; the in-process plugin does none of that.
 """
 
 from __future__ import annotations
 
-import threading
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-if TYPE_CHECKING:
-    from xvmcni.dataplane.reaper import VethReaper
+from xvmcni.dataplane.hostif import HostInterfaceCache
+from xvmcni.dataplane.netlink import HostSockets, rtnl
+from xvmcni.dataplane.reaper import VethReaper
+from xvmcni.state.attachments import AttachmentRegistry, RegistryCache, open_registry
+
+# How long a request waits for the network's lock and for sqlite's write lock.
+LOCK_TIMEOUT = 10.0
+REGISTRY_FILE = "ipam.db"
 
 
 @dataclass
 class Runtime:
     """What one process shares between the requests it serves."""
 
-    # The agent: keep sqlite connections and host netlink sockets per thread.
-    warm: bool = False
-    # The agent owns its logging; a request's logFile/logLevel must not reconfigure it.
+    # False in the agent: a request's logFile/logLevel must not reconfigure it.
     manage_logging: bool = True
-    # Seconds a host interface lookup stays valid (0: look it up every time).
-    hostif_cache_seconds: float = 0.0
-    # Set in the agent: DEL retires veths for batched deletion off the request path.
+    # DEL retires veths for batched deletion off the request path (agent).
     reaper: VethReaper | None = None
-    # Per-thread caches (sqlite stores, netlink sockets) of a warm runtime.
-    local: threading.local = field(default_factory=threading.local)
-    # Host interface cache: name -> (expiry, value); shared by all threads.
-    hostif_cache: dict[str, tuple[float, Any]] = field(default_factory=dict)
+    # Warm per-thread host netlink sockets and registries, cached host interface.
+    host_sockets: HostSockets | None = None
+    registries: RegistryCache | None = None
+    hostif_cache: HostInterfaceCache | None = None
 
     @classmethod
     def in_process(cls) -> Runtime:
         return cls()
 
     @classmethod
-    def for_agent(cls, reaper: VethReaper | None) -> Runtime:
-        return cls(warm=True, manage_logging=False, hostif_cache_seconds=2.0, reaper=reaper)
+    def for_agent(cls, reaper: VethReaper) -> Runtime:
+        return cls(manage_logging=False, reaper=reaper, host_sockets=HostSockets(),
+                   registries=RegistryCache(), hostif_cache=HostInterfaceCache(2.0))
+
+    def host_rtnl(self) -> contextlib.AbstractContextManager[Any]:
+        """A netlink socket in the host's (this thread's) namespace."""
+        return rtnl(warm=self.host_sockets)
+
+    @contextlib.contextmanager
+    def registry(self, state_dir: Path) -> Iterator[AttachmentRegistry]:
+        with open_registry(state_dir / REGISTRY_FILE, LOCK_TIMEOUT, self.registries) as reg:
+            yield reg

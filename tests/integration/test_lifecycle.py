@@ -108,16 +108,48 @@ def test_status_reports_missing_interface_and_exhausted_range(host: Host) -> Non
     conf = host.config("1.1.0", rangeStart="10.244.9.1", rangeEnd="10.244.9.2")
     assert host.cni("STATUS", conf, "", "", "").rc == 0
     pods = [host.new_pod() for _ in range(2)]
+    # A static address outside the range does not use the range up (spec 1.1: STATUS
+    # must not say "exhausted" while ADDs still succeed).
+    host.add(conf, "static", host.new_pod(), args="IP=10.244.200.7")
+    assert host.cni("STATUS", conf, "", "", "").rc == 0
     for i, p in enumerate(pods):
         host.add(conf, f"ex{i}", p)
+    # Exhausted: no ADD can be served, which is 50 ("not available"), not 51.
     full = host.cni("STATUS", conf, "", "", "")
-    assert full.rc == 1 and full.out and full.out["code"] == 51
+    assert full.rc == 1 and full.out and full.out["code"] == 50
+    assert "exhausted" in full.out["msg"]
     third = host.cni("ADD", conf, "ex3", host.new_pod())
     assert third.rc == 1 and third.out and third.out["code"] == 102
     missing = host.cni("STATUS", dict(conf, hostInterface="nope0"), "", "", "")
     assert missing.rc == 1 and missing.out and missing.out["code"] == 50
     for i, p in enumerate(pods):
         assert host.cni("DEL", conf, f"ex{i}", p).rc == 0
+    assert host.cni("DEL", conf, "static", "").rc == 0
+
+
+def test_status_is_limited_while_the_host_interface_is_down(host: Host) -> None:
+    conf = host.config("1.1.0")
+    pod = host.new_pod()
+    host.add(conf, "down1", pod)
+    ip("-n", host.name, "link", "set", "eth0", "down")
+    try:
+        down = host.cni("STATUS", conf, "", "", "")
+        assert down.rc == 1 and down.out and down.out["code"] == 51
+        assert "down" in down.out["msg"]
+    finally:
+        ip("-n", host.name, "link", "set", "eth0", "up")
+    assert host.cni("STATUS", conf, "", "", "").rc == 0
+    assert host.cni("DEL", conf, "down1", pod).rc == 0
+
+
+def test_gc_with_a_null_attachment_list_releases_everything(host: Host) -> None:
+    conf = host.config("1.1.0")
+    host.add(conf, "nul1", host.new_pod())
+    # What CRI-O sends through libcni for a network with no pods left.
+    gc = host.cni("GC", dict(conf, **{"cni.dev/valid-attachments": None}), "", "", "")
+    assert gc.rc == 0, gc.stdout
+    assert gc.stdout == ""
+    assert "xvmbr10" not in host.links()
 
 
 def test_state_lives_under_data_dir(host: Host) -> None:

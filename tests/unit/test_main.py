@@ -17,15 +17,15 @@ from typing import Any
 import pytest
 
 from xvmcni.cni import main as cni_main
-from xvmcni.cni.errors import (
+from xvmcni.cni.request import Request
+from xvmcni.cni.result import SUPPORTED_VERSIONS
+from xvmcni.errors import (
     DECODE_FAILURE,
     INTERNAL,
     INVALID_ENV,
     UNKNOWN_CONTAINER,
     CniError,
 )
-from xvmcni.cni.request import Request
-from xvmcni.cni.result import SUPPORTED_VERSIONS
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 ERROR_KEYS = {"cniVersion", "code", "msg", "details"}

@@ -6,7 +6,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 import pytest
 
-from xvmcni.cni.errors import INVALID_CONFIG, CniError
+from xvmcni.errors import INVALID_CONFIG, CniError
 from xvmcni.ipam.pool import (
     AddressPool,
     default_per_host_prefix,

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from xvmcni.cni.errors import DECODE_FAILURE, INVALID_ENV, CniError
 from xvmcni.cni.request import IFNAME_MAX, Request, from_environ, parse_cni_args
+from xvmcni.errors import DECODE_FAILURE, INVALID_ENV, CniError
 
 CONFIG: dict[str, Any] = {"cniVersion": "1.0.0", "name": "xvm-network", "type": "xvm-cni"}
 STDIN = json.dumps(CONFIG).encode()

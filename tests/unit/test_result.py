@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 
-from xvmcni.cni.errors import DECODE_FAILURE, INCOMPATIBLE_VERSION, CniError
 from xvmcni.cni.result import (
     LEGACY_VERSIONS,
     SUPPORTED_VERSIONS,
@@ -19,6 +18,7 @@ from xvmcni.cni.result import (
     Route,
     check_version,
 )
+from xvmcni.errors import DECODE_FAILURE, INCOMPATIBLE_VERSION, CniError
 
 NEW_VERSIONS = [v for v in SUPPORTED_VERSIONS if v not in LEGACY_VERSIONS]
 

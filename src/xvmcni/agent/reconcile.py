@@ -1,31 +1,33 @@
-"""Bring the kernel back in line with the IPAM store, and collect garbage.
+"""Bring the kernel back in line with the attachment registry, and collect garbage.
 
 Run by the agent at start and then periodically (or on demand). For every
 network this host remembers: release attachments whose netns is gone, recreate
-missing bridges/VXLANs/gateway addresses/nftables rules for the containers
-that remain, re-plug their veths, remove orphan veths, and leave networks that
-have no container left. Nothing that works is recreated: a running container
-loses no packet.
+what the model is missing for the containers that remain, re-plug their
+interfaces, remove orphan devices, and leave networks that have no container
+left. Nothing that works is recreated: a running container loses no packet.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from xvmcni import handler, netconf, netstate
-from xvmcni.cni.errors import CniError
+from xvmcni import networks
 from xvmcni.cni.request import Request
-from xvmcni.dataplane import hostif, l2net, names, sysctl, veth
-from xvmcni.dataplane.netlink import get_link, rtnl
-from xvmcni.dataplane.netns import netns_gone, open_netns
-from xvmcni.locking import network_lock
-from xvmcni.netconf import NetworkConfig
+from xvmcni.commands import to_cni
+from xvmcni.dataplane.errors import DataplaneError
+from xvmcni.dataplane.netns import netns_gone
+from xvmcni.errors import CniError
+from xvmcni.models.base import NetworkModel, Pod
+from xvmcni.networks import Network
+from xvmcni.runtime import LOCK_TIMEOUT, REGISTRY_FILE, Runtime
+from xvmcni.state import netstate
+from xvmcni.state.attachments import Attachment, AttachmentRegistry
+from xvmcni.state.locks import network_lock
 
 log = logging.getLogger(__name__)
 PLUGIN_TYPE = "xvm-cni"
@@ -65,93 +67,87 @@ def configs_in_dir(conf_dir: Path) -> list[dict[str, Any]]:
     return found
 
 
-def known_networks(conf_dirs: Iterable[Path], data_dirs: Iterable[Path]) -> list[NetworkConfig]:
+def known_networks(conf_dirs: Iterable[Path], data_dirs: Iterable[Path]) -> list[Network]:
     """Networks from the config dirs plus those remembered in data dirs, one per state dir."""
     raws: list[dict[str, Any]] = []
     for conf_dir in conf_dirs:
         raws.extend(configs_in_dir(conf_dir))
     seen_data_dirs = set(data_dirs)
     for raw in list(raws):
-        seen_data_dirs.add(Path(str(raw.get("dataDir", netconf.DEFAULT_DATA_DIR))))
+        data_dir = raw.get("dataDir")
+        if isinstance(data_dir, str):
+            seen_data_dirs.add(Path(data_dir))
     for data_dir in sorted(seen_data_dirs):
         raws.extend(netstate.remembered(data_dir))
-    networks: dict[Path, NetworkConfig] = {}
+    found: dict[Path, Network] = {}
     for raw in raws:
         try:
-            config = netconf.parse(raw)
+            network = networks.parse(raw)
         except CniError as err:
             log.warning("skipping network config %s: %s", raw.get("name"), err)
             continue
         # Remembered configs come last and win: they are what ADD really used.
-        networks[config.state_dir] = config
-    return list(networks.values())
+        found[network.state_dir] = network
+    return list(found.values())
 
 
-def reconcile(config: NetworkConfig, lock_timeout: float = handler.LOCK_TIMEOUT) -> NetworkReport:
-    report = NetworkReport(config.name, str(config.state_dir))
-    if not (config.state_dir / "ipam.db").exists():
+def _pod(model: NetworkModel, attachment: Attachment) -> Pod:
+    return Pod(attachment.container_id, attachment.ifname, attachment.netns,
+               attachment.host_ifname or model.host_ifname(*attachment.key))
+
+
+def reconcile(network: Network, runtime: Runtime,
+              lock_timeout: float = LOCK_TIMEOUT) -> NetworkReport:
+    """One pass over one network; failures are reported, never raised (one broken
+    network must not stop the others)."""
+    report = NetworkReport(network.name, str(network.state_dir))
+    if not (network.state_dir / REGISTRY_FILE).exists():
         return report
     try:
-        with rtnl() as host_ipr, network_lock(config.state_dir, lock_timeout), \
-                handler.open_store(config) as store:
-            _release_dead(host_ipr, config, store, report)
-            remaining = store.all()
+        with networks.open_model(network, runtime) as model, \
+                network_lock(network.state_dir, lock_timeout), \
+                runtime.registry(network.state_dir) as registry:
+            _release_dead(network, model, registry, report)
+            remaining = registry.all()
             report.containers = len(remaining)
             if remaining:
-                _repair(host_ipr, config, store, report)
-            handler.remove_orphan_ports(host_ipr, config, store)
-            handler.leave_if_unused(host_ipr, store, config)
+                replugged = model.repair([(_pod(model, a), list(a.addresses))
+                                          for a in remaining])
+                report.replugged = [f"{p.container_id[:12]}/{p.ifname}" for p in replugged]
+            model.remove_orphans({_pod(model, a).host_ifname for a in remaining})
+            if not remaining:
+                model.leave()
     except CniError as err:
         report.error = str(err)
-        log.error("reconcile %s: %s", config.name, err)
+    except DataplaneError as err:
+        report.error = str(to_cni(err))
+    if report.error:
+        log.error("reconcile %s: %s", network.name, report.error)
     return report
 
 
-def _release_dead(host_ipr: Any, config: NetworkConfig, store: Any,
-                  report: NetworkReport) -> None:
-    for attachment in store.all():
-        if not netns_gone(attachment.netns):
+def _release_dead(network: Network, model: NetworkModel,
+                  registry: AttachmentRegistry, report: NetworkReport) -> None:
+    dead = []
+    for attachment in registry.all():
+        try:
+            gone = netns_gone(attachment.netns)
+        except OSError as exc:
+            # Unknown is not gone: freeing a live container's address would hand it
+            # out twice. Try again next pass.
+            log.warning("cannot tell whether %s of %s/%s still exists: %s; keeping it",
+                        attachment.netns, attachment.container_id[:12], attachment.ifname,
+                        exc)
             continue
-        host_name = attachment.host_ifname or names.host_veth_name(attachment.container_id,
-                                                                   attachment.ifname)
-        veth.remove(host_ipr, None, host_name, attachment.ifname, owned=True)
-        if config.ipam is not None:
-            request = Request("DEL", attachment.container_id, "", attachment.ifname)
-            try:
-                handler.delegated_del(request, config, attachment.container_id,
-                                      attachment.ifname)
-            except CniError as err:
-                log.warning("delegated IPAM DEL for %s failed: %s", attachment.container_id,
-                            err)
-        store.detach(attachment.container_id, attachment.ifname)
+        if not gone:
+            continue
+        model.unplug(_pod(model, attachment), owned=True)
+        released = registry.detach(attachment.container_id, attachment.ifname)
+        if released is not None:
+            dead.append(released)
         report.released.append(f"{attachment.container_id[:12]}/{attachment.ifname}")
         log.info("released %s/%s of %s: its netns %s is gone", attachment.container_id[:12],
-                 attachment.ifname, config.name, attachment.netns)
-
-
-def _repair(host_ipr: Any, config: NetworkConfig, store: Any, report: NetworkReport) -> None:
-    host = hostif.lookup(host_ipr, config.host_interface)
-    spec = handler.l2_spec(config, host)
-    bridge_index = l2net.ensure(host_ipr, spec, in_use=True, refresh_filters=True)
-    sysctl.ensure("net.ipv4.ip_forward", "1")
-    for attachment in store.all():
-        host_name = attachment.host_ifname or names.host_veth_name(attachment.container_id,
-                                                                   attachment.ifname)
-        link = get_link(host_ipr, host_name)
-        if link is not None and link.get("IFLA_MASTER") == bridge_index and link["flags"] & 1:
-            continue  # healthy: do not touch a running container
-        request = Request("ADD", attachment.container_id, attachment.netns, attachment.ifname)
-        side = handler.container_side(config, request, spec.mtu, attachment.addresses, "")
-        pod_fd = open_netns(attachment.netns)
-        try:
-            with rtnl(pod_fd) as pod_ipr:
-                veth.ensure(host_ipr, pod_ipr, pod_fd, host_name, bridge_index, side)
-        except CniError as err:
-            log.error("cannot repair %s/%s: %s", attachment.container_id[:12],
-                      attachment.ifname, err)
-            continue
-        finally:
-            os.close(pod_fd)
-        report.replugged.append(f"{attachment.container_id[:12]}/{attachment.ifname}")
-        log.info("re-plugged %s/%s into %s", attachment.container_id[:12], attachment.ifname,
-                 spec.bridge)
+                 attachment.ifname, network.name, attachment.netns)
+    if dead:
+        request = Request("DEL", config=network.config.raw)
+        networks.ipam(network, request, lambda: None).forget(dead)

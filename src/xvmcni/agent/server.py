@@ -25,15 +25,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from xvmcni import handler, logsetup
+from xvmcni import networks
 from xvmcni.agent import reconcile
 from xvmcni.agent.metrics import Metrics
-from xvmcni.cni.errors import TRY_AGAIN_LATER, CniError
 from xvmcni.cni.main import Outcome, declared_version, execute
-from xvmcni.dataplane import hostif, netlink
-from xvmcni.dataplane.netlink import rtnl
+from xvmcni.cni.request import Request
+from xvmcni.dataplane.errors import DataplaneError
 from xvmcni.dataplane.reaper import VethReaper
-from xvmcni.runtime import Runtime
+from xvmcni.errors import TRY_AGAIN_LATER, CniError
+from xvmcni.networks import Network
+from xvmcni.runtime import REGISTRY_FILE, Runtime
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +70,6 @@ class Agent:
         self._server: socketserver.ThreadingUnixStreamServer | None = None
         self.reaper = VethReaper()
         self.runtime = Runtime.for_agent(self.reaper)
-        logsetup.managed_by_agent = True
-        handler.keep_stores_open()
-        netlink.keep_host_sockets()
-        hostif.enable_cache()
-        handler.veth_reaper = self.reaper
 
     # --- requests --------------------------------------------------------------------
 
@@ -112,33 +108,37 @@ class Agent:
 
     # --- state -----------------------------------------------------------------------
 
-    def networks(self) -> list[Any]:
+    def networks(self) -> list[Network]:
         return reconcile.known_networks(self.options.conf_dirs, self.options.data_dirs)
 
     def usage(self) -> list[dict[str, Any]]:
-        rows = []
-        for config in self.networks():
-            row: dict[str, Any] = {"name": config.name, "bridge": config.bridge_name,
-                                   "vni": config.vxlan_id, "subnet": str(config.subnet),
-                                   "containers": 0, "used": 0, "size": 0, "pool": "",
-                                   "ready": True, "reason": ""}
-            try:
-                with rtnl() as ipr:
-                    host = hostif.lookup(ipr, config.host_interface)
-                if config.ipam is None:
-                    pool = handler.address_pool(config, host)
-                    row["size"] = pool.size()
-                    row["pool"] = f"{pool.first}-{pool.last}"
-                if (config.state_dir / "ipam.db").exists():
-                    with handler.open_store(config) as store:
-                        row["containers"] = len(store.all())
-                        row["used"] = store.used_addresses()
-                if config.ipam is None and row["used"] >= row["size"]:
-                    row["ready"], row["reason"] = False, "address range exhausted"
-            except CniError as err:
-                row["ready"], row["reason"] = False, str(err)
-            rows.append(row)
-        return rows
+        """One row per network; a network that cannot be read is shown not ready with
+        the reason, and never hides the others."""
+        return [self._usage_row(network) for network in self.networks()]
+
+    def _usage_row(self, network: Network) -> dict[str, Any]:
+        row: dict[str, Any] = {"name": network.name, "containers": 0, "used": 0, "size": 0,
+                               "pool": "", "ready": True, "reason": ""}
+        try:
+            with networks.open_model(network, self.runtime) as model:
+                row.update(model.describe())
+                model.prepare()
+                request = Request("STATUS", config=network.config.raw)
+                ipam = networks.ipam(network, request, model.underlay_address)
+                if (network.state_dir / REGISTRY_FILE).exists():
+                    with self.runtime.registry(network.state_dir) as registry:
+                        row["containers"] = registry.count()
+                        usage = ipam.usage(registry)
+                else:
+                    usage = ipam.usage(None)
+            row["used"], row["size"], row["pool"] = usage.used, usage.size or 0, usage.range
+            if usage.size is not None and usage.used >= usage.size:
+                row["ready"], row["reason"] = False, "address range exhausted"
+        except CniError as err:
+            row["ready"], row["reason"] = False, str(err)
+        except DataplaneError as err:
+            row["ready"], row["reason"] = False, str(err)
+        return row
 
     def status(self) -> dict[str, Any]:
         with self._counts_lock:
@@ -151,7 +151,7 @@ class Agent:
                 "networks": self.usage()}
 
     def reconcile_all(self) -> list[reconcile.NetworkReport]:
-        reports = [reconcile.reconcile(config) for config in self.networks()]
+        reports = [reconcile.reconcile(network, self.runtime) for network in self.networks()]
         for report in reports:
             if report.released or report.replugged or report.error:
                 log.info("reconcile %s: released=%s replugged=%s error=%s", report.name,
@@ -162,7 +162,7 @@ class Agent:
 
     def serve_forever(self) -> None:
         # Warm up: pay the imports and the first netlink socket before the first ADD.
-        with rtnl() as ipr:
+        with self.runtime.host_rtnl() as ipr:
             ipr.get_links()
         self.reaper.start()
         self.reconcile_all()

@@ -22,8 +22,8 @@ import struct
 import time
 from dataclasses import dataclass
 
-from xvmcni.cni.errors import CniError
 from xvmcni.dataplane.netns import entered, open_netns
+from xvmcni.errors import CniError
 
 ICMP_ECHO_REPLY = 0
 ICMP_DEST_UNREACH = 3

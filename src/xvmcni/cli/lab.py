@@ -45,8 +45,8 @@ from xvmcni import plugin_file
 from xvmcni.cli import lab_net
 from xvmcni.cli.icmp import DEFAULT_SIZE, PingReply, ping, probe
 from xvmcni.cli.status import AgentUnavailable, agent_request
-from xvmcni.cni.errors import CniError
 from xvmcni.dataplane.netns import entered, open_netns
+from xvmcni.errors import CniError
 
 __all__ = [
     "AgentAction", "AgentHealth", "Host", "Lab", "LabError", "Matrix", "PluginError", "Pod",

@@ -19,8 +19,8 @@ from typing import Any
 from pyroute2 import IPRoute
 from pyroute2 import netns as pr_netns
 
-from xvmcni.cni.errors import CniError
 from xvmcni.dataplane.netns import entered, open_netns
+from xvmcni.errors import CniError
 
 NETNS_DIR = "/run/netns"
 SWITCH_BRIDGE = "br0"

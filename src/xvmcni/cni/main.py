@@ -12,9 +12,9 @@ import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TextIO
 
-from xvmcni.cni.errors import INTERNAL, CniError
 from xvmcni.cni.request import Request, from_environ
 from xvmcni.cni.result import SUPPORTED_VERSIONS
+from xvmcni.errors import INTERNAL, CniError
 
 if TYPE_CHECKING:
     from xvmcni.runtime import Runtime
@@ -80,10 +80,10 @@ def declared_version(stdin: bytes) -> str:
 
 def dispatch(request: Request, runtime: Runtime | None = None) -> dict[str, Any] | None:
     # Imported here so VERSION and config errors never pay for pyroute2.
-    from xvmcni.handler import handle
+    from xvmcni.commands import run as run_command
     from xvmcni.runtime import Runtime
 
-    return handle(request, runtime or Runtime.in_process())
+    return run_command(request, runtime or Runtime.in_process())
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from xvmcni.cni.errors import DECODE_FAILURE, INVALID_ENV, CniError
+from xvmcni.errors import DECODE_FAILURE, INVALID_ENV, CniError
 
 COMMANDS = ("ADD", "DEL", "CHECK", "VERSION", "GC", "STATUS")
 # Commands that act on one attachment and so need the container's identity.

@@ -11,7 +11,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
-from xvmcni.cni.errors import DECODE_FAILURE, INCOMPATIBLE_VERSION, CniError
+from xvmcni.errors import DECODE_FAILURE, INCOMPATIBLE_VERSION, CniError
 
 SUPPORTED_VERSIONS = ("0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 LEGACY_VERSIONS = ("0.1.0", "0.2.0")

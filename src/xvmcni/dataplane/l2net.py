@@ -16,10 +16,11 @@ from typing import Any
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from xvmcni.cni.errors import INVALID_CONFIG, CniError
 from xvmcni.dataplane import nft, sysctl
+from xvmcni.dataplane.errors import DataplaneError
 from xvmcni.dataplane.hostif import HostInterface
 from xvmcni.dataplane.netlink import (
+    IFF_UP,
     delete_link,
     get_link,
     ipv4_addresses,
@@ -31,7 +32,6 @@ from xvmcni.dataplane.netlink import (
 log = logging.getLogger(__name__)
 
 VXLAN_OVERHEAD_V4 = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
-IFF_UP = 0x1
 
 
 @dataclass(frozen=True)
@@ -76,8 +76,9 @@ def _vxlan_mismatch(link: Any, spec: L2Spec) -> str:
 def _ensure_bridge(ipr: Any, spec: L2Spec) -> int:
     link = get_link(ipr, spec.bridge)
     if link is not None and link_kind(link) != "bridge":
-        raise CniError(INVALID_CONFIG, f"{spec.bridge} exists on this host and is not a bridge",
-                       "set 'bridge' to another name")
+        raise DataplaneError(DataplaneError.HOST_CONFLICT,
+                             f"{spec.bridge} exists on this host and is not a bridge",
+                             "set 'bridge' to another name")
     if link is None:
         try:
             # A MAC set explicitly keeps the bridge from adopting its ports' MACs.
@@ -103,9 +104,9 @@ def _ensure_vxlan(ipr: Any, spec: L2Spec, bridge_index: int, in_use: bool) -> No
     if link is not None:
         why = _vxlan_mismatch(link, spec)
         if why and in_use:
-            raise CniError(INVALID_CONFIG, f"network {spec.network} is in use with other VXLAN "
-                           "settings on this host; remove its containers before changing them",
-                           why)
+            raise DataplaneError(DataplaneError.HOST_CONFLICT,
+                                 f"network {spec.network} is in use with other VXLAN settings "
+                                 "on this host; remove its containers before changing them", why)
         if why:
             log.info("recreating %s: %s", spec.vxlan, why)
             delete_link(ipr, spec.vxlan)

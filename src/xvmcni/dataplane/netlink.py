@@ -11,41 +11,51 @@ from typing import Any
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from xvmcni.cni.errors import NETLINK_FAILURE, CniError
+from xvmcni.dataplane.errors import DataplaneError
 from xvmcni.dataplane.netns import entered
 
-# Agent only: one warm socket per thread for the thread's own (host) netns, replaced
-# after RECYCLE_AFTER uses: pyroute2 0.9.7 queues the kernel's late ACK of every
-# "get" on a long-lived sync socket and never reads it (about 5 KiB of RSS per ADD,
-# measured by bench/footprint.py), so a socket must not live for ever.
+# A warm socket is replaced after RECYCLE_AFTER uses: pyroute2 0.9.7 queues the
+# kernel's late ACK of every "get" on a long-lived sync socket and never reads it
+# (about 5 KiB of RSS per ADD, measured by bench/footprint.py), so a socket must
+# not live for ever.
 RECYCLE_AFTER = 20
-_warm: threading.local | None = None
+IFF_UP = 0x1
 
 
-def keep_host_sockets() -> None:
-    global _warm
-    _warm = threading.local()
+class HostSockets:
+    """One warm netlink socket per thread for the thread's own (host) netns.
 
-
-@contextlib.contextmanager
-def rtnl(netns_fd: int | None = None) -> Iterator[Any]:
-    """An IPRoute socket in the calling thread's netns, or in ``netns_fd``'s.
-
-    The socket is created while the thread is inside the target namespace and
-    stays bound to it after the thread switches back (sockets keep their netns).
-    Use it from this thread only: pyroute2 0.9 opens a fresh socket per thread.
+    For long-lived processes (the agent): opening a socket costs more than most
+    requests' netlink work.
     """
-    if netns_fd is None and _warm is not None:
-        warm = getattr(_warm, "ipr", None)
-        uses = getattr(_warm, "uses", 0)
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def get(self) -> Any:
+        warm = getattr(self._local, "ipr", None)
+        uses = getattr(self._local, "uses", 0)
         if warm is not None and uses >= RECYCLE_AFTER:
             warm.close()
             warm = None
         if warm is None:
             warm, uses = IPRoute(), 0
-            _warm.ipr = warm
-        _warm.uses = uses + 1
-        yield warm
+            self._local.ipr = warm
+        self._local.uses = uses + 1
+        return warm
+
+
+@contextlib.contextmanager
+def rtnl(netns_fd: int | None = None, warm: HostSockets | None = None) -> Iterator[Any]:
+    """An IPRoute socket in the calling thread's netns, or in ``netns_fd``'s.
+
+    The socket is created while the thread is inside the target namespace and
+    stays bound to it after the thread switches back (sockets keep their netns).
+    Use it from this thread only: pyroute2 0.9 opens a fresh socket per thread.
+    ``warm`` (host namespace only) lends a cached socket instead of a new one.
+    """
+    if netns_fd is None and warm is not None:
+        yield warm.get()
         return
     if netns_fd is None:
         ipr = IPRoute()
@@ -58,10 +68,11 @@ def rtnl(netns_fd: int | None = None) -> Iterator[Any]:
         ipr.close()
 
 
-def kernel_error(action: str, exc: NetlinkError) -> CniError:
+def kernel_error(action: str, exc: NetlinkError) -> DataplaneError:
     code = exc.code if isinstance(exc.code, int) else 0
     reason = errno.errorcode.get(code, str(code))
-    return CniError(NETLINK_FAILURE, f"kernel refused to {action}", f"{reason}: {exc}")
+    return DataplaneError(DataplaneError.KERNEL, f"kernel refused to {action}",
+                          f"{reason}: {exc}")
 
 
 def get_link(ipr: Any, ifname: str) -> Any | None:

@@ -13,13 +13,19 @@ import ctypes
 import ctypes.util
 import errno
 import os
+import stat
 from collections.abc import Iterator
 
-from xvmcni.cni.errors import INVALID_ENV, CniError
+from xvmcni.dataplane.errors import DataplaneError
 
 CLONE_NEWNET = 0x40000000
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+# What "this path is no (longer a) network namespace" looks like; anything else
+# (EMFILE, ENOMEM, EACCES, ...) says nothing about the namespace and must not be
+# taken as its death: the container would lose its address to the next pod.
+_GONE_ERRNOS = (errno.ENOENT, errno.ENOTDIR)
 
 
 def setns(fd: int) -> None:
@@ -32,32 +38,57 @@ def setns(fd: int) -> None:
         raise OSError(err, f"setns: {os.strerror(err)}")
 
 
+def _open(path: str) -> int:
+    # O_NONBLOCK: opening a FIFO (a bad CNI_NETNS) would otherwise wait for a writer
+    # for ever and pin the worker. It changes nothing for nsfs files.
+    return os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+
+
 def open_netns(path: str) -> int:
     """Open ``path`` read-only and check it is a network namespace.
 
-    Raises CniError(INVALID_ENV) with a readable message for a missing path or one
-    that is not a netns; the caller owns the returned fd.
+    Raises DataplaneError(CONTAINER) with a readable message for a missing path or
+    one that is not a netns; the caller owns the returned fd.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = _open(path)
     except FileNotFoundError as exc:
-        raise CniError(INVALID_ENV, f"network namespace {path!r} does not exist") from exc
+        raise DataplaneError(DataplaneError.CONTAINER,
+                             f"network namespace {path!r} does not exist") from exc
     except OSError as exc:
-        raise CniError(INVALID_ENV, f"cannot open network namespace {path!r}",
-                       exc.strerror or str(exc)) from exc
-    if not _is_netns(fd):
+        raise DataplaneError(DataplaneError.CONTAINER,
+                             f"cannot open network namespace {path!r}",
+                             exc.strerror or str(exc)) from exc
+    try:
+        is_netns = _is_netns(fd)
+    except OSError as exc:
         os.close(fd)
-        raise CniError(INVALID_ENV, f"{path!r} is not a network namespace")
+        raise DataplaneError(DataplaneError.CONTAINER,
+                             f"cannot enter network namespace {path!r}",
+                             exc.strerror or str(exc)) from exc
+    if not is_netns:
+        os.close(fd)
+        raise DataplaneError(DataplaneError.CONTAINER,
+                             f"{path!r} is not a network namespace")
     return fd
 
 
 def _is_netns(fd: int) -> bool:
-    # A bind-mounted netns (or /proc/<pid>/ns/net) is an nsfs inode; the kernel
-    # refuses setns() on anything else with EINVAL, which we turn into a clear error
-    # before changing anything. Probe with setns into it and straight back.
-    with contextlib.suppress(OSError), entered(fd):
-        return True
-    return False
+    """True for an nsfs network-namespace file; False for anything else.
+
+    A bind-mounted netns (or /proc/<pid>/ns/net) is an nsfs inode; the kernel
+    refuses setns() on anything else with EINVAL. Probe with setns into it and
+    straight back. Other errors (EPERM, ENOMEM) are raised: they do not tell.
+    """
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        return False  # a directory, FIFO or device is never a namespace
+    try:
+        with entered(fd):
+            return True
+    except OSError as exc:
+        if exc.errno == errno.EINVAL:
+            return False
+        raise
 
 
 @contextlib.contextmanager
@@ -75,13 +106,19 @@ def entered(fd: int) -> Iterator[None]:
 
 
 def netns_gone(path: str) -> bool:
-    """True when ``path`` no longer names a live network namespace (DEL tolerates it)."""
+    """True when ``path`` no longer names a live network namespace (DEL tolerates it).
+
+    Raises OSError when the answer is unknown (too many open files, no memory,
+    permission): the caller must not treat the container as gone then.
+    """
     if not path:
         return True
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = _open(path)
     except OSError as exc:
-        return exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EINVAL)
+        if exc.errno in _GONE_ERRNOS:
+            return True
+        raise
     try:
         return not _is_netns(fd)
     finally:

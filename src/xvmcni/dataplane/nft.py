@@ -22,7 +22,7 @@ import shutil
 import subprocess
 from typing import Any
 
-from xvmcni.cni.errors import NFTABLES_FAILURE, CniError
+from xvmcni.dataplane.errors import DataplaneError
 
 _FALLBACK_PATHS = ("/usr/sbin/nft", "/sbin/nft")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_]")
@@ -41,7 +41,7 @@ def nft_binary() -> str:
     for path in _FALLBACK_PATHS:
         if shutil.which(path):
             return path
-    raise CniError(NFTABLES_FAILURE, "the nft command is not installed",
+    raise DataplaneError(DataplaneError.NFTABLES, "the nft command is not installed",
                    "install the nftables package")
 
 
@@ -51,9 +51,9 @@ def run_batch(commands: list[dict[str, Any]]) -> None:
         proc = subprocess.run([nft_binary(), "-j", "-f", "-"], input=payload.encode(),
                               capture_output=True, timeout=NFT_TIMEOUT, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise CniError(NFTABLES_FAILURE, "cannot run nft", str(exc)) from exc
+        raise DataplaneError(DataplaneError.NFTABLES, "cannot run nft", str(exc)) from exc
     if proc.returncode != 0:
-        raise CniError(NFTABLES_FAILURE, "nftables rejected our rules",
+        raise DataplaneError(DataplaneError.NFTABLES, "nftables rejected our rules",
                        proc.stderr.decode(errors="replace").strip())
 
 
@@ -63,9 +63,9 @@ def list_tables() -> set[tuple[str, str]]:
         proc = subprocess.run([nft_binary(), "-j", "list", "tables"], capture_output=True,
                               timeout=NFT_TIMEOUT, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise CniError(NFTABLES_FAILURE, "cannot run nft", str(exc)) from exc
+        raise DataplaneError(DataplaneError.NFTABLES, "cannot run nft", str(exc)) from exc
     if proc.returncode != 0:
-        raise CniError(NFTABLES_FAILURE, "cannot list nftables tables",
+        raise DataplaneError(DataplaneError.NFTABLES, "cannot list nftables tables",
                        proc.stderr.decode(errors="replace").strip())
     data = json.loads(proc.stdout or b'{"nftables": []}')
     return {

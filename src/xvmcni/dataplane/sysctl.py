@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from xvmcni.cni.errors import IO_FAILURE, CniError
+from xvmcni.dataplane.errors import DataplaneError
 
 PROC_SYS = Path("/proc/sys")
 
@@ -17,8 +17,8 @@ def ensure(key: str, value: str) -> None:
             return
         path.write_text(value)
     except OSError as exc:
-        raise CniError(IO_FAILURE, f"cannot set sysctl {key}={value}",
-                       exc.strerror or str(exc)) from exc
+        raise DataplaneError(DataplaneError.SYSTEM, f"cannot set sysctl {key}={value}",
+                             exc.strerror or str(exc)) from exc
 
 
 def ensure_if_present(key: str, value: str) -> None:

@@ -9,12 +9,13 @@ from typing import Any
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from xvmcni.cni.errors import INVALID_ENV, CniError
-from xvmcni.cni.result import IPAddress, IPInterface, IPNetwork
 from xvmcni.dataplane import reaper
-from xvmcni.dataplane.netlink import delete_link, get_link, kernel_error, link_kind
+from xvmcni.dataplane.errors import DataplaneError
+from xvmcni.dataplane.netlink import IFF_UP, delete_link, get_link, kernel_error, link_kind
 
-IFF_UP = 0x1
+IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 RT_TABLE_MAIN = 254
 DEFAULT_V4 = ipaddress.IPv4Network("0.0.0.0/0")
 DEFAULT_V6 = ipaddress.IPv6Network("::/0")
@@ -70,10 +71,17 @@ def ensure(host_ipr: Any, pod_ipr: Any, pod_fd: int, host_name: str, bridge_inde
         if exc.code != errno.EEXIST:
             raise kernel_error(f"create veth {host_name}/{side.ifname}", exc) from exc
         return _adopt(host_ipr, pod_ipr, pod_fd, host_name, bridge_index, side)
-    host_link = get_link(host_ipr, host_name)
-    if host_link is None:
-        raise CniError(INVALID_ENV, f"veth {host_name} vanished while being set up")
-    index, container_mac_now = _configure_container(pod_ipr, side, fresh=True)
+    try:
+        host_link = get_link(host_ipr, host_name)
+        if host_link is None:
+            raise DataplaneError(DataplaneError.CONTAINER,
+                                 f"veth {host_name} vanished while being set up")
+        index, container_mac_now = _configure_container(pod_ipr, side, fresh=True)
+    except BaseException:
+        # Created by this call and half configured: take it away again, so a failed
+        # plug leaves nothing behind (the caller undoes only what succeeded).
+        delete_link(host_ipr, host_name)
+        raise
     return VethPair(host_name=host_name, host_mac=str(host_link.get("IFLA_ADDRESS")),
                     container_mac=container_mac_now, container_index=index)
 
@@ -90,9 +98,9 @@ def _adopt(host_ipr: Any, pod_ipr: Any, pod_fd: int, host_name: str, bridge_inde
     pod_link = get_link(pod_ipr, side.ifname)
     if not _peer_of(host_link, pod_link):
         if pod_link is not None:
-            raise CniError(INVALID_ENV,
-                           f"interface {side.ifname} already exists in the container's netns",
-                           "choose another CNI_IFNAME or remove that interface")
+            raise DataplaneError(DataplaneError.CONTAINER,
+                                 f"interface {side.ifname} already exists in the container's "
+                                 "netns", "choose another CNI_IFNAME or remove that interface")
         delete_link(host_ipr, host_name)
         return ensure(host_ipr, pod_ipr, pod_fd, host_name, bridge_index, side)
     assert host_link is not None
@@ -113,7 +121,8 @@ def _configure_container(pod_ipr: Any, side: ContainerSide, fresh: bool) -> tupl
     """
     link = get_link(pod_ipr, side.ifname)
     if link is None:
-        raise CniError(INVALID_ENV, f"{side.ifname} vanished while being set up")
+        raise DataplaneError(DataplaneError.CONTAINER,
+                             f"{side.ifname} vanished while being set up")
     index = int(link["index"])
     try:
         pod_ipr.link("set", index=index, mtu=side.mtu, state="up")
@@ -134,16 +143,16 @@ def _configure_container(pod_ipr: Any, side: ContainerSide, fresh: bool) -> tupl
     return index, str(link.get("IFLA_ADDRESS"))
 
 
-def remove(host_ipr: Any, pod_ipr: Any | None, host_name: str, ifname: str,
-           owned: bool) -> None:
-    """Delete the pair; both ends already gone is success.
+def remove_host_end(host_ipr: Any, host_name: str) -> bool:
+    """Delete the pair by its host end (the kernel takes the container end with it);
+    True when it existed."""
+    return delete_link(host_ipr, host_name)
 
-    Deleting the host end takes the container end with it. Only when the host end
-    is gone and the attachment is ours (``owned``) is the container end deleted by
-    name: without a record, an interface of that name may belong to someone else.
-    """
-    if delete_link(host_ipr, host_name) or not owned or pod_ipr is None or not ifname:
-        return
+
+def remove_container_end(pod_ipr: Any, ifname: str) -> None:
+    """Delete a veth left in the container by an interrupted ADD. Only for an
+    attachment we hold a record of: otherwise an interface of that name may belong
+    to someone else."""
     link = get_link(pod_ipr, ifname)
     if link is None or link_kind(link) != "veth":
         return
@@ -152,6 +161,14 @@ def remove(host_ipr: Any, pod_ipr: Any | None, host_name: str, ifname: str,
     except NetlinkError as exc:
         if exc.code != errno.ENODEV:
             raise kernel_error(f"delete {ifname} in the container", exc) from exc
+
+
+def remove(host_ipr: Any, pod_ipr: Any | None, host_name: str, ifname: str,
+           owned: bool) -> None:
+    """Delete the pair; both ends already gone is success (see the two above)."""
+    if remove_host_end(host_ipr, host_name) or not owned or pod_ipr is None or not ifname:
+        return
+    remove_container_end(pod_ipr, ifname)
 
 
 def _routes(pod_ipr: Any, index: int) -> set[tuple[str, str]]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from xvmcni.cni.errors import INVALID_CONFIG, CniError
+from xvmcni.errors import INVALID_CONFIG, CniError
 
 # Smallest default slice: a /28 still leaves 14 usable addresses per host, and cutting
 # small subnets finer would leave hosts with nothing to give out.

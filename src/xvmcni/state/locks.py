@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from xvmcni.cni.errors import IO_FAILURE, TRY_AGAIN_LATER, CniError
+from xvmcni.errors import IO_FAILURE, TRY_AGAIN_LATER, CniError
 
 # Threads of one process (the agent's workers) queue here first: a blocking wait on
 # a threading lock wakes the next waiter at once, where polling flock would sleep.

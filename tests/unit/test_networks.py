@@ -1,15 +1,27 @@
-"""netconf.parse(): the seed's configuration format, defaults and every refusal."""
+"""networks.parse(): the seed's configuration format (common fields, the l2 model's and
+the slice IPAM's sections), defaults and every refusal."""
 
 from __future__ import annotations
 
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from xvmcni.cni.errors import DECODE_FAILURE, INCOMPATIBLE_VERSION, INVALID_CONFIG, CniError
-from xvmcni.netconf import DEFAULT_GROUP, DEFAULT_PORT, parse
+from xvmcni import networks
+from xvmcni.errors import DECODE_FAILURE, INCOMPATIBLE_VERSION, INVALID_CONFIG, CniError
+from xvmcni.ipam.slices import SliceSettings
+from xvmcni.models.l2 import DEFAULT_GROUP, DEFAULT_PORT
+
+
+def parse(raw: dict[str, Any]) -> SimpleNamespace:
+    """The three sections of a parsed network as one flat view, for terse asserts."""
+    net = networks.parse(raw)
+    slices = net.slices or SliceSettings()
+    return SimpleNamespace(**{**vars(net.config), **vars(net.l2), **vars(slices),
+                              "state_dir": net.state_dir, "network": net})
 
 SEED: dict[str, Any] = {
     "cniVersion": "1.0.0",
@@ -193,3 +205,26 @@ def test_agent_fields_are_checked(overrides: dict[str, Any]) -> None:
 
 def test_agent_fields_accepted() -> None:
     parse({**SEED, "agentSocket": "/run/x.sock", "agentTimeout": 2.5})
+
+
+@pytest.mark.parametrize(("changes", "fragment"), [
+    ({"model": "routed"}, "model"),
+    ({"model": 3}, "model"),
+    ({"controlPlane": {"type": "etcd"}}, "controlPlane"),
+    ({"controlPlane": "multicast"}, "controlPlane"),
+    ({"agentTimeout": float("inf")}, "agentTimeout"),
+    ({"routes": [{"dst": "10.0.0.0/8", "gw": 167772161}]}, "gw"),
+])
+def test_unknown_parts_and_odd_values_are_refused(changes: dict[str, Any],
+                                                  fragment: str) -> None:
+    with pytest.raises(CniError) as info:
+        parse(config(**changes))
+    assert info.value.code == INVALID_CONFIG
+    assert fragment in str(info.value)
+
+
+def test_model_and_control_plane_defaults() -> None:
+    conf = parse(config())
+    assert conf.model == "l2"
+    assert conf.control_plane == "multicast"
+    assert parse(config(model="l2", controlPlane={"type": "multicast"})).model == "l2"

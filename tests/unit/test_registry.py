@@ -1,4 +1,5 @@
-"""IpamStore: durable attachment records and address allocation, no root needed."""
+"""AttachmentRegistry with the slice allocator: durable attachment records and address
+allocation in one transaction, no root needed."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from xvmcni.cni.errors import (
+from xvmcni.errors import (
     ADDRESS_EXHAUSTED,
     ADDRESS_IN_USE,
     INVALID_CONFIG,
@@ -24,7 +25,8 @@ from xvmcni.cni.errors import (
     CniError,
 )
 from xvmcni.ipam.pool import AddressPool, pool_for_host
-from xvmcni.ipam.store import Attachment, IpamStore
+from xvmcni.ipam.slices import SliceAllocator
+from xvmcni.state.attachments import Attachment, AttachmentRegistry, Given
 
 SUBNET = IPv4Network("10.244.0.0/16")
 GATEWAY = IPv4Address("10.244.0.1")
@@ -47,8 +49,8 @@ def db_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def store(db_path: Path) -> Iterator[IpamStore]:
-    s = IpamStore(db_path, timeout=5.0)
+def store(db_path: Path) -> Iterator[AttachmentRegistry]:
+    s = AttachmentRegistry(db_path, timeout=5.0)
     yield s
     s.close()
 
@@ -58,11 +60,12 @@ def pool() -> AddressPool:
     return pool_for_host(SUBNET, GATEWAY, a("172.30.0.11"), None, None, None)
 
 
-def attach(store: IpamStore, pool: AddressPool | None, cid: str, ifname: str = "eth0",
+def attach(store: AttachmentRegistry, pool: AddressPool | None, cid: str, ifname: str = "eth0",
            requested: list[IPv4Address] | None = None,
            prefixlen: int | None = None) -> tuple[Attachment, bool]:
-    return store.attach(Attachment(container_id=cid, ifname=ifname), pool,
-                        requested=requested, prefixlen=prefixlen)
+    assert pool is not None
+    allocator = SliceAllocator(pool, tuple(requested or ()), prefixlen)
+    return store.attach(Attachment(container_id=cid, ifname=ifname), allocator)
 
 
 def address_of(att: Attachment) -> IPv4Address:
@@ -85,7 +88,7 @@ def raw_rows(path: Path) -> tuple[list[tuple[str, str]], list[tuple[str, str, st
 
 def test_creates_private_directory_and_wal_database(db_path: Path) -> None:
     assert not db_path.parent.exists()
-    IpamStore(db_path).close()
+    AttachmentRegistry(db_path).close()
     assert stat.S_IMODE(db_path.parent.stat().st_mode) == 0o700
     conn = sqlite3.connect(str(db_path))
     try:
@@ -95,9 +98,9 @@ def test_creates_private_directory_and_wal_database(db_path: Path) -> None:
 
 
 def test_records_survive_reopen(db_path: Path, pool: AddressPool) -> None:
-    with IpamStore(db_path) as first:
+    with AttachmentRegistry(db_path) as first:
         stored, _ = attach(first, pool, "c1")
-    with IpamStore(db_path) as second:
+    with AttachmentRegistry(db_path) as second:
         assert second.get("c1", "eth0") == stored
         # The round-robin cursor is persistent too.
         nxt, _ = attach(second, pool, "c2")
@@ -107,21 +110,23 @@ def test_records_survive_reopen(db_path: Path, pool: AddressPool) -> None:
 # -- allocation ----------------------------------------------------------------------
 
 
-def test_allocates_unique_addresses_from_the_pool(store: IpamStore, pool: AddressPool) -> None:
+def test_allocates_unique_addresses_from_the_pool(store: AttachmentRegistry,
+        pool: AddressPool) -> None:
     got = [address_of(attach(store, pool, f"c{i}")[0]) for i in range(50)]
     assert len(set(got)) == 50
     assert all(addr in pool for addr in got)
     assert store.used_addresses() == 50
 
 
-def test_first_allocation_starts_at_the_pool_start(store: IpamStore, pool: AddressPool) -> None:
+def test_first_allocation_starts_at_the_pool_start(store: AttachmentRegistry,
+        pool: AddressPool) -> None:
     stored, created = attach(store, pool, "c1")
     assert created is True
     assert stored.addresses == [IPv4Interface("10.244.11.1/16")]
     assert stored.created > 0
 
 
-def test_reserved_addresses_are_skipped(store: IpamStore) -> None:
+def test_reserved_addresses_are_skipped(store: AttachmentRegistry) -> None:
     # A range starting at the network address: .0 and the gateway .1 are skipped.
     p = tiny_pool("10.244.0.0", "10.244.0.3")
     got = [address_of(attach(store, p, f"c{i}")[0]) for i in range(2)]
@@ -131,25 +136,28 @@ def test_reserved_addresses_are_skipped(store: IpamStore) -> None:
     assert info.value.code == ADDRESS_EXHAUSTED
 
 
-def test_prefixlen_override(store: IpamStore, pool: AddressPool) -> None:
+def test_prefixlen_override(store: AttachmentRegistry,
+        pool: AddressPool) -> None:
     stored, _ = attach(store, pool, "c1", prefixlen=24)
     assert stored.addresses[0].network.prefixlen == 24
     assert store.get("c1", "eth0") == stored
 
 
-def test_attach_keeps_given_fields(store: IpamStore, pool: AddressPool) -> None:
+def test_attach_keeps_given_fields(store: AttachmentRegistry,
+        pool: AddressPool) -> None:
     att = Attachment(container_id="c1", ifname="net1", netns="/run/netns/x",
                      host_ifname="veth123", created=42.0)
-    stored, _ = store.attach(att, pool)
+    stored, _ = store.attach(att, SliceAllocator(pool))
     assert (stored.netns, stored.host_ifname, stored.created) == ("/run/netns/x", "veth123", 42.0)
     assert store.get("c1", "net1") == stored
 
 
-def test_idempotent_attach_returns_same_address(store: IpamStore, pool: AddressPool) -> None:
+def test_idempotent_attach_returns_same_address(store: AttachmentRegistry,
+        pool: AddressPool) -> None:
     first, created1 = attach(store, pool, "c1")
     again, created2 = store.attach(
-        Attachment(container_id="c1", ifname="eth0", netns="/other"), pool,
-        requested=[a("10.244.11.77")])
+        Attachment(container_id="c1", ifname="eth0", netns="/other"),
+        SliceAllocator(pool, (a("10.244.11.77"),)))
     assert (created1, created2) == (True, False)
     assert again == first
     assert store.used_addresses() == 1
@@ -159,7 +167,8 @@ def test_idempotent_attach_returns_same_address(store: IpamStore, pool: AddressP
     assert address_of(second_if) != address_of(first)
 
 
-def test_requested_static_address(store: IpamStore, pool: AddressPool) -> None:
+def test_requested_static_address(store: AttachmentRegistry,
+        pool: AddressPool) -> None:
     # Anywhere in the subnet, even outside this host's slice.
     want = a("10.244.200.9")
     assert want not in pool
@@ -171,7 +180,8 @@ def test_requested_static_address(store: IpamStore, pool: AddressPool) -> None:
     assert address_of(nxt) == pool.first
 
 
-def test_requested_address_in_use(store: IpamStore, pool: AddressPool) -> None:
+def test_requested_address_in_use(store: AttachmentRegistry,
+        pool: AddressPool) -> None:
     held, _ = attach(store, pool, "c1")
     with pytest.raises(CniError) as info:
         attach(store, pool, "c2", requested=[address_of(held)])
@@ -191,7 +201,7 @@ def test_requested_address_in_use(store: IpamStore, pool: AddressPool) -> None:
         ["10.244.3.4", "192.168.0.1"],  # second one bad: nothing at all is recorded
     ],
 )
-def test_requested_address_invalid(store: IpamStore, pool: AddressPool,
+def test_requested_address_invalid(store: AttachmentRegistry, pool: AddressPool,
                                    requested: list[str]) -> None:
     with pytest.raises(CniError) as info:
         attach(store, pool, "c1", requested=[a(r) for r in requested])
@@ -200,7 +210,7 @@ def test_requested_address_invalid(store: IpamStore, pool: AddressPool,
     assert store.used_addresses() == 0
 
 
-def test_several_requested_addresses_keep_their_order(store: IpamStore,
+def test_several_requested_addresses_keep_their_order(store: AttachmentRegistry,
                                                       pool: AddressPool) -> None:
     want = [a("10.244.9.9"), a("10.244.1.1"), a("10.244.5.5")]
     stored, _ = attach(store, pool, "c1", requested=want)
@@ -210,7 +220,7 @@ def test_several_requested_addresses_keep_their_order(store: IpamStore,
     assert [i.ip for i in got.addresses] == want
 
 
-def test_exhaustion(store: IpamStore) -> None:
+def test_exhaustion(store: AttachmentRegistry) -> None:
     p = tiny_pool("10.244.1.10", "10.244.1.11")
     attach(store, p, "c1")
     attach(store, p, "c2")
@@ -225,7 +235,7 @@ def test_exhaustion(store: IpamStore) -> None:
     assert address_of(attach(store, p, "c3")[0]) == a("10.244.1.10")
 
 
-def test_round_robin_does_not_reuse_a_released_address_at_once(store: IpamStore) -> None:
+def test_round_robin_does_not_reuse_a_released_address_at_once(store: AttachmentRegistry) -> None:
     p = tiny_pool("10.244.1.10", "10.244.1.14")
     c1 = address_of(attach(store, p, "c1")[0])
     c2 = address_of(attach(store, p, "c2")[0])
@@ -239,26 +249,27 @@ def test_round_robin_does_not_reuse_a_released_address_at_once(store: IpamStore)
     assert address_of(attach(store, p, "c6")[0]) == a("10.244.1.10")
 
 
-def test_cursor_outside_a_changed_pool_restarts_at_its_start(store: IpamStore) -> None:
+def test_cursor_outside_a_changed_pool_restarts_at_its_start(store: AttachmentRegistry) -> None:
     attach(store, tiny_pool("10.244.1.10", "10.244.1.20"), "c1")
     moved = tiny_pool("10.244.7.0", "10.244.7.9")
     assert address_of(attach(store, moved, "c2")[0]) == a("10.244.7.0")
 
 
-def test_large_pool(store: IpamStore) -> None:
+def test_large_pool(store: AttachmentRegistry) -> None:
     big = IPv4Network("10.0.0.0/8")
     p = AddressPool(big, a("10.0.0.1"), big.network_address, big.broadcast_address)
     assert p.size() == 2**24 - 3
-    got = [address_of(store.attach(Attachment(f"c{i}", "eth0"), p)[0]) for i in range(3)]
+    got = [address_of(store.attach(Attachment(f"c{i}", "eth0"), SliceAllocator(p))[0])
+           for i in range(3)]
     assert got == [a("10.0.0.2"), a("10.0.0.3"), a("10.0.0.4")]
 
 
 # -- delegated IPAM ------------------------------------------------------------------
 
 
-def test_delegated_mode_records_addresses_as_given(store: IpamStore) -> None:
+def test_delegated_mode_records_addresses_as_given(store: AttachmentRegistry) -> None:
     given = [IPv4Interface("10.244.3.7/16"), IPv4Interface("10.244.3.8/24")]
-    stored, created = store.attach(Attachment("c1", "eth0", addresses=given), None)
+    stored, created = store.attach(Attachment("c1", "eth0"), Given(tuple(given)))
     assert created
     assert stored.addresses == given
     got = store.get("c1", "eth0")
@@ -267,19 +278,19 @@ def test_delegated_mode_records_addresses_as_given(store: IpamStore) -> None:
     assert store.used_addresses() == 2
 
 
-def test_delegated_mode_without_addresses(store: IpamStore) -> None:
-    stored, created = store.attach(Attachment("c1", "eth0"), None)
+def test_delegated_mode_without_addresses(store: AttachmentRegistry) -> None:
+    stored, created = store.attach(Attachment("c1", "eth0"), Given(()))
     assert created
     assert stored.addresses == []
     assert store.get("c1", "eth0") == stored
     assert store.used_addresses() == 0
 
 
-def test_delegated_duplicate_address_rejected(store: IpamStore) -> None:
+def test_delegated_duplicate_address_rejected(store: AttachmentRegistry) -> None:
     iface = IPv4Interface("10.244.3.7/16")
-    store.attach(Attachment("c1", "eth0", addresses=[iface]), None)
+    store.attach(Attachment("c1", "eth0"), Given((iface,)))
     with pytest.raises(CniError) as info:
-        store.attach(Attachment("c2", "eth0", addresses=[iface]), None)
+        store.attach(Attachment("c2", "eth0"), Given((iface,)))
     assert info.value.code == ADDRESS_IN_USE
     assert store.get("c2", "eth0") is None
 
@@ -287,7 +298,8 @@ def test_delegated_duplicate_address_rejected(store: IpamStore) -> None:
 # -- update, detach, gc --------------------------------------------------------------
 
 
-def test_update_host_ifname(store: IpamStore, pool: AddressPool) -> None:
+def test_update_host_ifname(store: AttachmentRegistry,
+        pool: AddressPool) -> None:
     attach(store, pool, "c1")
     store.update_host_ifname("c1", "eth0", "veth0a1b", "/run/netns/c1")
     got = store.get("c1", "eth0")
@@ -295,13 +307,14 @@ def test_update_host_ifname(store: IpamStore, pool: AddressPool) -> None:
     assert (got.host_ifname, got.netns) == ("veth0a1b", "/run/netns/c1")
 
 
-def test_update_host_ifname_of_unknown_attachment(store: IpamStore) -> None:
+def test_update_host_ifname_of_unknown_attachment(store: AttachmentRegistry) -> None:
     with pytest.raises(CniError) as info:
         store.update_host_ifname("nope", "eth0", "veth0", "/run/netns/x")
     assert info.value.code == UNKNOWN_CONTAINER
 
 
-def test_detach_releases(store: IpamStore, pool: AddressPool) -> None:
+def test_detach_releases(store: AttachmentRegistry,
+        pool: AddressPool) -> None:
     stored, _ = attach(store, pool, "c1")
     other, _ = attach(store, pool, "c2")
     removed = store.detach("c1", "eth0")
@@ -315,7 +328,8 @@ def test_detach_releases(store: IpamStore, pool: AddressPool) -> None:
     assert store.get("c2", "eth0") == other
 
 
-def test_gc_keeps_only_valid_pairs(store: IpamStore, pool: AddressPool) -> None:
+def test_gc_keeps_only_valid_pairs(store: AttachmentRegistry,
+        pool: AddressPool) -> None:
     for cid, ifname in [("c1", "eth0"), ("c1", "eth1"), ("c2", "eth0"), ("c3", "eth0")]:
         attach(store, pool, cid, ifname)
     removed = store.gc({("c1", "eth0"), ("c3", "eth0"), ("ghost", "eth0")})
@@ -330,7 +344,8 @@ def test_gc_keeps_only_valid_pairs(store: IpamStore, pool: AddressPool) -> None:
     assert store.used_addresses() == 0
 
 
-def test_all_lists_every_attachment_with_addresses(store: IpamStore, pool: AddressPool) -> None:
+def test_all_lists_every_attachment_with_addresses(store: AttachmentRegistry,
+        pool: AddressPool) -> None:
     made = [attach(store, pool, f"c{i}")[0] for i in range(5)]
     listed = store.all()
     key = lambda x: (x.container_id, x.ifname)  # noqa: E731
@@ -341,11 +356,11 @@ def test_all_lists_every_attachment_with_addresses(store: IpamStore, pool: Addre
 
 
 def test_lock_timeout_is_try_again_later(db_path: Path, pool: AddressPool) -> None:
-    IpamStore(db_path).close()
+    AttachmentRegistry(db_path).close()
     holder = sqlite3.connect(str(db_path), isolation_level=None)
     try:
         holder.execute("BEGIN IMMEDIATE")
-        with IpamStore(db_path, timeout=0.2) as s:
+        with AttachmentRegistry(db_path, timeout=0.2) as s:
             with pytest.raises(CniError) as info:
                 attach(s, pool, "c1")
             assert info.value.code == TRY_AGAIN_LATER
@@ -363,12 +378,12 @@ def test_lock_timeout_is_try_again_later(db_path: Path, pool: AddressPool) -> No
 
 
 def test_lock_timeout_on_every_write(db_path: Path, pool: AddressPool) -> None:
-    with IpamStore(db_path) as s:
+    with AttachmentRegistry(db_path) as s:
         attach(s, pool, "c1")
     holder = sqlite3.connect(str(db_path), isolation_level=None)
     try:
         holder.execute("BEGIN IMMEDIATE")
-        with IpamStore(db_path, timeout=0.2) as s:
+        with AttachmentRegistry(db_path, timeout=0.2) as s:
             for op in (lambda: s.detach("c1", "eth0"),
                        lambda: s.gc(set()),
                        lambda: s.update_host_ifname("c1", "eth0", "v", "/n")):
@@ -384,15 +399,15 @@ def test_lock_timeout_on_every_write(db_path: Path, pool: AddressPool) -> None:
 
 def _attach_many(path: str, worker: int, count: int, start: Barrier) -> None:
     p = pool_for_host(SUBNET, GATEWAY, a("172.30.0.11"), None, None, None)
-    with IpamStore(Path(path), timeout=60.0) as s:
+    with AttachmentRegistry(Path(path), timeout=60.0) as s:
         start.wait()
         for i in range(count):
-            s.attach(Attachment(f"w{worker}-c{i}", "eth0"), p)
+            s.attach(Attachment(f"w{worker}-c{i}", "eth0"), SliceAllocator(p))
 
 
 def test_concurrent_processes_get_unique_addresses(db_path: Path) -> None:
     workers, each = 8, 25
-    IpamStore(db_path).close()
+    AttachmentRegistry(db_path).close()
     start = MP.Barrier(workers)
     procs = [MP.Process(target=_attach_many, args=(str(db_path), w, each, start))
              for w in range(workers)]
@@ -402,7 +417,7 @@ def test_concurrent_processes_get_unique_addresses(db_path: Path) -> None:
         proc.join(120)
     assert [proc.exitcode for proc in procs] == [0] * workers
 
-    with IpamStore(db_path) as s:
+    with AttachmentRegistry(db_path) as s:
         records = s.all()
         assert len(records) == workers * each
         assert {(r.container_id, r.ifname) for r in records} == \
@@ -419,10 +434,10 @@ WHOLE = AddressPool(SUBNET, GATEWAY, SUBNET.network_address, SUBNET.broadcast_ad
 
 
 def _churn(path: str, round_no: int, running: Event) -> None:
-    with IpamStore(Path(path), timeout=60.0) as s:
+    with AttachmentRegistry(Path(path), timeout=60.0) as s:
         i = 0
         while True:
-            s.attach(Attachment(f"r{round_no}-c{i}", "eth0"), WHOLE)
+            s.attach(Attachment(f"r{round_no}-c{i}", "eth0"), SliceAllocator(WHOLE))
             s.update_host_ifname(f"r{round_no}-c{i}", "eth0", f"veth{i}", "/run/netns/x")
             # Releasing as well, so the kill can land inside a detach too.
             if i % 3 == 2:
@@ -455,7 +470,7 @@ def _check_consistent(path: Path) -> None:
 def test_kill_9_never_leaves_a_partial_record(db_path: Path) -> None:
     seed = int.from_bytes(os.urandom(4), "big")
     rng = random.Random(seed)  # noqa: S311 - picks kill moments, nothing secret
-    IpamStore(db_path).close()
+    AttachmentRegistry(db_path).close()
     for round_no in range(6):
         running = MP.Event()
         child = MP.Process(target=_churn, args=(str(db_path), round_no, running))
@@ -473,9 +488,9 @@ def test_kill_9_never_leaves_a_partial_record(db_path: Path) -> None:
         assert child.exitcode == -signal.SIGKILL
         _check_consistent(db_path)
 
-    with IpamStore(db_path) as s:
+    with AttachmentRegistry(db_path) as s:
         before = s.used_addresses()
-        stored, created = s.attach(Attachment("after", "eth0"), WHOLE)
+        stored, created = s.attach(Attachment("after", "eth0"), SliceAllocator(WHOLE))
         assert created
         assert s.used_addresses() == before + 1
         assert s.get("after", "eth0") == stored

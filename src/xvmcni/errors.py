@@ -38,6 +38,8 @@ class CniError(Exception):
         self.code = code
         self.msg = msg
         self.details = details
+        # The code a delegated plugin answered with, when this error passes its answer on.
+        self.plugin_code: int | None = None
 
     def to_dict(self, cni_version: str) -> dict[str, Any]:
         out: dict[str, Any] = {"cniVersion": cni_version, "code": self.code, "msg": self.msg}

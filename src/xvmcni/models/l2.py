@@ -1,0 +1,353 @@
+"""Model ``l2``: one IPv4 subnet stretched over every host (seed 000).
+
+Per host: a bridge holding the anycast gateway (same IP and MAC on every host,
+kept local by nftables), a VXLAN port on it (VNI = ``vxlanID``) that floods and
+learns over a multicast group, and a veth pair per container. A host joins with
+its first container and leaves with its last.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from xvmcni.cni.result import Interface, Route
+from xvmcni.config import fail, get
+from xvmcni.controlplane.base import Peer
+from xvmcni.dataplane import hostif, l2net, names, sysctl, veth
+from xvmcni.dataplane.hostif import HostInterface, HostInterfaceCache
+from xvmcni.dataplane.netlink import IFF_UP, get_link, rtnl
+from xvmcni.dataplane.netns import netns_gone, open_netns
+from xvmcni.dataplane.reaper import VethReaper
+from xvmcni.models.base import IPInterface, Plugged, Pod
+
+log = logging.getLogger(__name__)
+
+KIND = "l2"
+DEFAULT_GROUP = ipaddress.IPv4Address("239.1.1.1")   # the original XVM's group
+DEFAULT_PORT = 8472                                   # Linux's (and XVM's, Flannel's) VXLAN port
+DEFAULT_MTU = 1500
+VNI_MAX = 16_777_215
+DEFAULT_ROUTE = ipaddress.IPv4Network("0.0.0.0/0")
+# In our results: 0 = bridge, 1 = host veth, 2 = the container's interface.
+CONTAINER_INTERFACE_INDEX = 2
+
+
+@dataclass(frozen=True)
+class L2Settings:
+    """The config fields of the l2 model (the seed-000 format)."""
+
+    network: str
+    host_interface: str
+    vxlan_id: int
+    subnet: ipaddress.IPv4Network
+    gateway: ipaddress.IPv4Address
+    mtu: int = DEFAULT_MTU
+    group: ipaddress.IPv4Address = DEFAULT_GROUP
+    port: int = DEFAULT_PORT
+    routes: list[Route] = field(default_factory=list)
+    ip_masq: bool = False
+    bridge: str = ""
+
+    @property
+    def bridge_name(self) -> str:
+        return self.bridge or f"xvmbr{self.vxlan_id}"
+
+    @property
+    def vxlan_name(self) -> str:
+        return f"xvmvx{self.vxlan_id}"
+
+
+def _ipv4(raw: dict[str, Any], key: str) -> ipaddress.IPv4Address | None:
+    text = get(raw, key, str)
+    if text is None:
+        return None
+    try:
+        return ipaddress.IPv4Address(text)
+    except ValueError as exc:
+        raise fail(f"{key!r} is not an IPv4 address: {text!r}") from exc
+
+
+def _subnet(raw: dict[str, Any]) -> ipaddress.IPv4Network:
+    text = get(raw, "subnet", str)
+    if text is None:
+        text = _subnet_from_ipam(raw.get("ipam"))
+    if text is None:
+        raise fail("'subnet' is required", 'for example "subnet": "10.244.0.0/16"')
+    try:
+        net = ipaddress.ip_network(text, strict=True)
+    except ValueError as exc:
+        raise fail(f"'subnet' {text!r} is not a network in CIDR notation", str(exc)) from exc
+    if not isinstance(net, ipaddress.IPv4Network):
+        raise fail(f"'subnet' {text!r} is IPv6; the l2 model carries IPv4 subnets")
+    if net.prefixlen > 30:
+        raise fail(f"'subnet' {text!r} is too small: it needs room for a gateway and pods")
+    return net
+
+
+def _subnet_from_ipam(ipam: Any) -> str | None:
+    """With delegated IPAM the subnet may be written only once, in the ipam block
+    (host-local's ``subnet`` or ``ranges[0][0].subnet``)."""
+    if not isinstance(ipam, dict):
+        return None
+    if isinstance(ipam.get("subnet"), str):
+        return str(ipam["subnet"])
+    ranges = ipam.get("ranges")
+    try:
+        subnet = ranges[0][0]["subnet"]  # type: ignore[index]
+    except (TypeError, IndexError, KeyError):
+        return None
+    return subnet if isinstance(subnet, str) else None
+
+
+def _routes(raw: dict[str, Any]) -> list[Route]:
+    routes = []
+    for item in get(raw, "routes", list, []):
+        if not isinstance(item, dict) or not isinstance(item.get("dst"), str):
+            raise fail("each entry of 'routes' needs a \"dst\" in CIDR notation",
+                       f"got {item!r}")
+        gw_text = item.get("gw")
+        if gw_text is not None and not isinstance(gw_text, str):
+            raise fail(f"route {item['dst']!r}: \"gw\" must be an address in a string")
+        try:
+            dst = ipaddress.ip_network(item["dst"], strict=False)
+            gw = ipaddress.ip_address(gw_text) if gw_text else None
+        except ValueError as exc:
+            raise fail(f"route {item['dst']!r} is not valid", str(exc)) from exc
+        routes.append(Route(dst=dst, gw=gw))
+    return routes
+
+
+def parse_settings(raw: dict[str, Any], network: str) -> L2Settings:
+    host_interface = get(raw, "hostInterface", str)
+    if not host_interface:
+        raise fail("'hostInterface' is required",
+                   "the host interface that carries VXLAN traffic, e.g. \"eth0\"")
+    vxlan_id = get(raw, "vxlanID", int)
+    if vxlan_id is None:
+        raise fail("'vxlanID' is required", f"a VXLAN network identifier, 1..{VNI_MAX}")
+    if not 1 <= vxlan_id <= VNI_MAX:
+        raise fail(f"'vxlanID' {vxlan_id} is out of range", f"allowed: 1..{VNI_MAX}")
+
+    subnet = _subnet(raw)
+    gateway = _ipv4(raw, "gateway") or subnet.network_address + 1
+    if gateway not in subnet or gateway in (subnet.network_address, subnet.broadcast_address):
+        raise fail(f"'gateway' {gateway} is not a host address inside subnet {subnet}")
+
+    mtu = get(raw, "mtu", int, DEFAULT_MTU)
+    if not 576 <= mtu <= 65535:
+        raise fail(f"'mtu' {mtu} is out of range", "allowed: 576..65535")
+    port = get(raw, "port", int, DEFAULT_PORT)
+    if not 1 <= port <= 65535:
+        raise fail(f"'port' {port} is not a UDP port number")
+    group = _ipv4(raw, "group") or DEFAULT_GROUP
+    if not group.is_multicast:
+        raise fail(f"'group' {group} is not a multicast address")
+
+    bridge = get(raw, "bridge", str, "")
+    if len(bridge) > 15:
+        raise fail(f"'bridge' {bridge!r} is longer than 15 characters")
+
+    return L2Settings(
+        network=network, host_interface=host_interface, vxlan_id=vxlan_id, subnet=subnet,
+        gateway=gateway, mtu=mtu, group=group, port=port, routes=_routes(raw),
+        ip_masq=get(raw, "ipMasq", bool, False), bridge=bridge)
+
+
+@dataclass
+class PodNamespace:
+    """An open container netns: its fd and a netlink socket inside it."""
+
+    fd: int
+    ipr: Any
+
+
+class L2Model:
+    kind = KIND
+
+    def __init__(self, settings: L2Settings, ipr: Any, reaper: VethReaper | None = None,
+                 hostif_cache: HostInterfaceCache | None = None) -> None:
+        self.settings = settings
+        # Netlink socket in the host's namespace, lent for this request.
+        self.ipr = ipr
+        self._reaper = reaper
+        self._hostif_cache = hostif_cache
+        self._host: HostInterface | None = None
+        self._bridge_index: int | None = None
+
+    # --- host facts --------------------------------------------------------------------
+
+    def host(self) -> HostInterface:
+        """The underlay interface (looked up once per request, cached in the agent)."""
+        if self._host is None:
+            self._host = hostif.lookup(self.ipr, self.settings.host_interface,
+                                       self._hostif_cache)
+        return self._host
+
+    def mtu(self) -> int:
+        return l2net.effective_mtu(self.settings.mtu, self.host().mtu)
+
+    def spec(self) -> l2net.L2Spec:
+        s = self.settings
+        return l2net.L2Spec(
+            network=s.network, bridge=s.bridge_name, vxlan=s.vxlan_name, vni=s.vxlan_id,
+            group=s.group, port=s.port, host=self.host(), mtu=self.mtu(),
+            gateway=ipaddress.IPv4Interface(f"{s.gateway}/{s.subnet.prefixlen}"),
+            gateway_mac=names.gateway_mac(s.vxlan_id), ip_masq=s.ip_masq)
+
+    def container_routes(self) -> list[Route]:
+        s = self.settings
+        routes = [Route(DEFAULT_ROUTE, s.gateway)]
+        for route in s.routes:
+            if route.dst == DEFAULT_ROUTE:
+                routes[0] = Route(DEFAULT_ROUTE, route.gw or s.gateway)
+            elif route.dst.version == 4:
+                routes.append(Route(route.dst, route.gw or s.gateway))
+        return routes
+
+    def _side(self, ifname: str, mtu: int, addresses: list[IPInterface],
+              mac: str) -> veth.ContainerSide:
+        # Without an address yet (delegated IPAM plugs first) no route can be set.
+        routes = [(r.dst, r.gw) for r in self.container_routes()] if addresses else []
+        return veth.ContainerSide(ifname=ifname, addresses=list(addresses), routes=routes,
+                                  mtu=mtu, mac=mac)
+
+    # --- the interface -----------------------------------------------------------------
+
+    def prepare(self) -> None:
+        self.host()
+
+    def underlay_address(self) -> ipaddress.IPv4Address:
+        return self.host().address
+
+    def readiness(self) -> str:
+        # Fresh, not from the agent's cache: STATUS is asked exactly when things change.
+        host = hostif.lookup(self.ipr, self.settings.host_interface)
+        return "" if host.up else (f"hostInterface {host.name} is down: pods cannot reach "
+                                   "other hosts")
+
+    def host_ifname(self, container_id: str, ifname: str) -> str:
+        return names.host_veth_name(container_id, ifname)
+
+    def join(self, in_use: bool) -> None:
+        spec = self.spec()
+        if not in_use and spec.mtu < self.settings.mtu:  # said once, when the host joins
+            log.warning("mtu %d does not fit a VXLAN packet on %s (MTU %d); using %d",
+                        self.settings.mtu, spec.host.name, spec.host.mtu, spec.mtu)
+        self._bridge_index = l2net.ensure(self.ipr, spec, in_use)
+        sysctl.ensure("net.ipv4.ip_forward", "1")
+
+    @contextlib.contextmanager
+    def enter(self, pod: Pod) -> Iterator[PodNamespace]:
+        fd = open_netns(pod.netns)
+        try:
+            with rtnl(fd) as pod_ipr:
+                yield PodNamespace(fd, pod_ipr)
+        finally:
+            os.close(fd)
+
+    def plug(self, pod_ns: Any, pod: Pod, addresses: list[IPInterface],
+             mac: str) -> Plugged:
+        spec = self.spec()
+        if self._bridge_index is None:
+            self._bridge_index = l2net.ensure(self.ipr, spec, in_use=True)
+        side = self._side(pod.ifname, spec.mtu, addresses, mac)
+        pair = veth.ensure(self.ipr, pod_ns.ipr, pod_ns.fd, pod.host_ifname,
+                           self._bridge_index, side)
+        return Plugged(
+            interfaces=[Interface(spec.bridge, spec.gateway_mac, mtu=spec.mtu),
+                        Interface(pod.host_ifname, pair.host_mac, mtu=spec.mtu),
+                        Interface(pod.ifname, pair.container_mac, sandbox=pod.netns,
+                                  mtu=spec.mtu)],
+            container_index=CONTAINER_INTERFACE_INDEX,
+            gateway=self.settings.gateway,
+            routes=self.container_routes(),
+        )
+
+    def unplug(self, pod: Pod, owned: bool) -> None:
+        if self._reaper is not None and self._reaper.retire(self.ipr, pod.host_ifname):
+            return  # down and queued: the agent deletes the pair off the request path
+        if veth.remove_host_end(self.ipr, pod.host_ifname) or not owned or not pod.netns:
+            return  # the container end went with the host end (or is not ours to touch)
+        # The host end is gone but a container end may remain (an interrupted ADD).
+        try:
+            if netns_gone(pod.netns):
+                return
+        except OSError as exc:
+            log.warning("cannot tell whether %s still exists (%s): leaving its "
+                        "interfaces alone", pod.netns, exc)
+            return
+        with self.enter(pod) as pod_ns:
+            veth.remove_container_end(pod_ns.ipr, pod.ifname)
+
+    def check(self, pod_ns: Any, pod: Pod, addresses: list[IPInterface],
+              mac: str) -> list[str]:
+        spec = self.spec()
+        found = l2net.problems(self.ipr, spec)
+        bridge = get_link(self.ipr, spec.bridge)
+        side = self._side(pod.ifname, spec.mtu, addresses, mac)
+        found += veth.problems(self.ipr, pod_ns.ipr, pod.host_ifname,
+                               bridge["index"] if bridge else -1, side)
+        return found
+
+    def leave(self) -> None:
+        s = self.settings
+        if get_link(self.ipr, s.bridge_name) is None \
+                and get_link(self.ipr, s.vxlan_name) is None:
+            return  # nothing of ours here (e.g. DEL of an unknown container): skip nft
+        log.info("last container of %s gone: removing %s and %s", s.network, s.bridge_name,
+                 s.vxlan_name)
+        l2net.remove(self.ipr, s.network, s.bridge_name, s.vxlan_name)
+        self._bridge_index = None
+
+    def problems(self) -> list[str]:
+        return l2net.problems(self.ipr, self.spec())
+
+    def repair(self, pods: list[tuple[Pod, list[IPInterface]]]) -> list[Pod]:
+        spec = self.spec()
+        bridge_index = l2net.ensure(self.ipr, spec, in_use=True, refresh_filters=True)
+        self._bridge_index = bridge_index
+        sysctl.ensure("net.ipv4.ip_forward", "1")
+        replugged = []
+        for pod, addresses in pods:
+            link = get_link(self.ipr, pod.host_ifname)
+            if link is not None and link.get("IFLA_MASTER") == bridge_index \
+                    and link["flags"] & IFF_UP:
+                continue  # healthy: do not touch a running container
+            side = self._side(pod.ifname, spec.mtu, addresses, "")
+            with self.enter(pod) as pod_ns:
+                veth.ensure(self.ipr, pod_ns.ipr, pod_ns.fd, pod.host_ifname, bridge_index,
+                            side)
+            replugged.append(pod)
+            log.info("re-plugged %s/%s into %s", pod.container_id[:12], pod.ifname,
+                     spec.bridge)
+        return replugged
+
+    def remove_orphans(self, known: set[str]) -> list[str]:
+        """Host veths on our bridge that no record explains: left by a crash mid-ADD."""
+        s = self.settings
+        bridge = get_link(self.ipr, s.bridge_name)
+        if bridge is None:
+            return []
+        removed = []
+        for link in self.ipr.get_links():
+            name = str(link.get("IFLA_IFNAME"))
+            if link.get("IFLA_MASTER") == bridge["index"] and name != s.vxlan_name \
+                    and name.startswith(names.HOST_VETH_PREFIX) and name not in known:
+                log.info("GC: removing orphan port %s", name)
+                veth.remove_host_end(self.ipr, name)
+                removed.append(name)
+        return removed
+
+    def on_peers(self, peers: list[Peer]) -> None:
+        return None  # multicast flood-and-learn: the kernel finds the peers itself
+
+    def describe(self) -> dict[str, Any]:
+        s = self.settings
+        return {"model": KIND, "bridge": s.bridge_name, "vni": s.vxlan_id,
+                "subnet": str(s.subnet)}
