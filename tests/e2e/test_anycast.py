@@ -14,7 +14,6 @@ import pytest
 
 from xvmcni import lab as labmod
 
-pytestmark = [pytest.mark.e2e, pytest.mark.root]
 GATEWAY_MAC = "02:78:76:00:00:0a"  # VNI 10
 
 

@@ -35,11 +35,9 @@ from xvmcni.cli import status as statusmod
 from xvmcni.lab import plumbing, view
 from xvmcni.lab.icmp import echo, probe
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.root,
-    pytest.mark.skipif(os.geteuid() != 0, reason="lab tests need root (network namespaces)"),
-]
+# Marked root and e2e by tests/conftest.py, as everything under tests/e2e.
+pytestmark = pytest.mark.skipif(os.geteuid() != 0,
+                                reason="lab tests need root (network namespaces)")
 
 VXLAN_MTU = 1450          # 1500 underlay - 50 VXLAN/UDP/IP overhead
 IP_TCP_HEADERS = 40

@@ -19,8 +19,6 @@ from tests.support.podman import PodmanRig, find_static_busybox
 from xvmcni import lab as labmod
 from xvmcni import plugin_file
 
-pytestmark = [pytest.mark.e2e, pytest.mark.root]
-
 
 def _missing() -> str | None:
     if os.geteuid() != 0:

@@ -13,21 +13,19 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from xvmcni.cli.status import AgentUnavailable, agent_request
 from xvmcni.lab import plumbing, procs
-from xvmcni.lab.model import Host, Lab, StateFile, load_lab
+from xvmcni.lab.model import Host, Lab, Progress, StateFile, load_lab
 from xvmcni.lab.names import AGENT_LOG, LabError, agent_socket_path, lab_dir
 
 AGENT_METRICS_PORT = 9472      # every host netns has its own loopback: no clash
 AGENT_START_TIMEOUT = 30.0     # until the new agent answers "ping"
 AGENT_STOP_TIMEOUT = procs.STOP_TIMEOUT
 
-Progress = Callable[[str], None]
 
 
 @dataclass

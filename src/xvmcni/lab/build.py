@@ -11,7 +11,6 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -28,9 +27,11 @@ from xvmcni.lab.model import (
     Lab,
     PluginError,
     Pod,
+    Progress,
     StateFile,
     new_host,
     new_pod,
+    quiet,
 )
 from xvmcni.lab.names import DEFAULT_NAME, PLUGIN_DIR, LabError, check_name, lab_dir
 from xvmcni.lab.plugin import (
@@ -43,15 +44,9 @@ from xvmcni.lab.plugin import (
 from xvmcni.lab.status import lab_netns
 from xvmcni.lab.teardown import lab_down
 
-Progress = Callable[[str], None]
-
-
-def _quiet(_: str) -> None:
-    """Default progress sink for API callers that don't want lines."""
-
 
 def lab_up(name: str = DEFAULT_NAME, hosts: int = 3, pods: int = 2, plugin: str | None = None,
-           progress: Progress = _quiet, agent: bool = True) -> Lab:
+           progress: Progress = quiet, agent: bool = True) -> Lab:
     """Build the lab and attach every pod; on failure remove what this call made.
 
     ``agent``: start one ``xvm-cnid`` per host and, unless ``plugin`` names another

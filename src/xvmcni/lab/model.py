@@ -10,6 +10,7 @@ import ipaddress
 import json
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,12 @@ UNDERLAY_MTU = 1500
 MAX_HOSTS = 200
 MAX_PODS = 50
 POD_IFNAME = "eth0"
+
+Progress = Callable[[str], None]    # one line per step, for a human watching
+
+
+def quiet(_: str) -> None:
+    """Default progress sink for API callers that don't want lines."""
 
 
 class PluginError(LabError):

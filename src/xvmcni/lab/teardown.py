@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from xvmcni.lab import plumbing
 from xvmcni.lab.agents import lab_agents, stop_lab_agents
-from xvmcni.lab.model import Host, Lab, Pod, load_state
+from xvmcni.lab.model import Host, Lab, Pod, Progress, load_state, quiet
 from xvmcni.lab.names import (
     DEFAULT_NAME,
     LabError,
@@ -28,12 +27,6 @@ from xvmcni.lab.names import (
 )
 from xvmcni.lab.plugin import find_plugin, plugin_from_configs, run_plugin
 from xvmcni.lab.status import lab_netns
-
-Progress = Callable[[str], None]
-
-
-def _quiet(_: str) -> None:
-    """Default progress sink for API callers that don't want lines."""
 
 
 @dataclass
@@ -52,7 +45,7 @@ class DownReport:
 
 
 def lab_down(name: str = DEFAULT_NAME, plugin: str | None = None,
-             progress: Progress = _quiet) -> DownReport:
+             progress: Progress = quiet) -> DownReport:
     """Remove lab ``name``: CNI DEL for every pod through the plugin, then the
     hosts' agents, then the namespaces (by state file and by name prefix), then the
     files. A failing DEL is reported and teardown goes on: deleting the namespaces

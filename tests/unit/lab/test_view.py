@@ -105,14 +105,12 @@ def test_agent_views_render_without_a_lab() -> None:
         "namespace"]
 
     reply: dict[str, Any] = {
-        "agent": {"pid": 11, "uptime": 3725.4, "socket": "/s", "requests": {"DEL": 1, "ADD": 3},
-                  "metrics": ""},
-        "networks": [{"name": "n1", "bridge": "xvmbr7", "vni": 7, "subnet": "10.1.0.0/24",
-                      "containers": 14, "used": 14, "size": 14, "pool": "10.1.0.2-10.1.0.15",
-                      "ready": False, "reason": "address range exhausted"}]}
+        "agent": {"pid": 11, "uptime": 3725.4, "requests": {"ADD": 3}},
+        "networks": [{"name": "n1", "used": 14, "size": 14, "ready": False, "reason": "full"}]}
     agents = [AgentHealth("h1", "/s1", 11, 11, reply),
               AgentHealth("h2", "/s2", 0, 12, None, "not running")]
     table = view.render_agents(agents, PLAIN).splitlines()
     assert table[0] == "Agents  (xvm-cnid, one per host; 1/2 answering)"
     assert table[2].split()[:6] == ["h1", "11", "ok", "1h", "02m", "ADD"]
     assert table[3].split() == ["h2", "-", "NOT", "RUNNING", "-", "-", "-"]
+    assert table[2].endswith("n1 14/14 (100.0%) NOT READY: full")
