@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 call = setup.invoke("DEL", f"anchor-{anchors[setup.key]}",
                                     f"/run/netns/{anchors[setup.key]}")
             if not call.ok:
-                failures[setup.key].append(f"anchor DEL: {call.error}")
+                failures[setup.key].append(f"anchor DEL: {call.describe()}")
     return {"params": vars(args), "load_before": load_before, "floor_ms": floors,
             "agent_served": served,
             "samples_ms": samples, "failures": failures,

@@ -5,17 +5,18 @@ Everything a benchmark creates is registered with a ``Workspace`` and removed by
 ``Workspace.close()`` (namespaces, agent processes, the temp dir), also after
 Ctrl-C or SIGTERM. Names are unique per run: ``xb<pid hex>-<serial><random>``.
 
-Plugins are invoked as a runtime does: ``CNI_*`` in the environment, the config on
-stdin, the process started inside the simulated host's network namespace. The
-benchmarking thread enters that namespace once (``xvmcni.dataplane.netns.entered``)
-and every child it forks inherits it, so no ``nsenter`` exec is added to a sample.
+Simulated hosts are ``xvmcni.lab.simhost``'s (as the lab's and the integration
+tests'), and plugins are invoked with ``xvmcni.lab.invoke``: ``CNI_*`` in the
+environment, the config on stdin, the process started inside the simulated host's
+network namespace. The benchmarking thread enters that namespace once
+(``SimHost.entered``) and every child it forks inherits it, so no ``nsenter`` exec
+is added to a sample.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import itertools
 import json
 import math
 import os
@@ -28,15 +29,18 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from xvmcni.cli.status import AgentUnavailable, agent_request
-from xvmcni.dataplane.netns import entered, open_netns
 from xvmcni.dataplane.reaper import RETIRED_GROUP
+from xvmcni.lab import invoke, plumbing, simhost
+from xvmcni.lab.invoke import Invocation as Call
+from xvmcni.lab.plugin import XVM_CONFIG
+from xvmcni.lab.simhost import SimHost
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO / "bench" / "results"
@@ -47,8 +51,7 @@ REFERENCE_BRIDGE = "/usr/lib/cni/bridge"
 REFERENCE_DIR = "/usr/lib/cni"
 CNI_PATH = "/usr/lib/cni"
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-HOST_ADDRESS = "172.30.0.11/24"
-PLUGIN_TIMEOUT = 120.0
+HOST_ADDRESS = simhost.DEFAULT_ADDRESS
 
 # Setup keys, in table order.
 AGENT_SETUP = "xvm: thin + agent"
@@ -62,15 +65,6 @@ SETUP_HELP = {
     CONSOLE: f"{CONSOLE_SCRIPT} (pip console script, always in-process)",
     REFERENCE: f"{REFERENCE_BRIDGE} + host-local, isGateway, own dataDir",
 }
-
-
-_serial = itertools.count(1)
-
-
-def unique(prefix: str = "xb") -> str:
-    """A name no other run (or engineer) uses: prefix, our pid in hex, a per-process
-    serial number (a run creates thousands of namespaces) and 4 random hex digits."""
-    return f"{prefix}{os.getpid():x}-{next(_serial):x}{secrets.token_hex(2)}"
 
 
 def ip(*args: str) -> str:
@@ -126,14 +120,14 @@ class Workspace:
         self.close()
 
     def add_netns(self, prefix: str = "xbp") -> str:
-        name = unique(prefix)
+        name = simhost.unique_name(prefix)
         self.namespaces.append(name)  # recorded first: a failed add still gets a del
-        ip("netns", "add", name)
+        plumbing.create_netns(name)
         return name
 
     def del_netns(self, names: Sequence[str]) -> None:
+        simhost.remove_all(list(names))
         for name in names:
-            subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
             with contextlib.suppress(ValueError):
                 self.namespaces.remove(name)
 
@@ -170,98 +164,29 @@ class Workspace:
 # Simulated hosts
 
 
-@dataclass
-class SimHost:
-    """A host namespace with ``eth0`` on a private underlay (as tests/integration)."""
+def veths(host: SimHost) -> list[dict[str, Any]]:
+    """Host-side veths except eth0 (the underlay cable)."""
+    links = json.loads(ip("-d", "-j", "-n", host.netns, "link", "show", "type", "veth"))
+    return [link for link in links if link.get("ifname") != "eth0"]
 
-    name: str
-    underlay: str
-    address: str
 
-    @property
-    def path(self) -> str:
-        return f"/run/netns/{self.name}"
-
-    @contextlib.contextmanager
-    def entered(self) -> Iterator[None]:
-        """The calling thread inside this host; children it starts inherit that."""
-        fd = open_netns(self.path)
-        try:
-            with entered(fd):
-                yield
-        finally:
-            os.close(fd)
-
-    def veths(self) -> list[dict[str, Any]]:
-        """Host-side veths except eth0 (the underlay cable)."""
-        links = json.loads(ip("-d", "-j", "-n", self.name, "link", "show", "type", "veth"))
-        return [link for link in links if link.get("ifname") != "eth0"]
-
-    def wait_no_retired(self, timeout: float = 5.0) -> float:
-        """Wait until the agent's reaper deleted every retired veth; seconds waited."""
-        began = time.monotonic()
-        while True:
-            retired = [link for link in self.veths() if link.get("group") == str(RETIRED_GROUP)]
-            if not retired or time.monotonic() - began > timeout:
-                return time.monotonic() - began
-            time.sleep(0.01)
+def wait_no_retired(host: SimHost, timeout: float = 5.0) -> float:
+    """Wait until the agent's reaper deleted every retired veth; seconds waited."""
+    began = time.monotonic()
+    while True:
+        retired = [link for link in veths(host) if link.get("group") == str(RETIRED_GROUP)]
+        if not retired or time.monotonic() - began > timeout:
+            return time.monotonic() - began
+        time.sleep(0.01)
 
 
 def make_host(ws: Workspace, address: str = HOST_ADDRESS) -> SimHost:
-    host = SimHost(name=ws.add_netns("xbh"), underlay=ws.add_netns("xbu"), address=address)
-    ip("link", "add", "eth0", "netns", host.name, "type", "veth", "peer", "name", "up0",
-       "netns", host.underlay)
-    ip("-n", host.name, "addr", "add", address, "dev", "eth0")
-    for ns, dev in ((host.name, "eth0"), (host.name, "lo"), (host.underlay, "up0"),
-                    (host.underlay, "lo")):
-        ip("-n", ns, "link", "set", dev, "up")
-    return host
+    """A simulated host alone on its own underlay switch, removed by ``ws.close()``."""
+    return simhost.standalone_host("xbh", address, record=ws.namespaces.append)
 
 
 # ---------------------------------------------------------------------------
 # Plugin invocations
-
-
-@dataclass
-class Call:
-    command: str
-    rc: int
-    ns: int
-    stdout: str
-    stderr: str
-
-    @property
-    def ms(self) -> float:
-        return self.ns / 1e6
-
-    @property
-    def result(self) -> dict[str, Any] | None:
-        try:
-            value = json.loads(self.stdout) if self.stdout.strip() else None
-        except ValueError:
-            return None
-        return value if isinstance(value, dict) else None
-
-    @property
-    def ok(self) -> bool:
-        """Exit 0, and JSON without an error code (ADD: a result; DEL: nothing or JSON)."""
-        if self.rc != 0:
-            return False
-        if self.command == "ADD":
-            result = self.result
-            return result is not None and "code" not in result and bool(result.get("ips"))
-        return not self.stdout.strip() or (self.result is not None and "code" not in self.result)
-
-    @property
-    def error(self) -> str:
-        result = self.result or {}
-        return f"rc={self.rc} code={result.get('code')} {result.get('msg', self.stdout[:200])} " \
-               f"{self.stderr.strip()[-300:]}"
-
-    @property
-    def address(self) -> str:
-        ips = (self.result or {}).get("ips") or [{}]
-        return str(ips[0].get("address", ""))
 
 
 @dataclass
@@ -279,33 +204,18 @@ class Setup:
         return json.dumps(self.config).encode()
 
     def env(self, command: str, container: str, netns: str) -> dict[str, str]:
-        env = {"PATH": PATH, "CNI_COMMAND": command, "CNI_CONTAINERID": container,
-               "CNI_NETNS": netns, "CNI_IFNAME": "eth0", "CNI_ARGS": "",
-               "CNI_PATH": CNI_PATH}
-        sock = self.config.get("agentSocket")
-        if sock:
-            # Belt and braces: never reach an agent serving the real machine.
-            env["XVM_CNID_SOCKET"] = str(sock)
-        return env
+        # agentSocket as XVM_CNID_SOCKET too: never reach an agent serving the machine.
+        return invoke.cni_env(command, container, netns, cni_path=CNI_PATH, path=PATH,
+                              agent_socket=str(self.config.get("agentSocket") or ""))
 
     def invoke(self, command: str, container: str, netns: str) -> Call:
         """One timed run; the caller's thread must be inside ``self.host``."""
-        env = self.env(command, container, netns)
-        stdin = self.stdin
-        began = time.perf_counter_ns()
-        proc = subprocess.run([self.executable], input=stdin, env=env, capture_output=True,
-                              timeout=PLUGIN_TIMEOUT, check=False)
-        elapsed = time.perf_counter_ns() - began
-        return Call(command, proc.returncode, elapsed, proc.stdout.decode(errors="replace"),
-                    proc.stderr.decode(errors="replace"))
+        return invoke.run(self.executable, self.stdin, self.env(command, container, netns))
 
 
 def xvm_config(data_dir: Path, agent_socket: Path) -> dict[str, Any]:
     """The seed's configuration (as the lab and the integration tests use it)."""
-    return {"cniVersion": "1.0.0", "name": "xvm-network", "type": "xvm-cni",
-            "hostInterface": "eth0", "vxlanID": 10, "mtu": 1500,
-            "subnet": "10.244.0.0/16", "gateway": "10.244.0.1",
-            "dataDir": str(data_dir), "agentSocket": str(agent_socket)}
+    return {**XVM_CONFIG, "dataDir": str(data_dir), "agentSocket": str(agent_socket)}
 
 
 def reference_config(data_dir: Path) -> dict[str, Any]:
@@ -408,13 +318,13 @@ def anchor_and_warm_up(ws: Workspace, setup: Setup, warmup: int) -> str:
     with setup.host.entered():
         call = setup.invoke("ADD", f"anchor-{anchor}", f"/run/netns/{anchor}")
         if not call.ok:
-            raise RuntimeError(f"{setup.key}: anchor ADD failed: {call.error}")
+            raise RuntimeError(f"{setup.key}: anchor ADD failed: {call.describe()}")
         for pod in pods:
             for command in ("ADD", "DEL"):
                 call = setup.invoke(command, f"warm-{pod}", f"/run/netns/{pod}")
                 if not call.ok:
-                    raise RuntimeError(f"{setup.key}: warm-up {command} failed: {call.error}")
-    setup.host.wait_no_retired()
+                    raise RuntimeError(f"{setup.key}: warm-up {command} failed: {call.describe()}")
+    wait_no_retired(setup.host)
     ws.del_netns(pods)
     return anchor
 
@@ -438,15 +348,15 @@ def sequential_block(ws: Workspace, setup: Setup, pods: int, tag: str) -> Block:
                 call = setup.invoke("ADD", f"{tag}-{name}", f"/run/netns/{name}")
                 block.add_ms.append(call.ms)
                 if not call.ok:
-                    block.failures.append(f"ADD {name}: {call.error}")
+                    block.failures.append(f"ADD {name}: {call.describe()}")
             for name in names:
                 call = setup.invoke("DEL", f"{tag}-{name}", f"/run/netns/{name}")
                 block.del_ms.append(call.ms)
                 if not call.ok:
-                    block.failures.append(f"DEL {name}: {call.error}")
+                    block.failures.append(f"DEL {name}: {call.describe()}")
         # Untimed: let the agent's background deletions finish before anything else
         # is measured, so one setup's work never lands in another's samples.
-        setup.host.wait_no_retired()
+        wait_no_retired(setup.host)
     finally:
         ws.del_netns(names)
     return block

@@ -39,7 +39,7 @@ class Storm:
 
     @property
     def failures(self) -> list[str]:
-        return [c.error for c in self.calls if not c.ok]
+        return [c.describe() for c in self.calls if not c.ok]
 
 
 def storm(setup: bl.Setup, command: str, pods: list[tuple[str, str]]) -> Storm:
@@ -55,7 +55,7 @@ def storm(setup: bl.Setup, command: str, pods: list[tuple[str, str]]) -> Storm:
             try:
                 calls[i] = setup.invoke(command, container, netns)
             except Exception as exc:  # noqa: BLE001 - a failure to report, not to hide
-                calls[i] = bl.Call(command, -1, 0, "", repr(exc))
+                calls[i] = bl.Call(command, -1, "", repr(exc), 0)
             ends[i] = time.perf_counter_ns()
 
     threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(len(pods))]
@@ -65,12 +65,12 @@ def storm(setup: bl.Setup, command: str, pods: list[tuple[str, str]]) -> Storm:
     began = time.perf_counter_ns()
     for thread in threads:
         thread.join()
-    done = [c if c is not None else bl.Call(command, -1, 0, "", "no result") for c in calls]
+    done = [c if c is not None else bl.Call(command, -1, "", "no result", 0) for c in calls]
     return Storm((max(ends) - began) / 1e9, done)
 
 
 def veth_names(host: bl.SimHost) -> set[str]:
-    return {str(link["ifname"]) for link in host.veths()}
+    return {str(link["ifname"]) for link in bl.veths(host)}
 
 
 def wait_clean(host: bl.SimHost, baseline: set[str]) -> tuple[float, list[str]]:

@@ -31,8 +31,8 @@ from typing import Any
 
 import benchlib as bl
 
-from xvmcni.cli import lab as labapi
-from xvmcni.cli.icmp import probe
+from xvmcni import lab as labapi
+from xvmcni.lab.icmp import probe
 
 PORT = 5201
 LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp

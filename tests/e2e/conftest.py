@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from xvmcni.cli import lab as labmod
+from xvmcni import lab as labmod
 
 
 def _unique_lab_name(tag: str = "") -> str:

@@ -12,9 +12,8 @@ from typing import Any
 
 import pytest
 
-from xvmcni.cli import lab as labmod
+from xvmcni import lab as labmod
 
-pytestmark = [pytest.mark.e2e, pytest.mark.root]
 GATEWAY_MAC = "02:78:76:00:00:0a"  # VNI 10
 
 

@@ -30,17 +30,14 @@ from typing import Any, TypeVar
 
 import pytest
 
-from xvmcni.cli import lab as labmod
-from xvmcni.cli import lab_net, lab_view
+from xvmcni import lab as labmod
 from xvmcni.cli import status as statusmod
-from xvmcni.cli.icmp import echo, probe
-from xvmcni.dataplane.netns import entered, open_netns
+from xvmcni.lab import plumbing, view
+from xvmcni.lab.icmp import echo, probe
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.root,
-    pytest.mark.skipif(os.geteuid() != 0, reason="lab tests need root (network namespaces)"),
-]
+# Marked root and e2e by tests/conftest.py, as everything under tests/e2e.
+pytestmark = pytest.mark.skipif(os.geteuid() != 0,
+                                reason="lab tests need root (network namespaces)")
 
 VXLAN_MTU = 1450          # 1500 underlay - 50 VXLAN/UDP/IP overhead
 IP_TCP_HEADERS = 40
@@ -64,12 +61,8 @@ def plugin_args(plugin: str | None) -> list[str]:
 
 def in_netns(path: str, fn: Callable[[], T]) -> T:
     """Run ``fn`` in the calling thread while it is inside the namespace at ``path``."""
-    fd = open_netns(path)
-    try:
-        with entered(fd):
-            return fn()
-    finally:
-        os.close(fd)
+    with plumbing.inside(path):
+        return fn()
 
 
 def run_in_threads(*calls: tuple[str, Callable[[], object]], timeout: float = 60) -> list[object]:
@@ -446,29 +439,6 @@ def test_unreachable_destination_is_reported(lab3x2: labmod.Lab) -> None:
     assert not reply.ok
 
 
-def test_matrix_rendering_pod_by_pod_and_grouped_by_host() -> None:
-    """Layout only (no namespaces): a narrow terminal gets the per-host summary."""
-    from xvmcni.cli import lab_view
-    from xvmcni.cli.icmp import PingReply
-
-    pods = [f"h{h}-p{p}" for h in (1, 2) for p in (1, 2)]
-    cells = {(a, b): PingReply(ok=(a, b) != ("h1-p1", "h2-p2"), rtt_ms=0.1, tries=1)
-             for a in pods for b in pods if a != b}
-    cells.update({(a, labmod.GATEWAY): PingReply(True, 0.1, 1) for a in pods})
-    targets = {key: "10.244.0.9" for key in cells}
-    matrix = labmod.Matrix(rows=pods, columns=[*pods, labmod.GATEWAY], targets=targets,
-                           cells=cells, host_of={p: p.split("-")[0] for p in pods})
-    style = lab_view.Style(ok="ok", bad="--", self_=".", times="x")
-    wide = lab_view.render_matrix(matrix, style, width=200)
-    assert "15/16 reachable" in wide
-    assert "h1-p1 -> h2-p2 10.244.0.9" in wide
-    row = next(line for line in wide.splitlines() if line.startswith("  h1-p1 "))
-    assert row.split() == ["h1-p1", ".", "ok", "ok", "--", "ok"]
-    narrow = lab_view.render_matrix(matrix, style, width=20)
-    row = next(line for line in narrow.splitlines() if line.startswith("  h1 "))
-    assert row.split() == ["h1", "2/2", "3/4", "2/2"]
-
-
 def test_plugin_runs_in_the_host_netns_and_never_reaches_the_machine_agent(
         tmp_path: Path, make_lab_name: Callable[[str], str]) -> None:
     """A unix socket ignores namespaces: a simulated host must not hand its ADD to an
@@ -548,7 +518,7 @@ def test_lab_adds_were_served_by_the_agents(lab3x2: labmod.Lab) -> None:
         (network,) = reply["networks"]
         assert (network["name"], network["containers"], network["used"], network["ready"]) \
             == ("xvm-network", len(pods), len(pods), True)
-    text = "\n".join(lab_view.render_mode(lab3x2, lab_view.Style()))
+    text = "\n".join(view.render_mode(lab3x2, view.Style()))
     assert "served   6/6 ADDs by the agents (h1 2/2, h2 2/2, h3 2/2)" in text
 
 
@@ -666,7 +636,7 @@ def test_continuous_ping_counts_an_outage(agent_lab: labmod.Lab) -> None:
     src = next(p for p in agent_lab.pods if p.host == "h1")
     dst = next(p for p in agent_lab.pods if p.host == "h2")
     h2 = agent_lab.host("h2")
-    (port,) = [link.name for link in lab_net.links(h2.netns_path)
+    (port,) = [link.name for link in plumbing.links(h2.netns_path)
                if link.kind == "veth" and link.master == "xvmbr10"]
     stop, run = threading.Event(), PingRun()
     with ThreadPoolExecutor(max_workers=1) as pool:
@@ -703,7 +673,7 @@ def test_agent_restart_loses_no_packet(agent_lab: labmod.Lab, kill: bool) -> Non
     src = next(p for p in agent_lab.pods if p.host == "h1")
     dst = next(p for p in agent_lab.pods if p.host == "h2")
     h1 = agent_lab.host("h1")
-    links_before = {link.name: link.index for link in lab_net.links(h1.netns_path)}
+    links_before = {link.name: link.index for link in plumbing.links(h1.netns_path)}
     stop, run = threading.Event(), PingRun()
     actions: list[labmod.AgentAction] = []
     windows: list[tuple[float, float]] = []
@@ -753,7 +723,7 @@ def test_agent_restart_loses_no_packet(agent_lab: labmod.Lab, kill: bool) -> Non
     assert reply["agent"]["pid"] == final
     assert (reply["networks"][0]["containers"], reply["networks"][0]["ready"]) == (1, True)
     # Reconcile recreated nothing: bridge, VXLAN port and veth keep their ifindex.
-    assert {link.name: link.index for link in lab_net.links(h1.netns_path)} == links_before
+    assert {link.name: link.index for link in plumbing.links(h1.netns_path)} == links_before
 
 
 def test_cli_lab_agent_stop_start_restart(agent_lab: labmod.Lab) -> None:
@@ -863,41 +833,3 @@ def test_lab_down_kills_agents_a_crash_left_behind(make_lab_name: Callable[[str]
     assert report.agents_forced == []  # SIGTERM was enough
     assert report.clean, report.leftovers
     assert leftovers(name) == []
-
-
-def test_agent_views_render_without_a_lab() -> None:
-    """Layout only: the mode lines, the agents table and ``xvmctl status``'s text."""
-    style = lab_view.Style(ok="ok", bad="--", self_=".", times="x")
-    lab = labmod.Lab(name="xtview", plugin="/x/bin/xvm-cni", flavor="xvm", agent=True,
-                     hosts=[labmod.Host("h1", "xtview-h1", "", agent_pid=11, agent_adds=2),
-                            labmod.Host("h2", "xtview-h2", "", agent_pid=12, agent_adds=1)],
-                     pods=[labmod.Pod(f"h{h}-p{p}", f"h{h}", "", "", address="10.244.0.9/16")
-                           for h in (1, 2) for p in (1, 2)])
-    assert lab_view.render_mode(lab, style)[1] == (
-        "  served   only 3 of 4 ADDs by the agents (h1 2/2, h2 1/2): the rest ran in-process "
-        "(agent logs: <lab>/<host>/xvm-cnid.log)")
-    lab.agent = False
-    assert lab_view.render_mode(lab, style) == [
-        "  mode     in-process (--no-agent): xvm-cni did each ADD itself, inside its host's "
-        "namespace"]
-
-    reply: dict[str, Any] = {
-        "agent": {"pid": 11, "uptime": 3725.4, "socket": "/s", "requests": {"DEL": 1, "ADD": 3},
-                  "metrics": ""},
-        "networks": [{"name": "n1", "bridge": "xvmbr7", "vni": 7, "subnet": "10.1.0.0/24",
-                      "containers": 14, "used": 14, "size": 14, "pool": "10.1.0.2-10.1.0.15",
-                      "ready": False, "reason": "address range exhausted"}]}
-    text = statusmod.render_status(reply, style).splitlines()
-    assert text[0] == "xvm-cnid pid 11, up 1h 02m, socket /s"
-    assert text[1] == "  requests  ADD 3, DEL 1 (4 total)"
-    assert text[2] == "  metrics   off (--metrics-port 0)"
-    assert text[-1].split() == ["n1", "xvmbr7", "7", "10.1.0.0/24", "10.1.0.2-10.1.0.15", "14",
-                                "14/14", "(100.0%)", "NO:", "address", "range", "exhausted"]
-    agents = [labmod.AgentHealth("h1", "/s1", 11, 11, reply),
-              labmod.AgentHealth("h2", "/s2", 0, 12, None, "not running")]
-    table = lab_view.render_agents(agents, style).splitlines()
-    assert table[0] == "Agents  (xvm-cnid, one per host; 1/2 answering)"
-    assert table[2].split()[:6] == ["h1", "11", "ok", "1h", "02m", "ADD"]
-    assert table[3].split() == ["h2", "-", "NOT", "RUNNING", "-", "-", "-"]
-    assert [statusmod.format_uptime(s) for s in (5, 65, 3600, 90000)] == \
-        ["5s", "1m 05s", "1h 00m", "1d 01h"]

@@ -19,8 +19,7 @@ from typing import Any
 import pytest
 
 from tests.support.podman import PodmanRig, find_static_busybox
-
-pytestmark = [pytest.mark.e2e, pytest.mark.root]
+from xvmcni.lab import simhost
 
 REFERENCE_PLUGINS = Path("/usr/lib/cni")
 SUBNET = ipaddress.IPv4Network("10.231.7.0/24")
@@ -54,14 +53,13 @@ def ip(*args: str) -> str:
 
 @pytest.fixture
 def host() -> Iterator[str]:
-    """A simulated host: a fresh network namespace with lo up, removed afterwards."""
-    name = f"xrig{os.getpid():x}{uuid.uuid4().hex[:6]}"
-    ip("netns", "add", name)
+    """A simulated host (``xvmcni.lab.simhost``: lo up, eth0 on a private underlay),
+    removed afterwards; its netns name."""
+    sim = simhost.standalone_host("xrig")
     try:
-        ip("-n", name, "link", "set", "lo", "up")
-        yield name
+        yield sim.netns
     finally:
-        subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
+        simhost.destroy(sim)
 
 
 def reference_conflist(tmp_path: Path) -> dict[str, Any]:
@@ -94,8 +92,10 @@ def rig(tmp_path: Path) -> Iterator[PodmanRig]:
 
 
 def veths(host: str) -> list[str]:
-    return [line for line in ip("-n", host, "-o", "link", "show", "type", "veth").splitlines()
-            if line.strip()]
+    """The host's veths but eth0, its underlay cable."""
+    lines = ip("-n", host, "-o", "link", "show", "type", "veth").splitlines()
+    return [line for line in lines
+            if line.strip() and line.split(":")[1].strip().split("@")[0] != "eth0"]
 
 
 def test_container_gets_an_address_and_default_route(rig: PodmanRig, host: str) -> None:

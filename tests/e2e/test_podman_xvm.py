@@ -16,10 +16,8 @@ from typing import Any
 import pytest
 
 from tests.support.podman import PodmanRig, find_static_busybox
+from xvmcni import lab as labmod
 from xvmcni import plugin_file
-from xvmcni.cli import lab as labmod
-
-pytestmark = [pytest.mark.e2e, pytest.mark.root]
 
 
 def _missing() -> str | None:

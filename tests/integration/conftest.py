@@ -1,6 +1,7 @@
-"""Fixtures for integration tests: a simulated host (its own netns with an eth0 on
-an underlay) and pod namespaces, all named uniquely per run and removed even when
-a test fails. Tests drive the real ``xvm-cni`` executable."""
+"""Fixtures for integration tests: a simulated host (``xvmcni.lab.simhost``: its own
+netns with an eth0 on a private underlay switch) and pod namespaces, all named
+uniquely per run and removed even when a test fails. Tests drive the real
+``xvm-cni`` executable, invoked as a runtime does (``xvmcni.lab.invoke``)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,13 +23,13 @@ import pytest
 from xvmcni import plugin_file
 from xvmcni.cli.status import AgentUnavailable, agent_request
 from xvmcni.dataplane.reaper import RETIRED_GROUP
-
-pytestmark = pytest.mark.root
+from xvmcni.lab import invoke, plumbing, simhost
+from xvmcni.lab.invoke import Invocation
+from xvmcni.lab.plugin import XVM_CONFIG
 
 # In-process: the console script pip made. Agent: the thin file `make install` writes.
 INPROCESS_PLUGIN = str(Path(sys.executable).with_name("xvm-cni"))
 AGENT = str(Path(sys.executable).with_name("xvm-cnid"))
-CNI_PATH = "/usr/lib/cni:/opt/cni/bin"
 ALL_VERSIONS = ("0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 
 
@@ -37,12 +37,10 @@ def ip(*args: str) -> str:
     return subprocess.run(["ip", *args], check=True, capture_output=True, text=True).stdout
 
 
-def unique(prefix: str) -> str:
-    return f"{prefix}{os.getpid():x}{uuid.uuid4().hex[:6]}"
-
-
 @dataclass
 class Outcome:
+    """A plugin run as the tests read it: ``out`` is stdout parsed as JSON."""
+
     rc: int
     out: dict[str, Any] | None
     stdout: str
@@ -51,9 +49,7 @@ class Outcome:
 
 @dataclass
 class Host:
-    name: str
-    underlay: str
-    address: str
+    sim: simhost.SimHost
     data_dir: Path
     pods: list[str] = field(default_factory=list)
     plugin: str = INPROCESS_PLUGIN
@@ -64,26 +60,32 @@ class Host:
     calls: int = 0
 
     @property
+    def name(self) -> str:
+        """The host's netns name (for ``ip -n``)."""
+        return self.sim.netns
+
+    @property
+    def underlay(self) -> str:
+        """The netns of the host's private underlay switch (bridge ``br0``)."""
+        return self.sim.underlay
+
+    @property
     def path(self) -> str:
-        return f"/run/netns/{self.name}"
+        return self.sim.path
 
     def config(self, version: str = "1.0.0", **overrides: Any) -> dict[str, Any]:
-        conf: dict[str, Any] = {
-            "cniVersion": version, "name": "xvm-network", "type": "xvm-cni",
-            "hostInterface": "eth0", "vxlanID": 10, "mtu": 1500,
-            "subnet": "10.244.0.0/16", "gateway": "10.244.0.1",
-            "dataDir": str(self.data_dir),
-        }
+        # The seed's configuration, as the lab uses it.
+        conf: dict[str, Any] = {**XVM_CONFIG, "cniVersion": version,
+                                "dataDir": str(self.data_dir)}
         if self.agent_socket:
             conf["agentSocket"] = self.agent_socket
         conf.update(overrides)
         return {k: v for k, v in conf.items() if v is not None}
 
     def new_pod(self) -> str:
-        name = unique("xtp")
-        ip("netns", "add", name)
-        self.pods.append(name)
-        return f"/run/netns/{name}"
+        name = simhost.unique_name("xtp")
+        self.pods.append(name)  # first: a failed create still gets removed
+        return plumbing.create_netns(name)
 
     def cni(self, command: str, config: dict[str, Any] | bytes, container: str = "c1",
             netns: str = "", ifname: str = "eth0", args: str = "",
@@ -95,20 +97,13 @@ class Host:
             names_agent = False
         if command != "VERSION" and names_agent and (env is None or "CNI_COMMAND" in env):
             self.calls += 1
-        environ = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
-                   "CNI_COMMAND": command, "CNI_CONTAINERID": container,
-                   "CNI_NETNS": netns, "CNI_IFNAME": ifname, "CNI_ARGS": args,
-                   "CNI_PATH": CNI_PATH}
+        path = os.environ.get("PATH", invoke.DEFAULT_PATH)
+        environ = invoke.cni_env(command, container, netns, ifname=ifname, args=args,
+                                 cni_path=invoke.CNI_PATH, path=path)
         if env is not None:
-            environ = {**{"PATH": environ["PATH"]}, **env}
-        proc = subprocess.run(["nsenter", f"--net={self.path}", self.plugin], input=stdin,
-                              env=environ, capture_output=True, timeout=60, check=False)
-        text = proc.stdout.decode()
-        try:
-            parsed = json.loads(text) if text.strip() else None
-        except json.JSONDecodeError:
-            pytest.fail(f"plugin printed non-JSON on stdout: {text!r}\n{proc.stderr.decode()}")
-        return Outcome(proc.returncode, parsed, text, proc.stderr.decode())
+            environ = {"PATH": path, **env}
+        call = invoke.run(self.plugin, stdin, environ, host=self.path, timeout=60)
+        return outcome(call)
 
     def add(self, config: dict[str, Any], container: str, netns: str, **kw: Any) -> dict[str, Any]:
         res = self.cni("ADD", config, container, netns, **kw)
@@ -146,30 +141,29 @@ class Host:
                               for p in self.pods}}
 
 
-def make_host(tmp_path: Path, address: str = "172.30.0.11/24") -> Host:
-    host = Host(name=unique("xth"), underlay=unique("xtu"), address=address,
-                data_dir=tmp_path / "data")
-    ip("netns", "add", host.name)
-    ip("netns", "add", host.underlay)
-    ip("link", "add", "eth0", "netns", host.name, "type", "veth", "peer", "name", "up0",
-       "netns", host.underlay)
-    ip("-n", host.name, "addr", "add", address, "dev", "eth0")
-    for ns, dev in ((host.name, "eth0"), (host.name, "lo"), (host.underlay, "up0")):
-        ip("-n", ns, "link", "set", dev, "up")
-    return host
+def outcome(call: Invocation) -> Outcome:
+    try:
+        parsed = call.json()
+    except ValueError:
+        pytest.fail(f"plugin printed non-JSON on stdout: {call.stdout!r}\n{call.stderr}")
+    return Outcome(call.rc, parsed, call.stdout, call.stderr)
+
+
+def make_host(tmp_path: Path, address: str = simhost.DEFAULT_ADDRESS) -> Host:
+    return Host(sim=simhost.standalone_host("xth", address), data_dir=tmp_path / "data")
 
 
 def start_agent(host: Host, *extra: str) -> None:
     """Run xvm-cnid inside the host's netns, and wait until its socket answers."""
     sock = host.data_dir.parent / "agent" / "xvm-cnid.sock"
     host.agent_socket = str(sock)
-    log = open(host.data_dir.parent / "agent.log", "ab")  # noqa: SIM115 - lives with the agent
-    host.agent = subprocess.Popen(
-        ["nsenter", f"--net={host.path}", AGENT, "--socket", str(sock), "--data-dir",
-         str(host.data_dir), "--cni-conf-dir", str(host.data_dir.parent / "conf"),
-         "--metrics-port", "0", "--gc-interval", "0", *extra],
-        stdout=log, stderr=log)
-    log.close()
+    with open(host.data_dir.parent / "agent.log", "ab") as log, host.sim.entered():
+        # Started from inside the host: the agent inherits its namespace.
+        host.agent = subprocess.Popen(
+            [AGENT, "--socket", str(sock), "--data-dir", str(host.data_dir),
+             "--cni-conf-dir", str(host.data_dir.parent / "conf"),
+             "--metrics-port", "0", "--gc-interval", "0", *extra],
+            stdout=log, stderr=log)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if host.agent.poll() is not None:
@@ -192,7 +186,6 @@ def agent_op(host: Host, op: str) -> dict[str, Any]:
 def stop_agent(host: Host, sig: int = signal.SIGTERM) -> None:
     if host.agent is None:
         return
-    # nsenter execs the agent, so the Popen pid is the agent itself.
     with contextlib.suppress(ProcessLookupError):
         os.kill(host.agent.pid, sig)
     try:
@@ -205,8 +198,8 @@ def stop_agent(host: Host, sig: int = signal.SIGTERM) -> None:
 
 def destroy_host(host: Host) -> None:
     stop_agent(host, signal.SIGKILL)
-    for name in [*host.pods, host.name, host.underlay]:
-        subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
+    simhost.remove_all(host.pods)
+    simhost.destroy(host.sim)
     shutil.rmtree(host.data_dir, ignore_errors=True)
 
 

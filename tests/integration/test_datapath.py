@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from xvmcni.lab.plumbing import SWITCH_BRIDGE
+
 from .conftest import Host, ip
 
 
@@ -70,7 +72,7 @@ def test_ip_masq_table_lives_with_the_network(host: Host) -> None:
 def test_ip_masq_lets_pods_reach_outside_the_subnet(host: Host) -> None:
     """A peer on the underlay has no route back to the pod subnet: only masquerading
     (source rewritten to the host's eth0 address) makes the reply come back."""
-    ip("-n", host.underlay, "addr", "add", "172.30.0.1/24", "dev", "up0")
+    ip("-n", host.underlay, "addr", "add", "172.30.0.1/24", "dev", SWITCH_BRIDGE)
     plain, masq = host.config(), host.config(ipMasq=True)
     pod = host.new_pod()
     host.add(plain, "nomasq", pod)

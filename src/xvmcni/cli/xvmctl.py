@@ -3,6 +3,9 @@
 Today: ``status`` and ``gc`` (ask the node agent), ``lab up|down|status`` and
 ``lab agent start|stop|restart``. Another subcommand is one more ``add_*`` function
 in ``build_parser`` that sets ``func`` on its parser.
+
+The lab (pyroute2 and all) is imported inside the lab commands only: ``status`` and
+``gc`` run on a node that may have nothing but the agent's client.
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from xvmcni.cli import lab as labmod
-from xvmcni.cli import lab_view, status
+from xvmcni.cli import status
+from xvmcni.lab.model import PluginError
+from xvmcni.lab.names import DEFAULT_NAME, LabError, check_name, lab_dir
 
 EXIT_OK = 0
 EXIT_FAIL = 1          # an operation failed (plugin error, lab exists, not root, ...)
@@ -25,8 +29,8 @@ EXIT_UNREACHABLE = 3   # the lab is up but some pairs cannot reach each other
 
 def _lab_name(text: str) -> str:
     try:
-        return labmod.check_name(text)
-    except labmod.LabError as exc:
+        return check_name(text)
+    except LabError as exc:
         raise argparse.ArgumentTypeError(f"{exc.msg} ({exc.details})") from exc
 
 
@@ -35,7 +39,7 @@ def _stderr_progress(name: str) -> Callable[[str], None]:
     parallel ADD threads whole."""
     started = time.monotonic()
     lock = threading.Lock()
-    style = lab_view.style_for(sys.stderr)
+    style = status.style_for(sys.stderr)
 
     def emit(line: str) -> None:
         with lock:
@@ -52,10 +56,10 @@ def _one_line(config: str) -> str:
         return " ".join(config.split())
 
 
-def _error(exc: labmod.LabError) -> int:
-    style = lab_view.style_for(sys.stderr)
+def _error(exc: LabError) -> int:
+    style = status.style_for(sys.stderr)
     print(style.red("error: ") + exc.msg, file=sys.stderr)
-    if isinstance(exc, labmod.PluginError):
+    if isinstance(exc, PluginError):
         code = f"{exc.code}" if exc.code is not None else f"none (exit status {exc.status})"
         print(f"  plugin said: {exc.plugin_msg}", file=sys.stderr)
         if exc.plugin_details:
@@ -75,23 +79,25 @@ def _error(exc: labmod.LabError) -> int:
 
 
 def cmd_lab_up(args: argparse.Namespace) -> int:
+    from xvmcni.lab import build, probes, view
+
     progress = _stderr_progress(args.name)
     try:
-        lab = labmod.lab_up(args.name, args.hosts, args.pods, plugin=args.plugin,
+        lab = build.lab_up(args.name, args.hosts, args.pods, plugin=args.plugin,
                             progress=progress, agent=not args.no_agent)
-    except labmod.LabError as exc:
+    except LabError as exc:
         return _error(exc)
     progress(f"pinging {len(lab.pods)} pods pairwise and their gateway, then full-size "
              "packets between hosts")
-    matrix = labmod.ping_matrix(lab)
-    mtu = labmod.mtu_check(lab)
-    style = lab_view.style_for(sys.stdout)
+    matrix = probes.ping_matrix(lab)
+    mtu = probes.mtu_check(lab)
+    style = status.style_for(sys.stdout)
     print()
-    print(lab_view.render_summary(lab, style))
+    print(view.render_summary(lab, style))
     print()
-    print(lab_view.render_matrix(matrix, style))
+    print(view.render_matrix(matrix, style))
     if mtu is not None:
-        print(lab_view.render_mtu(mtu, style))
+        print(view.render_mtu(mtu, style))
     print()
     if lab.pods:
         hints = [(f"ip netns exec {lab.pods[0].netns} ip addr", "look inside a pod"),
@@ -111,12 +117,14 @@ def cmd_lab_up(args: argparse.Namespace) -> int:
 
 
 def cmd_lab_down(args: argparse.Namespace) -> int:
+    from xvmcni.lab import teardown
+
     progress = _stderr_progress(args.name)
     try:
-        report = labmod.lab_down(args.name, plugin=args.plugin, progress=progress)
-    except labmod.LabError as exc:
+        report = teardown.lab_down(args.name, plugin=args.plugin, progress=progress)
+    except LabError as exc:
         return _error(exc)
-    style = lab_view.style_for(sys.stdout)
+    style = status.style_for(sys.stdout)
     if not (report.removed_netns or report.removed_dir or report.deleted
             or report.agents_stopped):
         print(f"lab {args.name}: nothing to remove")
@@ -130,13 +138,16 @@ def cmd_lab_down(args: argparse.Namespace) -> int:
     pods = "pod" if len(report.deleted) == 1 else "pods"
     agents = f"{len(report.agents_stopped)} xvm-cnid stopped, " if report.agents_stopped else ""
     print(f"lab {args.name} removed: {len(report.deleted)} {pods} detached, {agents}"
-          f"{len(report.removed_netns)} namespaces and {labmod.lab_dir(args.name)} deleted" + note)
+          f"{len(report.removed_netns)} namespaces and {lab_dir(args.name)} deleted" + note)
     return EXIT_OK
 
 
 def cmd_lab_status(args: argparse.Namespace) -> int:
-    names = [args.name] if args.name else labmod.known_labs()
-    style = lab_view.style_for(sys.stdout)
+    from xvmcni.lab import status as labstatus
+    from xvmcni.lab import view
+
+    names = [args.name] if args.name else labstatus.known_labs()
+    style = status.style_for(sys.stdout)
     if not names:
         print("no labs (create one: xvmctl lab up)")
         return EXIT_OK
@@ -144,21 +155,23 @@ def cmd_lab_status(args: argparse.Namespace) -> int:
         for i, name in enumerate(names):
             if i:
                 print()
-            print(lab_view.render_status(labmod.lab_status(name), style))
-    except labmod.LabError as exc:
+            print(view.render_status(labstatus.lab_status(name), style))
+    except LabError as exc:
         return _error(exc)
     return EXIT_OK
 
 
 def cmd_lab_agent(args: argparse.Namespace) -> int:
+    from xvmcni.lab import agents
+
     try:
         if args.action == "stop":
-            action = labmod.agent_stop(args.name, args.host, kill=args.kill)
+            action = agents.agent_stop(args.name, args.host, kill=args.kill)
         elif args.action == "start":
-            action = labmod.agent_start(args.name, args.host)
+            action = agents.agent_start(args.name, args.host)
         else:
-            action = labmod.agent_restart(args.name, args.host, kill=args.kill)
-    except labmod.LabError as exc:
+            action = agents.agent_restart(args.name, args.host, kill=args.kill)
+    except LabError as exc:
         return _error(exc)
     how = f"{action.signal}" + (", SIGKILL after the timeout" if action.forced else "")
     stopped = (f"pid {action.old_pid} stopped ({how}, {action.stop_seconds:.2f} s)"
@@ -175,7 +188,7 @@ def cmd_lab_agent(args: argparse.Namespace) -> int:
 
 
 def _agent_unavailable(exc: status.AgentUnavailable) -> int:
-    style = lab_view.style_for(sys.stderr)
+    style = status.style_for(sys.stderr)
     print(style.red("error: ") + exc.msg, file=sys.stderr)
     if exc.hint:
         print(f"  {exc.hint}", file=sys.stderr)
@@ -190,7 +203,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(reply, indent=2, sort_keys=True))
     else:
-        print(status.render_status(reply, lab_view.style_for(sys.stdout)))
+        print(status.render_status(reply, status.style_for(sys.stdout)))
     return EXIT_OK
 
 
@@ -202,7 +215,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(reply, indent=2, sort_keys=True))
     else:
-        print(status.render_gc(reply, lab_view.style_for(sys.stdout)))
+        print(status.render_gc(reply, status.style_for(sys.stdout)))
     return EXIT_FAIL if status.gc_failed(reply) else EXIT_OK
 
 
@@ -252,7 +265,7 @@ def add_lab(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                "3 lab up but some pairs unreachable")
     up.add_argument("--hosts", type=int, default=3, help="simulated hosts (default: 3)")
     up.add_argument("--pods", type=int, default=2, help="pods per host (default: 2)")
-    name_arg(up, labmod.DEFAULT_NAME)
+    name_arg(up, DEFAULT_NAME)
     up.add_argument("--plugin", metavar="PATH",
                     help="plugin executable (default: xvm-cni next to this Python, else "
                          "PATH); a file named 'bridge' gets a reference bridge+host-local "
@@ -264,7 +277,7 @@ def add_lab(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     up.set_defaults(func=cmd_lab_up)
 
     down = lab_sub.add_parser("down", help="detach every pod (CNI DEL), remove everything")
-    name_arg(down, labmod.DEFAULT_NAME)
+    name_arg(down, DEFAULT_NAME)
     down.add_argument("--plugin", metavar="PATH",
                       help="plugin for CNI DEL (default: the one recorded by up)")
     down.set_defaults(func=cmd_lab_down)
@@ -282,7 +295,7 @@ def add_lab(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                     "without touching healthy devices.")
     agent.add_argument("action", choices=["start", "stop", "restart"])
     agent.add_argument("--host", required=True, metavar="hN", help="the host, e.g. h1")
-    name_arg(agent, labmod.DEFAULT_NAME)
+    name_arg(agent, DEFAULT_NAME)
     agent.add_argument("--kill", action="store_true",
                        help="stop with SIGKILL (a crash) instead of SIGTERM")
     agent.set_defaults(func=cmd_lab_agent)

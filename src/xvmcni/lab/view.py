@@ -11,18 +11,6 @@ import os
 import shutil
 from collections.abc import Callable
 
-from xvmcni.cli.icmp import PingReply
-from xvmcni.cli.lab import (
-    AGENT_METRICS_PORT,
-    AGENT_SOCKET,
-    GATEWAY,
-    AgentHealth,
-    Lab,
-    LabStatus,
-    Matrix,
-    MtuCheck,
-    lab_dir,
-)
 from xvmcni.cli.status import (
     Style,
     format_requests,
@@ -31,6 +19,12 @@ from xvmcni.cli.status import (
     style_for,
     table,
 )
+from xvmcni.lab.agents import AGENT_METRICS_PORT, AgentHealth
+from xvmcni.lab.icmp import PingReply
+from xvmcni.lab.model import UNDERLAY, Lab
+from xvmcni.lab.names import AGENT_SOCKET, lab_dir
+from xvmcni.lab.probes import GATEWAY, Matrix, MtuCheck
+from xvmcni.lab.status import LabStatus
 
 __all__ = ["Style", "render_agents", "render_matrix", "render_mode", "render_mtu",
            "render_status", "render_summary", "style_for"]
@@ -49,7 +43,7 @@ def render_summary(lab: Lab, style: Style) -> str:
         style.bold(f"Lab {lab.name}: {_plural(len(lab.hosts), 'host')} {style.times} "
                    f"{_plural(pods_per_host, 'pod')}")
         + f"   plugin {plugin} ({lab.plugin})",
-        f"  underlay 172.30.0.0/24 on switch netns {lab.switch_netns} "
+        f"  underlay {UNDERLAY} on switch netns {lab.switch_netns} "
         "(bridge br0, multicast snooping off)",
     ]
     if lab.flavor == "xvm":

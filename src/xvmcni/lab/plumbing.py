@@ -1,7 +1,7 @@
-"""Namespace and link plumbing for the lab: named netns, the underlay switch, host NICs.
+"""Named network namespaces and the links between them, through pyroute2.
 
 Every link change goes through pyroute2 with the socket opened *after* the calling
-thread entered the target namespace (``in_netns``): a netlink socket belongs to the
+thread entered the target namespace (``inside``): a netlink socket belongs to the
 namespace it was created in, so this is the cheap, fork-free way to talk to another
 namespace (``IPRoute(netns=...)`` forks a helper and creates missing namespaces).
 Nothing here ever touches a link in the root namespace.
@@ -19,20 +19,16 @@ from typing import Any
 from pyroute2 import IPRoute
 from pyroute2 import netns as pr_netns
 
+from xvmcni.dataplane.errors import DataplaneError
 from xvmcni.dataplane.netns import entered, open_netns
-from xvmcni.errors import CniError
+from xvmcni.lab.names import NETNS_DIR, netns_path
 
-NETNS_DIR = "/run/netns"
 SWITCH_BRIDGE = "br0"
 IFF_UP = 0x1
 
 
 class NetnsError(RuntimeError):
     """A namespace could not be created, entered or changed."""
-
-
-def netns_path(name: str) -> str:
-    return os.path.join(NETNS_DIR, name)
 
 
 def list_netns() -> list[str]:
@@ -81,6 +77,25 @@ def remove_netns(name: str) -> bool:
 
 
 @contextlib.contextmanager
+def inside(path: str) -> Iterator[None]:
+    """The calling thread inside the namespace at ``path`` for the block.
+
+    Sockets it creates belong there, and a child it starts inherits the namespace:
+    no ``ip netns exec`` (which remounts /sys) and no Python between fork and exec
+    (a ``preexec_fn`` is unsafe next to other threads).
+    """
+    try:
+        fd = open_netns(path)
+    except DataplaneError as exc:
+        raise NetnsError(str(exc)) from exc
+    try:
+        with entered(fd):
+            yield
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
 def in_netns(path: str) -> Iterator[Any]:
     """Yield an ``IPRoute`` bound to the namespace at ``path``; closed on exit.
 
@@ -89,19 +104,12 @@ def in_netns(path: str) -> Iterator[Any]:
     are per-thread; one used from another thread would silently open a new socket
     wherever that thread is).
     """
-    try:
-        fd = open_netns(path)
-    except CniError as exc:
-        raise NetnsError(str(exc)) from exc
-    try:
-        with entered(fd):
-            ipr = IPRoute()
-            try:
-                yield ipr
-            finally:
-                ipr.close()
-    finally:
-        os.close(fd)
+    with inside(path):
+        ipr = IPRoute()
+        try:
+            yield ipr
+        finally:
+            ipr.close()
 
 
 def _index(ipr: Any, ifname: str) -> int:
@@ -184,4 +192,3 @@ def links(path: str) -> list[LinkInfo]:
     return [LinkInfo(name, kind, up, mtu, addrs.get(idx, []),
                      names.get(master, "") if master else "", idx)
             for idx, name, kind, up, mtu, master in raw]
-

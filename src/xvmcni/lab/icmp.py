@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import errno
 import ipaddress
-import os
 import secrets
 import select
 import socket
@@ -22,8 +21,7 @@ import struct
 import time
 from dataclasses import dataclass
 
-from xvmcni.dataplane.netns import entered, open_netns
-from xvmcni.errors import CniError
+from xvmcni.lab.plumbing import NetnsError, inside
 
 ICMP_ECHO_REPLY = 0
 ICMP_DEST_UNREACH = 3
@@ -160,14 +158,10 @@ def probe(src_netns_path: str, dst_ip: str, *, size: int = DEFAULT_SIZE, df: boo
           timeout: float = 1.0, tries: int = 3) -> PingReply:
     """``echo`` from inside the namespace at ``src_netns_path`` (calling thread only)."""
     try:
-        fd = open_netns(src_netns_path)
-    except CniError as exc:
-        return PingReply(False, error=str(exc))
-    try:
-        with entered(fd):
+        with inside(src_netns_path):
             return echo(dst_ip, size=size, df=df, timeout=timeout, tries=tries)
-    finally:
-        os.close(fd)
+    except NetnsError as exc:
+        return PingReply(False, error=str(exc))
 
 
 def ping(src_netns_path: str, dst_ip: str, *, size: int = DEFAULT_SIZE, df: bool = False,

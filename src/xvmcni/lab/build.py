@@ -1,0 +1,199 @@
+"""``lab up``: the underlay switch, the hosts (each with its config, dataDir and in
+agent mode its xvm-cnid), the pods, and a CNI ADD for every pod.
+
+On any failure (Ctrl-C included) what this call made is removed again.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from xvmcni import plugin_file
+from xvmcni.lab import plumbing, simhost
+from xvmcni.lab.agents import count_served, lab_agents, start_agents
+from xvmcni.lab.model import (
+    MAX_HOSTS,
+    MAX_PODS,
+    POD_IFNAME,
+    UNDERLAY_MTU,
+    Host,
+    Lab,
+    PluginError,
+    Pod,
+    Progress,
+    StateFile,
+    new_host,
+    new_pod,
+    quiet,
+)
+from xvmcni.lab.names import DEFAULT_NAME, PLUGIN_DIR, LabError, check_name, lab_dir
+from xvmcni.lab.plugin import (
+    config_file_name,
+    find_plugin,
+    host_config,
+    plugin_flavor,
+    run_plugin,
+)
+from xvmcni.lab.status import lab_netns
+from xvmcni.lab.teardown import lab_down
+
+
+def lab_up(name: str = DEFAULT_NAME, hosts: int = 3, pods: int = 2, plugin: str | None = None,
+           progress: Progress = quiet, agent: bool = True) -> Lab:
+    """Build the lab and attach every pod; on failure remove what this call made.
+
+    ``agent``: start one ``xvm-cnid`` per host and, unless ``plugin`` names another
+    one, attach through the thin plugin (written to ``<lab>/bin/xvm-cni``) that hands
+    every ADD to its host's agent. Without: ``plugin`` or the in-process xvm-cni.
+    The reference ``bridge`` plugin never gets agents.
+
+    Raises ``LabError`` (``PluginError`` when the plugin refused an ADD).
+    """
+    check_name(name)
+    if not 1 <= hosts <= MAX_HOSTS:
+        raise LabError(f"--hosts {hosts} is out of range", f"allowed: 1..{MAX_HOSTS}")
+    if not 1 <= pods <= MAX_PODS:
+        raise LabError(f"--pods {pods} is out of range", f"allowed: 1..{MAX_PODS}")
+    if os.geteuid() != 0:
+        raise LabError("the lab needs root", "it creates network namespaces")
+    thin = agent and not plugin
+    plugin_path = str(lab_dir(name) / PLUGIN_DIR / "xvm-cni") if thin else find_plugin(plugin)
+    if lab_dir(name).exists() or lab_netns(name):
+        raise LabError(f"lab {name!r} already exists",
+                       f"remove it first: xvmctl lab down --name {name}")
+    stray = lab_agents(name)
+    if stray:
+        raise LabError(f"xvm-cnid processes of an earlier lab {name!r} still run "
+                       f"(pids {' '.join(map(str, sorted(stray)))})",
+                       f"remove them first: xvmctl lab down --name {name}")
+
+    flavor = plugin_flavor(plugin_path)
+    lab = Lab(name=name, plugin=plugin_path, flavor=flavor, agent=agent and flavor == "xvm")
+    lab.state_dir.mkdir(parents=True, mode=0o700)
+    state = StateFile(lab)
+    state.save()
+    try:
+        if thin:
+            plugin_file.write(Path(plugin_path))
+            progress(f"plugin  {plugin_path}: the thin plugin of make install "
+                     "(python3 -IS, hands each call to its host's xvm-cnid)")
+        _build(lab, state, hosts, pods, progress)
+    except BaseException:
+        # Ctrl-C included: leave nothing half-made behind.
+        progress("cleaning up after the failure")
+        try:
+            report = lab_down(name, progress=progress)
+            if report.leftovers:
+                progress("cleanup incomplete, left: " + " ".join(report.leftovers))
+        except (LabError, OSError) as exc:
+            # Report and fall through: the original failure is what the user needs.
+            progress(f"cleanup incomplete: {exc}; run: xvmctl lab down --name {name}")
+        raise
+    return lab
+
+
+def _build(lab: Lab, state: StateFile, hosts: int, pods: int, progress: Progress) -> None:
+    def record(ns: str) -> None:
+        # Saved before creation: a crash between the two still gets it removed.
+        lab.netns_created.append(ns)
+        state.save()
+
+    started = time.monotonic()
+    simhost.create_switch(lab.switch_netns, record)
+    progress(f"switch  {lab.switch_netns}: bridge {plumbing.SWITCH_BRIDGE}, "
+             "multicast snooping off")
+
+    for i in range(1, hosts + 1):
+        host = new_host(lab.name, i)
+        host_dir = lab.state_dir / host.name
+        (host_dir / "data").mkdir(parents=True)
+        config = host_config(lab, i, host_dir)
+        host.config_path = str(host_dir / config_file_name(lab.flavor))
+        host.data_dir = str(config.get("dataDir") or config["ipam"]["dataDir"])
+        Path(host.config_path).write_text(json.dumps(config, indent=2) + "\n")
+        lab.hosts.append(host)
+        simhost.create_host(lab.switch_netns, host.netns, host.name, host.underlay,
+                            UNDERLAY_MTU, record)
+        progress(f"host    {host.netns}: eth0 {host.underlay} on switch port {host.name}, "
+                 f"config {host.config_path}")
+
+    if lab.agent:
+        start_agents(lab, state, progress)
+
+    for host in lab.hosts:
+        for j in range(1, pods + 1):
+            pod = new_pod(lab.name, host.name, j)
+            lab.pods.append(pod)
+            record(pod.netns)
+            plumbing.bring_up_lo(plumbing.create_netns(pod.netns))
+    progress(f"pods    {len(lab.pods)} namespaces created ({lab.name}-h<i>-p<j>)")
+
+    _attach_all(lab, state, progress)
+    if lab.agent:
+        count_served(lab, progress)
+    lab.phase = "up"
+    state.save()
+    progress(f"lab {lab.name} is up ({time.monotonic() - started:.1f} s)")
+
+
+def _attach_all(lab: Lab, state: StateFile, progress: Progress) -> None:
+    """ADD every pod: hosts in parallel (they are separate machines), pods of one
+    host one after another (as a runtime starting containers would)."""
+    plugin_name = os.path.basename(lab.plugin)
+    failed = threading.Event()
+
+    def attach_host(host: Host) -> None:
+        config_text = Path(host.config_path).read_text()
+        config = json.loads(config_text)
+        for pod in lab.pods_of(host.name):
+            if failed.is_set():
+                return  # another host failed: stop adding, cleanup follows
+            pod.attached = True
+            state.save()
+            began = time.monotonic()
+            try:
+                result = run_plugin(lab, "ADD", pod, config_text.encode())
+                apply_result(pod, result, config)
+            except BaseException as exc:
+                failed.set()
+                if isinstance(exc, PluginError):
+                    progress(f"attach  {pod.name}: {plugin_name} ADD FAILED: {exc.plugin_msg}")
+                raise
+            state.save()
+            progress(f"attach  {pod.name}: {plugin_name} ADD -> {pod.address} "
+                     f"({(time.monotonic() - began) * 1000:.0f} ms)")
+
+    with ThreadPoolExecutor(max_workers=min(8, len(lab.hosts))) as pool:
+        futures = [pool.submit(attach_host, host) for host in lab.hosts]
+        errors = [f.exception() for f in futures]
+    for exc in errors:
+        if exc is not None:
+            raise exc
+
+
+def result_fields(pod: Pod, result: dict[str, Any] | None, config: dict[str, Any]) -> None:
+    """Address, gateway and MAC of an ADD result into ``pod``; PluginError without ips."""
+    ips = (result or {}).get("ips") or []
+    if not ips or not isinstance(ips[0], dict) or "address" not in ips[0]:
+        raise PluginError("ADD", pod.name, None, "result has no ips[0].address",
+                          json.dumps(result)[:300])
+    pod.address = str(ipaddress.ip_interface(ips[0]["address"]))
+    pod.gateway = str(ips[0].get("gateway") or config.get("gateway") or "")
+    for iface in (result or {}).get("interfaces") or []:
+        if isinstance(iface, dict) and iface.get("sandbox") and iface.get("name") == POD_IFNAME:
+            pod.mac = str(iface.get("mac", ""))
+
+
+def apply_result(pod: Pod, result: dict[str, Any] | None, config: dict[str, Any]) -> None:
+    """``result_fields``, then the MTU the pod's eth0 really got (from the kernel)."""
+    result_fields(pod, result, config)
+    for link in plumbing.links(pod.netns_path):
+        if link.name == POD_IFNAME:
+            pod.mtu = link.mtu

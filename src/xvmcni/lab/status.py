@@ -1,0 +1,81 @@
+"""What exists of a lab right now: its state file, its namespaces with their links
+(read live from the kernel), its files and its agents."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from xvmcni.lab import plumbing
+from xvmcni.lab.agents import AgentHealth, agent_health
+from xvmcni.lab.model import Lab, load_state
+from xvmcni.lab.names import (
+    LAB_ROOT,
+    NAME_RE,
+    LabError,
+    check_name,
+    is_lab_netns,
+    lab_dir,
+    lab_of_netns,
+    netns_order,
+    netns_path,
+)
+
+
+@dataclass
+class NsStatus:
+    netns: str
+    exists: bool
+    links: list[plumbing.LinkInfo] = field(default_factory=list)
+    error: str = ""
+
+
+@dataclass
+class LabStatus:
+    name: str
+    lab: Lab | None                    # from the state file
+    state_error: str = ""
+    namespaces: list[NsStatus] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+    agents: list[AgentHealth] = field(default_factory=list)
+
+
+def lab_netns(name: str) -> list[str]:
+    """Namespaces that belong to lab ``name`` by their name, whoever made them."""
+    return [ns for ns in plumbing.list_netns() if is_lab_netns(name, ns)]
+
+
+def known_labs() -> list[str]:
+    """Labs that have a state directory or at least one namespace named like a lab's."""
+    names: set[str] = set()
+    if LAB_ROOT.is_dir():
+        names.update(p.name for p in LAB_ROOT.iterdir() if p.is_dir() and NAME_RE.match(p.name))
+    for ns in plumbing.list_netns():
+        lab = lab_of_netns(ns)
+        if lab:
+            names.add(lab)
+    return sorted(names)
+
+
+def lab_status(name: str) -> LabStatus:
+    """What exists of lab ``name`` right now: state file, namespaces with their
+    links and addresses (read live from the kernel), files, agents."""
+    check_name(name)
+    status = LabStatus(name=name, lab=None)
+    try:
+        status.lab = load_state(name)
+    except LabError as exc:
+        status.state_error = str(exc)
+    expected = set(status.lab.netns_created) if status.lab else set()
+    present = set(lab_netns(name))
+    for ns in sorted(expected | present, key=netns_order):
+        entry = NsStatus(netns=ns, exists=ns in present)
+        if entry.exists:
+            try:
+                entry.links = plumbing.links(netns_path(ns))
+            except (plumbing.NetnsError, OSError) as exc:
+                entry.error = str(exc)
+        status.namespaces.append(entry)
+    if lab_dir(name).is_dir():
+        status.files = sorted(str(p) for p in lab_dir(name).rglob("*") if p.is_file())
+    status.agents = agent_health(name, status.lab)
+    return status
