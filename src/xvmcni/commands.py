@@ -174,7 +174,9 @@ def _add_locked(call: Call, model: NetworkModel, ipam: Ipam, pod_ns: Any, pod: P
                 mac: str) -> dict[str, Any]:
     request = call.request
     existing = registry.get(*call.pod_key)
-    in_use = registry.count() > (1 if existing else 0)
+    # In use: some container (this one too, on a repeated ADD) relies on the host side,
+    # so nothing of it may be recreated, and a failure must not take it away.
+    in_use = registry.count() > 0
     record = Attachment(container_id=request.container_id, ifname=request.ifname,
                         netns=request.netns, host_ifname=pod.host_ifname)
     with contextlib.ExitStack() as undo:
