@@ -1,7 +1,8 @@
 """nftables through ``nft -j`` (JSON in, atomic batches).
 
-Two tables per network, both named ``xvm_<network>`` so ``nft list tables``
-shows at once what belongs to whom:
+Two tables per network, both named after the network
+(``ownership.table_name``: ``xvm_<letters and digits>_<hash>``), so ``nft list
+tables`` shows at once what belongs to whom and no two networks share one:
 
 - family ``bridge``: keeps the anycast gateway local. Frames leaving through
   the VXLAN port with the gateway's MAC as source, and ARP asking for the
@@ -17,20 +18,19 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import re
 import shutil
 import subprocess
 from typing import Any
 
+from xvmcni.dataplane import ownership
 from xvmcni.dataplane.errors import DataplaneError
 
 _FALLBACK_PATHS = ("/usr/sbin/nft", "/sbin/nft")
-_UNSAFE = re.compile(r"[^A-Za-z0-9_]")
 NFT_TIMEOUT = 10.0
 
 
 def table_name(network: str) -> str:
-    return "xvm_" + _UNSAFE.sub("_", network)
+    return ownership.table_name(network)
 
 
 def nft_binary() -> str:
@@ -130,6 +130,10 @@ def masquerade_batch(network: str, subnet: ipaddress.IPv4Network) -> list[dict[s
 
 
 def delete_table_batch(family: str, network: str) -> list[dict[str, Any]]:
+    return delete_named_table_batch(family, table_name(network))
+
+
+def delete_named_table_batch(family: str, name: str) -> list[dict[str, Any]]:
     # "add" first makes the delete succeed whether or not the table existed.
-    table = {"family": family, "name": table_name(network)}
+    table = {"family": family, "name": name}
     return [{"add": {"table": table}}, {"delete": {"table": table}}]

@@ -21,19 +21,26 @@ _TRANSIENT = ("prevResult", "runtimeConfig", "args", "cni.dev/valid-attachments"
               "cni.dev/attachments")
 
 
-def remember(state_dir: Path, raw: dict[str, Any]) -> None:
-    """Write the config atomically, only when it changed."""
+def remember(state_dir: Path, raw: dict[str, Any]) -> bool:
+    """Write the config atomically, only when it changed; True when there was none."""
     clean = {k: v for k, v in raw.items() if k not in _TRANSIENT}
     text = json.dumps(clean, indent=2, sort_keys=True)
     path = state_dir / CONFIG_FILE
     try:
         if path.read_text() == text:
-            return
+            return False
+        existed = True
     except FileNotFoundError:
-        pass
+        existed = False
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     tmp.write_text(text)
     os.replace(tmp, path)
+    return not existed
+
+
+def forget(state_dir: Path) -> None:
+    """Remove the remembered config (a first ADD failed: the host never joined)."""
+    (state_dir / CONFIG_FILE).unlink(missing_ok=True)
 
 
 def remembered(data_dir: Path) -> list[dict[str, Any]]:
