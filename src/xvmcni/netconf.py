@@ -14,6 +14,7 @@ from typing import Any
 
 from xvmcni.cni.errors import INVALID_CONFIG, CniError
 from xvmcni.cni.result import Result, Route, check_version
+from xvmcni.cni.wire import timeout_problem
 
 DEFAULT_GROUP = ipaddress.IPv4Address("239.1.1.1")   # the original XVM's group
 DEFAULT_PORT = 8472                                   # Linux's (and XVM's, Flannel's) VXLAN port
@@ -208,9 +209,10 @@ def parse(raw: dict[str, Any]) -> NetworkConfig:
     # Read by the thin plugin before any parsing; checked here so a mistyped value is an
     # error rather than a silent in-process run.
     _get(raw, "agentSocket", str)
-    agent_timeout = _get(raw, "agentTimeout", (int, float))
-    if agent_timeout is not None and agent_timeout <= 0:
-        raise _fail(f"'agentTimeout' {agent_timeout} must be a positive number of seconds")
+    agent_timeout = raw.get("agentTimeout")
+    if agent_timeout is not None and (why := timeout_problem(agent_timeout)):
+        # The value is not echoed: a number with thousands of digits is not printable.
+        raise _fail(f"'agentTimeout' {why}")
 
     prev = raw.get("prevResult")
     return NetworkConfig(
