@@ -215,7 +215,14 @@ def read_message(sock: "_socket.socket", cap: int, deadline: float) -> bytes:
         if left <= 0:
             raise TimeoutError("the message did not arrive in time")
         sock.settimeout(left)
-        chunk = sock.recv(_CHUNK)
+        try:
+            chunk = sock.recv(_CHUNK)
+        except ConnectionResetError:
+            # A peer that closes with our unsent data unread resets the connection after
+            # what it sent: that was its whole message (a truncated one fails to decode).
+            if not chunks:
+                raise
+            chunk = b""
         if not chunk:
             return b"".join(chunks)
         size += len(chunk)
