@@ -22,6 +22,7 @@ import pytest
 
 from xvmcni import plugin_file
 from xvmcni.cli.status import AgentUnavailable, agent_request
+from xvmcni.cni.wire import SUPPORTED_VERSIONS
 from xvmcni.dataplane.reaper import RETIRED_GROUP
 
 pytestmark = pytest.mark.root
@@ -30,7 +31,7 @@ pytestmark = pytest.mark.root
 INPROCESS_PLUGIN = str(Path(sys.executable).with_name("xvm-cni"))
 AGENT = str(Path(sys.executable).with_name("xvm-cnid"))
 CNI_PATH = "/usr/lib/cni:/opt/cni/bin"
-ALL_VERSIONS = ("0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
+ALL_VERSIONS = SUPPORTED_VERSIONS
 
 
 def ip(*args: str) -> str:
