@@ -2,10 +2,11 @@
 listens, how long to wait for it, the CNI versions and commands, and the framing of
 one request and its reply on the agent's unix socket.
 
-The thin plugin runs as ``python3 -IS`` and imports this module on every call, so at
-module level it imports only builtins and the C halves of json and socket (``_json``,
-``_socket``): ``import json`` would pull in ``re`` and ``import socket`` ``enum`` and
-``selectors``, which together doubled the plugin's start-up.
+The thin plugin runs as ``python3 -IS`` and imports this module on every call, so it
+imports only builtins and the C halves of json and socket (``_json``; ``_socket`` only
+when it talks to the agent, so VERSION never pays for it): ``import json`` would pull
+in ``re`` and ``import socket`` ``enum`` and ``selectors``, which together doubled the
+plugin's start-up.
 
 Framing, one request per connection (the client shuts down its write side after the
 request; the agent closes after its reply):
@@ -22,14 +23,17 @@ no longer waits: the agent must not start the work after it.
 
 import time
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+
 try:
     import _json
-    import _socket
-except ImportError:  # another interpreter: the pure modules do the same, slower
+except ImportError:  # another interpreter: the pure module does the same, slower
     import json as _json_module
-    import socket as _socket  # type: ignore[no-redef]
 
     _json = None  # type: ignore[assignment]
+
+if TYPE_CHECKING:
+    from _socket import socket as Socket
 
 SOCKET_ENV = "XVM_CNID_SOCKET"
 DEFAULT_SOCKET = "/run/xvm-cni/xvm-cnid.sock"
@@ -201,7 +205,7 @@ def decode(data: bytes) -> dict[str, object]:
     return message
 
 
-def read_message(sock: "_socket.socket", cap: int, deadline: float) -> bytes:
+def read_message(sock: "Socket", cap: int, deadline: float) -> bytes:
     """Everything the peer sends until it shuts down its write side.
 
     ``deadline`` (time.monotonic()) bounds the whole message, not each recv: a peer
@@ -250,6 +254,12 @@ def exchange(path: str, request: bytes, deadline: float, cap: int = MAX_REPLY_BY
     full listen backlog (EAGAIN: a burst of pods) is waited out, since the agent is
     alive. Raises NoAgent or NoAnswer.
     """
+    # Imported here: VERSION, answered by the plugin alone, never pays for it.
+    try:
+        import _socket
+    except ImportError:  # another interpreter
+        import socket as _socket  # type: ignore[no-redef]
+
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         _connect(sock, path, deadline)
@@ -272,7 +282,7 @@ def exchange(path: str, request: bytes, deadline: float, cap: int = MAX_REPLY_BY
     return reply
 
 
-def _connect(sock: "_socket.socket", path: str, deadline: float) -> None:
+def _connect(sock: "Socket", path: str, deadline: float) -> None:
     pause = 0.001
     while True:
         try:
