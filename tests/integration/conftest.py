@@ -211,6 +211,20 @@ def destroy_host(host: Host) -> None:
     shutil.rmtree(host.data_dir, ignore_errors=True)
 
 
+@pytest.fixture
+def thin_host(tmp_path: Path) -> Iterator[Host]:
+    """A simulated host whose plugin is the thin file `make install` writes; no agent
+    yet (tests start it with the options they need)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root for network namespaces")
+    h = make_host(tmp_path)
+    h.plugin = str(plugin_file.write(tmp_path / "bin" / "xvm-cni"))
+    try:
+        yield h
+    finally:
+        destroy_host(h)
+
+
 @pytest.fixture(params=["inprocess", "agent"])
 def host(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Host]:
     """A simulated host; every test using it runs twice: plugin in-process, and the

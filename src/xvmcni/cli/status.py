@@ -2,9 +2,10 @@
 
 The agent's admin operations share the plugin's unix socket: the client sends
 ``{"op": "status"}`` (or ``"gc"``, ``"ping"``), shuts down its write side and reads
-one JSON object until the agent closes the connection. This module is the client
-and the text rendering; it imports nothing heavy (no pyroute2), and the terminal
-helpers (``Style``, ``table``) are shared with the lab's views.
+one JSON object until the agent closes the connection (framing and limits:
+``xvmcni.cni.wire``). This module is the client and the text rendering; it imports
+nothing heavy (no pyroute2), and the terminal helpers (``Style``, ``table``) are
+shared with the lab's views.
 """
 
 from __future__ import annotations

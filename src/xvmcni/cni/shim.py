@@ -109,7 +109,7 @@ def main() -> int:
             # DEL must succeed for the runtime to move on: do it ourselves.
             return in_process(env, stdin_bytes)
         err = {"cniVersion": wire.caller_version(conf), "code": TRY_AGAIN_LATER,
-               "msg": "the xvm-cnid agent did not answer in time; try again later",
+               "msg": "the xvm-cnid agent is busy or did not answer in time; try again later",
                "details": str(exc)}
         sys.stdout.write(dumps(err) + "\n")
         return 1
