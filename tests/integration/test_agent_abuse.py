@@ -134,6 +134,24 @@ def test_a_del_the_caller_gave_up_on_never_runs_after_a_re_add(thin_host: Host) 
     assert host.cni("DEL", dict(conf, agentTimeout=60), "replay", "").rc == 0
 
 
+def test_work_already_running_finishes_and_the_answer_says_so(thin_host: Host) -> None:
+    """A request a worker has started can't be stopped half-way: at the caller's deadline
+    the agent answers code 11 saying it still runs (the plugin then repeats a DEL
+    in-process, under the same lock, after it). Before: the caller got nothing until
+    the agent's own timeout."""
+    host = thin_host
+    start_agent(host)
+    conf = host.config()
+    with _network_locked(host, "xvm-network"):
+        out = _client(host, "raw", host.agent_socket,
+                      stdin=_request(host, "DEL", conf, "running",
+                                     deadline=time.time() + 1.5))
+    reply = out["reply"]
+    assert reply["exit"] == 1 and reply["code"] == 11, reply
+    assert "still running" in json.loads(reply["stdout"])["msg"]
+    assert agent_op(host, "ping") == {"pong": True}
+
+
 # --- issue 7 item 8 --------------------------------------------------------------------------
 
 def test_a_client_trickling_its_request_is_cut_off(thin_host: Host) -> None:
