@@ -124,13 +124,14 @@ class Agent:
                 gone = caller_gone()
                 if not gone and time.monotonic() < end:
                     continue
-                why = "the caller hung up" if gone else \
-                    f"no worker was free within {budget:.3g}s"
                 if future.cancel():
+                    why = "the caller hung up" if gone else \
+                        f"no worker was free within {budget:.3g}s"
                     return _late(command, raw, f"not started: {why}; nothing was changed")
                 if not future.done():
-                    return _late(command, raw, f"still running after {budget:.3g}s: it "
-                                 "will finish in xvm-cnid, but its answer is lost")
+                    when = "when the caller hung up" if gone else f"after {budget:.3g}s"
+                    return _late(command, raw, f"still running {when}: it will finish in "
+                                 "xvm-cnid, but its answer is lost")
                 done = future.result()
             if done is None:
                 return _late(command, raw, "not started: the caller's deadline passed "
