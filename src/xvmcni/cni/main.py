@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TextIO
 
 from xvmcni.cni.request import Request, from_environ
-from xvmcni.cni.result import SUPPORTED_VERSIONS
+from xvmcni.cni.wire import declared_version, version_reply
 from xvmcni.errors import INTERNAL, CniError
 
 if TYPE_CHECKING:
@@ -30,10 +30,6 @@ class Outcome:
 
     def stdout(self) -> str:
         return json.dumps(self.payload) + "\n" if self.payload is not None else ""
-
-
-def version_reply(cni_version: str) -> dict[str, Any]:
-    return {"cniVersion": cni_version, "supportedVersions": list(SUPPORTED_VERSIONS)}
 
 
 def emit(out: TextIO, payload: dict[str, Any] | None) -> None:
@@ -68,14 +64,6 @@ def execute(environ: dict[str, str], stdin: bytes, runtime: Runtime | None = Non
     except Exception as exc:  # noqa: BLE001 - the runtime must get JSON, not a traceback
         bug = CniError(INTERNAL, "internal error in xvm-cni", repr(exc))
         return Outcome(1, bug.to_dict(cni_version), bug.code)
-
-
-def declared_version(stdin: bytes) -> str:
-    try:
-        version = json.loads(stdin).get("cniVersion", "0.1.0")
-    except (ValueError, AttributeError):
-        return "1.0.0"  # no usable config: answer in the newest stable format
-    return version if isinstance(version, str) else "1.0.0"
 
 
 def dispatch(request: Request, runtime: Runtime | None = None) -> dict[str, Any] | None:

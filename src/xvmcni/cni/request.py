@@ -11,7 +11,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from xvmcni.errors import DECODE_FAILURE, INVALID_ENV, CniError
+from xvmcni.errors import DECODE_FAILURE, INVALID_CONFIG, INVALID_ENV, CniError
 
 COMMANDS = ("ADD", "DEL", "CHECK", "VERSION", "GC", "STATUS")
 # Commands that act on one attachment and so need the container's identity.
@@ -61,13 +61,25 @@ def parse_cni_args(raw: str) -> dict[str, str]:
 
 def parse_stdin(data: bytes) -> dict[str, Any]:
     try:
-        config = json.loads(data.decode("utf-8"))
+        config = json.loads(data.decode("utf-8"), parse_int=_parse_int)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CniError(DECODE_FAILURE, "network configuration on stdin is not valid JSON",
                        str(exc)) from exc
+    except RecursionError:
+        raise CniError(DECODE_FAILURE, "network configuration on stdin is nested too deeply",
+                       "more levels of arrays and objects than the parser follows") from None
     if not isinstance(config, dict):
         raise CniError(DECODE_FAILURE, "network configuration on stdin must be a JSON object")
     return config
+
+
+def _parse_int(digits: str) -> int:
+    """An integer too long for Python's int() is valid JSON but no valid value here."""
+    try:
+        return int(digits)
+    except ValueError:
+        raise CniError(INVALID_CONFIG, "network configuration has a number with "
+                       f"{len(digits)} digits", "no field takes a number that large") from None
 
 
 def from_environ(environ: dict[str, str] | Any, stdin: bytes) -> Request:
