@@ -141,6 +141,22 @@ def _arp(op: int, sender_mac: str, sender_ip: str, target_ip: str, marker: bytes
                            body + marker)
 
 
+def _udp6(src_mac: str, src_ip: str, marker: bytes, dst_ip: str = "ff02::1") -> bytes:
+    return frames.ethernet("33:33:00:00:00:01", src_mac, frames.ETH_P_IPV6,
+                           frames.ipv6(src_ip, dst_ip, frames.IPPROTO_UDP,
+                                       frames.udp(40000, 9, marker)))
+
+
+def _icmp6(src_mac: str, src_ip: str, type_: int, body: bytes, dst_ip: str = "ff02::1") -> bytes:
+    return frames.ethernet("33:33:00:00:00:01", src_mac, frames.ETH_P_IPV6,
+                           frames.ipv6(src_ip, dst_ip, frames.IPPROTO_ICMPV6,
+                                       frames.icmpv6(type_, 0, body), hop_limit=255))
+
+
+def _lla(pod: Pod) -> str:
+    return str(antispoof.eui64_link_local(pod.mac))
+
+
 def arrives(lab: Lab, frame: bytes, marker: bytes, sender: str = "a", to: str = "b") -> bool:
     """Send ``frame`` from ``sender``'s eth0 and tell whether ``to`` receives it."""
     src = lab.remote if sender == "remote" else lab.pods[sender]
@@ -195,6 +211,11 @@ FORGERIES: list[Forgery] = [
                                     b"\x00\x05\x08\x00" + frames.ipv4_udp(
                                         lab.pods["c"].address, "10.99.0.255", 1, 9, m)),
      antispoof.OTHER),
+    ("ipv6_source_of_another_pod",
+     lambda lab, m: _udp6(lab.pods["a"].mac, _lla(lab.pods["c"]), m), antispoof.IPV6_DROP),
+    ("router_advertisement_from_a_pod",  # type 134, from the pod's own link-local address
+     lambda lab, m: _icmp6(lab.pods["a"].mac, _lla(lab.pods["a"]), 134, bytes(12) + m),
+     antispoof.ND_DROP),
 ]
 
 
@@ -243,6 +264,12 @@ def test_normal_traffic_passes(lab: Lab) -> None:
     assert arrives(lab, _udp(lab.pods["a"].mac, lab.pods["a"].address, marker), marker)
     probe = _arp(1, lab.pods["a"].mac, "0.0.0.0", lab.pods["a"].address, marker)  # noqa: S104
     assert arrives(lab, probe, marker)
+    a = lab.pods["a"]
+    assert arrives(lab, _udp6(a.mac, _lla(a), marker), marker)  # its own link-local
+    # Duplicate-address detection: a neighbour solicitation from ::, type 135.
+    dad = _icmp6(a.mac, "::", 135, bytes(4) + antispoof.ipaddress.IPv6Address(_lla(a)).packed
+                 + marker, dst_ip="ff02::1:ff00:2")
+    assert arrives(lab, dad, marker)
     assert not any(lab.counters().values()), lab.counters()
 
 

@@ -91,3 +91,23 @@ def receive_until(sock: socket.socket, sentinel: bytes, limit: float = 5.0) -> l
         frames.append(frame)
         if sentinel in frame:
             return frames
+
+
+ETH_P_IPV6 = 0x86DD
+IPPROTO_UDP = 17
+IPPROTO_ICMPV6 = 58
+
+
+def ipv6(src: str, dst: str, next_header: int, payload: bytes, hop_limit: int = 64) -> bytes:
+    """An IPv6 packet (no extension headers; upper-layer checksums are left at 0:
+    the bridge does not verify them and the receiver only captures)."""
+    return (struct.pack("!IHBB", 6 << 28, len(payload), next_header, hop_limit)
+            + ipaddress.IPv6Address(src).packed + ipaddress.IPv6Address(dst).packed + payload)
+
+
+def udp(sport: int, dport: int, payload: bytes) -> bytes:
+    return struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
+
+
+def icmpv6(type_: int, code: int, body: bytes) -> bytes:
+    return struct.pack("!BBH", type_, code, 0) + body
