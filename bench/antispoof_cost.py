@@ -53,6 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dummies", type=int, default=100,
                    help="made-up members per host in 'with' mode (default 100)")
     p.add_argument("--topologies", default="bridge,vxlan", help="comma list (bridge,vxlan)")
+    p.add_argument("--tests", default="tcp,udp64", help="comma list (tcp,udp64)")
     p.add_argument("--out", help="JSON output (default bench/results/antispoof_cost.json)")
     return p.parse_args(argv)
 
@@ -160,35 +161,67 @@ def drops(topo: Topology) -> dict[str, int]:
     return total
 
 
-def iperf3(topo: Topology, seconds: int) -> float:
-    """One single-stream TCP run client -> server; the receiver's rate in Gbit/s."""
+TESTS = {
+    # name: (extra iperf3 client arguments, unit of the figure)
+    "tcp": ([], "Gbit/s"),
+    # 64-byte UDP payloads, as fast as the sender can: no GSO, one filter pass per
+    # frame, the worst case for a per-frame cost.
+    "udp64": (["-u", "-l", "64", "-b", "0"], "kpps"),
+}
+
+
+def _server_up(topo: Topology) -> bool:
+    probe = subprocess.run(["nsenter", f"--net=/run/netns/{topo.server.netns}", "ss", "-Hln",
+                            f"sport = :{PORT}"], capture_output=True, text=True, check=False)
+    return bool(probe.stdout.strip())
+
+
+def iperf3(topo: Topology, test: str, seconds: int) -> tuple[float, float]:
+    """One single-stream run client -> server: the figure (TCP: receiver's Gbit/s; UDP:
+    datagrams received per second, thousands) and the sender's CPU % (veth and bridge
+    work, the filter included, runs in the sender's softirqs)."""
     server = subprocess.Popen(["nsenter", f"--net=/run/netns/{topo.server.netns}", "iperf3",
                                "-s", "-1", "-B", topo.server.address, "-p", str(PORT)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 10
-        while True:  # the server is up once a connection attempt is not refused
-            probe = subprocess.run(["nsenter", f"--net=/run/netns/{topo.server.netns}", "ss",
-                                    "-Hltn", f"sport = :{PORT}"], capture_output=True,
-                                   text=True, check=False)
-            if probe.stdout.strip():
-                break
+        while not _server_up(topo):
             if server.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"iperf3 server in {topo.name} did not start")
             time.sleep(0.02)
         client = subprocess.run(
             ["nsenter", f"--net=/run/netns/{topo.client.netns}", "iperf3", "-c",
-             topo.server.address, "-p", str(PORT), "-t", str(seconds), "-J"],
+             topo.server.address, "-p", str(PORT), "-t", str(seconds), "-J",
+             *TESTS[test][0]],
             capture_output=True, text=True, timeout=seconds + 60, check=False)
         report = json.loads(client.stdout) if client.stdout.strip() else {}
         if client.returncode != 0 or "error" in report:
-            raise RuntimeError(f"iperf3 in {topo.name}: "
+            raise RuntimeError(f"iperf3 {test} in {topo.name}: "
                                f"{report.get('error') or client.stderr.strip()}")
-        return float(report["end"]["sum_received"]["bits_per_second"]) / 1e9
+        end = report["end"]
+        cpu = float(end.get("cpu_utilization_percent", {}).get("host_total", float("nan")))
+        if test == "tcp":
+            return float(end["sum_received"]["bits_per_second"]) / 1e9, cpu
+        total = end["sum"]
+        received = int(total["packets"]) - int(total.get("lost_packets", 0))
+        return received / float(total["seconds"]) / 1e3, cpu
     finally:
         if server.poll() is None:
             server.kill()
         server.wait()
+
+
+def _summary(values: dict[str, list[float]], cpu: dict[str, list[float]],
+             drops_seen: dict[str, int]) -> dict[str, Any]:
+    without, with_ = values["without"], values["with"]
+    ratios = [w / wo for w, wo in zip(with_, without, strict=True) if wo]
+    mid = bl.median(without)
+    return {"without": without, "with": with_, "median_without": mid,
+            "median_with": bl.median(with_),
+            "paired_ratio_median": bl.median(ratios), "paired_ratios": ratios,
+            "spread_without_pct": (max(without) - min(without)) / mid * 100 if mid else None,
+            "sender_cpu_pct_without": cpu["without"], "sender_cpu_pct_with": cpu["with"],
+            "drops_during_with": drops_seen}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -196,43 +229,56 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     bl.install_signal_handlers()
     builders = {"bridge": bridge_topology, "vxlan": vxlan_topology}
     wanted = [t for t in args.topologies.split(",") if t]
+    tests = [t for t in args.tests.split(",") if t]
     load_before = list(os.getloadavg())
-    samples: dict[str, dict[str, list[float]]] = {t: {"without": [], "with": []} for t in wanted}
-    drop_counts: dict[str, dict[str, int]] = {}
+    keys = [(t, k) for t in wanted for k in tests]
+    figures: dict[tuple[str, str], dict[str, list[float]]] = {
+        key: {"without": [], "with": []} for key in keys}
+    cpu: dict[tuple[str, str], dict[str, list[float]]] = {
+        key: {"without": [], "with": []} for key in keys}
+    drops_seen: dict[tuple[str, str], dict[str, int]] = {}
     with bl.Workspace() as ws:
         topologies = [builders[t](ws) for t in wanted]
         for rnd in range(args.rounds):
+            # Adjacent with/without pairs, order alternating: slow drift in the machine's
+            # load (other engineers' runs) cancels out of the paired ratio.
             modes = (False, True) if rnd % 2 == 0 else (True, False)
             for topo in topologies:
-                for with_rules in modes:
-                    set_mode(topo, with_rules, args.dummies)
-                    gbps = iperf3(topo, args.seconds)
-                    key = "with" if with_rules else "without"
-                    samples[topo.name][key].append(gbps)
-                    print(f"round {rnd + 1} {topo.name:6} {key:7} {gbps:6.2f} Gbit/s",
-                          file=sys.stderr)
-                    if with_rules:
-                        # A legitimate stream must not trip a single drop.
-                        drop_counts[topo.name] = drops(topo)
+                for test in tests:
+                    for with_rules in modes:
+                        set_mode(topo, with_rules, args.dummies)
+                        value, sender_cpu = iperf3(topo, test, args.seconds)
+                        mode = "with" if with_rules else "without"
+                        figures[(topo.name, test)][mode].append(value)
+                        cpu[(topo.name, test)][mode].append(sender_cpu)
+                        print(f"round {rnd + 1} {topo.name:6} {test:5} {mode:7} "
+                              f"{value:8.2f} {TESTS[test][1]:6} sender CPU {sender_cpu:5.1f} %",
+                              file=sys.stderr)
+                        if with_rules:
+                            # Legitimate traffic must not trip a single drop.
+                            drops_seen[(topo.name, test)] = drops(topo)
+    summary = {f"{topo}/{test}": _summary(figures[(topo, test)], cpu[(topo, test)],
+                                          drops_seen.get((topo, test), {}))
+               for topo, test in keys}
     rows = []
-    summary: dict[str, Any] = {}
-    for name, by_mode in samples.items():
-        without, with_ = bl.median(by_mode["without"]), bl.median(by_mode["with"])
-        change = (with_ - without) / without * 100 if without else float("nan")
-        spread = (max(by_mode["without"]) - min(by_mode["without"])) / without * 100 \
-            if without else float("nan")
-        summary[name] = {"without_gbps": by_mode["without"], "with_gbps": by_mode["with"],
-                         "median_without": without, "median_with": with_,
-                         "change_pct": change, "spread_without_pct": spread,
-                         "drops_during_with": drop_counts.get(name, {})}
-        rows.append([name, bl.fmt(without, 2), bl.fmt(with_, 2), bl.fmt(change, 1),
-                     bl.fmt(spread, 1), " ".join(bl.fmt(v, 2) for v in by_mode["without"]),
-                     " ".join(bl.fmt(v, 2) for v in by_mode["with"]),
-                     str(sum(drop_counts.get(name, {}).values()))])
-    print(bl.table(["topology", "without Gbit/s", "with Gbit/s", "change %",
-                    "spread without %", "without (all)", "with (all)", "drops"], rows))
+    for (topo, test), key in zip(keys, summary, strict=True):
+        s = summary[key]
+        ratios = s["paired_ratios"]
+        rows.append([topo, test, TESTS[test][1], bl.fmt(s["median_without"], 2),
+                     bl.fmt(s["median_with"], 2),
+                     bl.fmt((s["paired_ratio_median"] - 1) * 100, 1),
+                     f"{bl.fmt((min(ratios) - 1) * 100, 0)}..{bl.fmt((max(ratios) - 1) * 100, 0)}",
+                     bl.fmt(s["spread_without_pct"] if s["spread_without_pct"] is not None
+                            else float("nan"), 0),
+                     bl.fmt(bl.median(s["sender_cpu_pct_without"]), 0) + " / "
+                     + bl.fmt(bl.median(s["sender_cpu_pct_with"]), 0),
+                     str(sum(s["drops_during_with"].values()))])
+    print(bl.table(["topology", "test", "unit", "median without", "median with",
+                    "paired change % (median)", "paired range %", "spread without %",
+                    "sender CPU % w/o / with", "drops"], rows))
     return {"seconds": args.seconds, "rounds": args.rounds, "dummies": args.dummies,
-            "load_before": load_before, "results": summary}
+            "load_before": load_before, "load_after": list(os.getloadavg()),
+            "results": summary}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -394,6 +394,12 @@ def test_evict_removes_and_tolerates_absent_elements(lab: Lab) -> None:
     # A plain delete of an absent element fails the batch: why evict adds first.
     with pytest.raises(CniError):
         lab.nft([b for b in evict if "delete" in b])
+    # Reconcile's way: evict whatever the table records for a port (here B's).
+    b = lab.pods["b"]
+    lab.nft(antispoof.evict_recorded_batch(TABLE, members, b.port))
+    members = lab.members()
+    assert members is not None and members.ports == {lab.pods["c"].port}
+    assert all(p == lab.pods["c"].port for p, _ in members.macs)
     # keep_port: registered but nothing admitted, so everything from A is dropped.
     lab.nft(antispoof.admit_batch(TABLE, a.port, a.mac, [a.address]))
     lab.nft(antispoof.evict_batch(TABLE, a.port, a.mac, [a.address], keep_port=True))

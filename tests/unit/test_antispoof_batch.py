@@ -156,3 +156,21 @@ def test_parse_members_of_a_partial_table() -> None:
 
 def test_parse_counters_reads_ours_only() -> None:
     assert antispoof.parse_counters(LISTING) == {"drop_mac": (3, 180)}
+
+
+def test_evict_recorded_removes_what_the_table_holds_for_the_port() -> None:
+    members = antispoof.parse_members(LISTING)
+    batch = antispoof.evict_recorded_batch(T, members, "xvm000000000001")
+    deleted = {(body["element"]["name"], json.dumps(e)) for cmd in batch
+               for verb, body in cmd.items() if verb == "delete" for e in body["element"]["elem"]}
+    assert deleted == {
+        ("pod_ipv4", json.dumps({"concat": ["xvm000000000001", "0a:58:0a:63:00:02",
+                                            "10.99.0.2"]})),
+        ("pod_ipv4", json.dumps({"concat": ["xvm000000000001", "0a:58:0a:63:00:02",
+                                            "10.99.0.9"]})),
+        ("pod_macs", json.dumps({"concat": ["xvm000000000001", "0a:58:0a:63:00:02"]})),
+        ("pod_ports", json.dumps("xvm000000000001")),
+    }
+    assert [verb for cmd in batch for verb in cmd][::2] == ["add"] * 3
+    # A port the table knows nothing about: only the (add-then-delete) port element.
+    assert len(antispoof.evict_recorded_batch(T, members, "xvm00000000abcd")) == 2

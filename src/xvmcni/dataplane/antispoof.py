@@ -128,7 +128,9 @@ def normalize_mac(mac: str) -> str:
 
 
 def _check_ifname(name: str) -> str:
-    if not name or len(name.encode()) >= IFNAMSIZ or "/" in name or name != name.strip():
+    # As the kernel's dev_valid_name: 1-15 bytes, no '/', ':' or whitespace.
+    if (not name or len(name.encode()) >= IFNAMSIZ or name in (".", "..")
+            or any(c in "/:" or c.isspace() for c in name)):
         raise ValueError(f"not an interface name: {name!r}")
     return name
 
@@ -261,6 +263,16 @@ def _element_cmd(verb: str, table: str, name: str, elems: list[Any]) -> dict[str
     return {verb: {"element": {"family": FAMILY, "table": table, "name": name, "elem": elems}}}
 
 
+def _add_then_delete(table: str, found: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    # Addresses before the MAC before the port: the reverse of admission.
+    batch: list[dict[str, Any]] = []
+    for name in (IPV4, IPV6, MACS, PORTS):
+        if found[name]:
+            batch.append(_element_cmd("add", table, name, found[name]))
+            batch.append(_element_cmd("delete", table, name, found[name]))
+    return batch
+
+
 def admit_batch(table: str, host_ifname: str, mac: str, addresses: Iterable[AddressLike] = (),
                 link_local: bool = True) -> list[dict[str, Any]]:
     """Let the pod behind ``host_ifname`` send from ``mac`` and ``addresses``.
@@ -288,12 +300,24 @@ def evict_batch(table: str, host_ifname: str, mac: str, addresses: Iterable[Addr
     found = _elements(host_ifname, mac, addresses, link_local)
     if keep_port:
         found[PORTS] = []
-    batch: list[dict[str, Any]] = []
-    for name in (IPV4, IPV6, MACS, PORTS):
-        if found[name]:
-            batch.append(_element_cmd("add", table, name, found[name]))
-            batch.append(_element_cmd("delete", table, name, found[name]))
-    return batch
+    return _add_then_delete(table, found)
+
+
+def evict_recorded_batch(table: str, recorded: Members, host_ifname: str,
+                         keep_port: bool = False) -> list[dict[str, Any]]:
+    """Remove every element the table holds for ``host_ifname`` (reconcile: a port whose
+    veth is gone, or whose recorded MAC/addresses the model no longer knows)."""
+    port = _check_ifname(host_ifname)
+    mine = recorded.port(port)
+    found: dict[str, list[Any]] = {
+        IPV4: [_concat(port, m, str(a)) for m, a in sorted(mine.addresses, key=str)
+               if a.version == 4],
+        IPV6: [_concat(port, m, str(a)) for m, a in sorted(mine.addresses, key=str)
+               if a.version == 6],
+        MACS: [_concat(port, m) for m in sorted(mine.macs)],
+        PORTS: [] if keep_port else [port],
+    }
+    return _add_then_delete(table, found)
 
 
 def delete_table_batch(table: str) -> list[dict[str, Any]]:
