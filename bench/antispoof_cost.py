@@ -1,7 +1,7 @@
 """Throughput cost of the anti-spoofing table (dataplane/antispoof): with vs without.
 
     sudo .venv/bin/python bench/antispoof_cost.py [--seconds 5] [--rounds 3]
-                                                  [--dummies 100] [--out FILE]
+        [--dummies 100] [--topologies bridge,vxlan] [--tests tcp,udp64] [--out FILE]
 
 Two topologies, built by hand with ``ip`` (no plugin involved, so only the filter
 differs between the two modes):
@@ -14,10 +14,15 @@ differs between the two modes):
 
 "with": ``antispoof.table_batch`` + both real pods admitted + ``--dummies`` made-up
 members per host, so the set lookups are not on near-empty sets. "without": the
-table deleted. Each round runs every (topology, mode) pair once, the mode order
-alternating between rounds; one iperf3 TCP stream for ``--seconds``; the figure is
-the median of the receiver's bit rate. Everything is removed at the end, also on
-errors and Ctrl-C.
+table deleted. Tests (``--tests``): ``tcp``, one iperf3 TCP stream (the receiver's
+Gbit/s; with GSO the bridge sees ~64 KB super-frames, so the filter runs rarely),
+and ``udp64``, one UDP stream of 64-byte datagrams as fast as the sender goes
+(datagrams received per second: one filter pass per frame, the worst case).
+Each round runs, per topology and test, a with/without pair back to back, the
+order alternating between rounds; the figure is the median of the paired ratios
+(drift in the machine's load cancels within a pair), beside the medians and the
+spread of the no-table runs. Everything is removed at the end, also on errors
+and Ctrl-C.
 """
 
 from __future__ import annotations
