@@ -31,6 +31,9 @@ import argparse
 import ipaddress
 import json
 import os
+import resource
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -49,6 +52,7 @@ VXLAN = f"xvmvx{VNI}"
 GATEWAY = "10.98.0.1"
 GATEWAY_MAC = names.gateway_mac(VNI)
 TABLE = "xvm_antispoof_bench"
+ISOLATION = "isolation_bench"  # its table: nft.table_name() -> xvm_isolation_bench
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -58,7 +62,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dummies", type=int, default=100,
                    help="made-up members per host in 'with' mode (default 100)")
     p.add_argument("--topologies", default="bridge,vxlan", help="comma list (bridge,vxlan)")
-    p.add_argument("--tests", default="tcp,udp64", help="comma list (tcp,udp64)")
+    p.add_argument("--tests", default="tcp,udp64,cpu", help="comma list (tcp,udp64,cpu)")
+    p.add_argument("--frames", type=int, default=300_000,
+                   help="frames per 'cpu' sample (default 300000)")
     p.add_argument("--out", help="JSON output (default bench/results/antispoof_cost.json)")
     return p.parse_args(argv)
 
@@ -90,6 +96,13 @@ def _host(ws: bl.Workspace, mtu: int) -> str:
     return host
 
 
+def _fdb(host: str, mac: str, port: str) -> None:
+    proc = subprocess.run(["bridge", "-n", host, "fdb", "replace", mac, "dev", port, "master",
+                           "static"], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"bridge fdb replace {mac} dev {port}: {proc.stderr.strip()}")
+
+
 def _pod(ws: bl.Workspace, host: str, index: int, mtu: int) -> Pod:
     netns = ws.add_netns("xbap")
     address = f"10.98.0.{index}"
@@ -102,6 +115,8 @@ def _pod(ws: bl.Workspace, host: str, index: int, mtu: int) -> Pod:
     bl.ip("-n", netns, "addr", "add", f"{address}/24", "dev", "eth0")
     for dev in ("eth0", "lo"):
         bl.ip("-n", netns, "link", "set", dev, "up")
+    # Static FDB entry: unicast to this pod is never flooded, whatever ages out.
+    _fdb(host, mac, port)
     return Pod(netns=netns, port=port, mac=mac, address=address)
 
 
@@ -123,6 +138,8 @@ def vxlan_topology(ws: bl.Workspace) -> Topology:
               str(VNI), "local", me, "remote", peer, "dstport", "8472", "dev", "eth0")
         bl.ip("-n", host, "link", "set", VXLAN, "master", BRIDGE, "up")
     a, b = _pod(ws, h1, 12, mtu), _pod(ws, h2, 13, mtu)
+    _fdb(h1, b.mac, VXLAN)
+    _fdb(h2, a.mac, VXLAN)
     return Topology("vxlan", [h1, h2], {h1: [a], h2: [b]}, a, b)
 
 
@@ -144,6 +161,11 @@ def set_mode(topo: Topology, with_rules: bool, dummies: int) -> None:
             batch += _dummy_members(dummies)
         else:
             batch = antispoof.delete_table_batch(TABLE)
+        # As in production, the network's gateway-isolation table (bridge family, hooks
+        # at pre- and postrouting) is there in both modes: the figure is what the
+        # anti-spoofing table adds, not the cost of enabling bridge netfilter at all.
+        batch += nft.gateway_isolation_batch(ISOLATION, VXLAN, ipaddress.IPv4Address(GATEWAY),
+                                             GATEWAY_MAC)
         fd = open_netns(f"/run/netns/{host}")
         try:
             with entered(fd):  # nft inherits this thread's netns
@@ -172,7 +194,53 @@ TESTS = {
     # 64-byte UDP payloads, as fast as the sender can: no GSO, one filter pass per
     # frame, the worst case for a per-frame cost.
     "udp64": (["-u", "-l", "64", "-b", "0"], "kpps"),
+    # Not iperf3: system CPU ns per 64-byte frame sent from a raw socket (see
+    # kernel_ns_per_frame): the filter's own cost, robust to a busy machine.
+    "cpu": ([], "ns/frame"),
 }
+
+
+def _frame(src: Pod, dst: Pod) -> bytes:
+    """64-byte UDP to an address the receiving pod does not hold: its kernel drops it
+    at the IP layer (no reply), after the whole veth/bridge(/VXLAN) path."""
+    payload = bytes(18)
+    udp = struct.pack("!HHHH", 40000, 9, 8 + len(payload), 0) + payload
+    header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0,
+                         ipaddress.IPv4Address(src.address).packed,
+                         ipaddress.IPv4Address("10.98.0.250").packed)
+    words = struct.unpack("!10H", header)
+    total = sum(words)
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    header = header[:10] + struct.pack("!H", ~total & 0xFFFF) + header[12:]
+    mac = bytes.fromhex(dst.mac.replace(":", "")) + bytes.fromhex(src.mac.replace(":", ""))
+    return mac + struct.pack("!H", 0x0800) + header + udp
+
+
+def kernel_ns_per_frame(topo: Topology, count: int) -> float:
+    """System CPU time of the sending thread per frame, in ns.
+
+    A frame sent on a veth crosses the bridge (and the filter), the VXLAN device and
+    the far veth in softirq context on the sending CPU, run inline when the send
+    re-enables bottom halves; without IRQ-time accounting the kernel charges that to
+    the sending thread. CPU time, unlike a rate, barely moves when other processes
+    compete for the CPUs."""
+    fd = open_netns(f"/run/netns/{topo.client.netns}")
+    try:
+        with entered(fd):
+            sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    finally:
+        os.close(fd)
+    with sock:
+        sock.bind(("eth0", 0))
+        frame = _frame(topo.client, topo.server)
+        for _ in range(1000):  # warm caches and the neighbour/FDB state
+            sock.send(frame)
+        before = resource.getrusage(resource.RUSAGE_THREAD).ru_stime
+        for _ in range(count):
+            sock.send(frame)
+        after = resource.getrusage(resource.RUSAGE_THREAD).ru_stime
+    return (after - before) / count * 1e9
 
 
 def _server_up(topo: Topology) -> bool:
@@ -252,7 +320,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 for test in tests:
                     for with_rules in modes:
                         set_mode(topo, with_rules, args.dummies)
-                        value, sender_cpu = iperf3(topo, test, args.seconds)
+                        if test == "cpu":
+                            value, sender_cpu = kernel_ns_per_frame(topo, args.frames), float("nan")
+                        else:
+                            value, sender_cpu = iperf3(topo, test, args.seconds)
                         mode = "with" if with_rules else "without"
                         figures[(topo.name, test)][mode].append(value)
                         cpu[(topo.name, test)][mode].append(sender_cpu)

@@ -31,17 +31,23 @@ def test_table_batch_never_flushes_sets_or_counters() -> None:
     assert all(cmd["add"]["rule"]["table"] == T for cmd in batch if "rule" in cmd.get("add", {}))
 
 
-def test_only_the_entry_chain_hooks_and_it_checks_pod_ports_only() -> None:
-    batch = antispoof.table_batch(T, GW_MAC)
+def test_only_the_entry_chain_hooks_and_other_ports_leave_first() -> None:
+    batch = antispoof.table_batch(T, GW_MAC, ["10.244.0.1"])
     hooked = [c["add"]["chain"] for c in batch
               if "chain" in c.get("add", {}) and "hook" in c["add"]["chain"]]
     assert [(h["name"], h["hook"], h["policy"]) for h in hooked] == [
         (antispoof.ENTRY, "prerouting", "accept")]
     entry = [c["add"]["rule"]["expr"] for c in batch
              if "rule" in c.get("add", {}) and c["add"]["rule"]["chain"] == antispoof.ENTRY]
-    assert entry == [[{"match": {"op": "==", "left": {"meta": {"key": "iifname"}},
-                                 "right": "@" + antispoof.PORTS}},
-                      {"jump": {"target": antispoof.FRAME}}]]
+    # A frame from a port that is not a pod's is accepted by the first rule.
+    assert entry[0] == [{"match": {"op": "!=", "left": {"meta": {"key": "iifname"}},
+                                   "right": "@" + antispoof.PORTS}}, {"accept": None}]
+    # Gateway guards come before the fast-path accept, and the chain ends in the full check.
+    text = [json.dumps(rule) for rule in entry]
+    fast = next(i for i, t in enumerate(text) if "@" + antispoof.IPV4 in t)
+    assert all(i < fast for i, t in enumerate(text) if antispoof.GATEWAY in t)
+    assert sum(antispoof.GATEWAY in t for t in text) == 2
+    assert entry[-1] == [{"goto": {"target": antispoof.FRAME}}]
 
 
 def test_rule_count_does_not_depend_on_members() -> None:

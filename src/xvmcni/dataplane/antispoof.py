@@ -23,6 +23,11 @@ What a pod port may send (everything else is dropped and counted):
   solicitation and MLD reports; never a router advertisement or redirect;
 - no other EtherType (VLAN tags included: they would hide the inner header).
 
+Cost: a frame from another port leaves after one set lookup; a pod's ordinary IPv4
+frame is accepted after two (``pod_ports``, then ``pod_ipv4`` whose key holds the
+MAC) and two compares (the gateway guards). Only ARP, IPv6, DHCP and what is
+about to be dropped take the full path (bench/antispoof_cost.py measures it).
+
 A port is *registered* before it is *admitted* when the model adds it to
 ``pod_ports`` with no MAC (``admit_batch(..., mac="")``): from then on every frame
 from it is dropped, so the window between creating a veth and learning its MAC or
@@ -185,10 +190,22 @@ def table_batch(table: str, gateway_mac: str,
         batch.append({"flush": {"chain": {"family": FAMILY, "table": table, "name": chain}}})
 
     iif, ether_src = _meta("iifname"), _payload("ether", "saddr")
+    ip_src = _payload("ip", "saddr")
     rules: list[tuple[str, list[dict[str, Any]]]] = [
-        # Ports not in the set (VXLAN port, anything not a pod) are not ours to check.
-        (ENTRY, [_match(iif, "@" + PORTS), {"jump": {"target": FRAME}}]),
-        (FRAME, [_match(ether_src, gw_mac), *_count_drop(GATEWAY)]),
+        # Frames from any other port (the VXLAN port: remote pods are checked on their
+        # own host; another network's pods) leave after one lookup.
+        (ENTRY, [_match(iif, "@" + PORTS, "!="), {"accept": None}]),
+        # The gateway guards: a compare that fails at once for any other source.
+        (ENTRY, [_match(ether_src, gw_mac), *_count_drop(GATEWAY)]),
+    ]
+    if gw4:
+        rules.append((ENTRY, [_match(ip_src, _anon(gw4)), *_count_drop(GATEWAY)]))
+    rules += [
+        # Fast path: IPv4 from the pod's own MAC and address, one lookup (the MAC is
+        # part of the key).
+        (ENTRY, [_match(_concat(iif, ether_src, ip_src), "@" + IPV4), {"accept": None}]),
+        # Everything else from a pod port gets the full check.
+        (ENTRY, [{"goto": {"target": FRAME}}]),
         (FRAME, [_match(_concat(iif, ether_src), "@" + MACS, "!="), *_count_drop(MAC)]),
         (FRAME, [{"vmap": {"key": _payload("ether", "type"),
                            "data": {"set": [["arp", {"goto": {"target": ARP}}],
@@ -209,9 +226,6 @@ def table_batch(table: str, gateway_mac: str,
                {"accept": None}]),
         (ARP, _count_drop(ARP_DROP)),
     ]
-    ip_src = _payload("ip", "saddr")
-    if gw4:
-        rules.append((FROM_V4, [_match(ip_src, _anon(gw4)), *_count_drop(GATEWAY)]))
     rules += [
         (FROM_V4, [_match(_concat(iif, ether_src, ip_src), "@" + IPV4), {"accept": None}]),
         # A DHCP client before it has a lease (the MAC was checked in FRAME).
