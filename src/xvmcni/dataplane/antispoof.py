@@ -227,8 +227,8 @@ def table_batch(table: str, gateway_mac: str,
         (ARP, _count_drop(ARP_DROP)),
     ]
     rules += [
-        (FROM_V4, [_match(_concat(iif, ether_src, ip_src), "@" + IPV4), {"accept": None}]),
-        # A DHCP client before it has a lease (the MAC was checked in FRAME).
+        # Its own address was accepted in ENTRY already. What else IPv4 may use: the
+        # DHCP client before it has a lease (the MAC was checked in FRAME).
         (FROM_V4, [_match(ip_src, UNSPECIFIED_V4),
                    _match(_payload("ip", "daddr"), "255.255.255.255"),
                    _match(_payload("udp", "sport"), 68), _match(_payload("udp", "dport"), 67),
