@@ -51,6 +51,7 @@ _CNI_CODES = {
     DataplaneError.SYSTEM: IO_FAILURE,
     DataplaneError.HOST_CONFLICT: INVALID_CONFIG,
     DataplaneError.CONTAINER: INVALID_ENV,
+    DataplaneError.INVALID: INVALID_CONFIG,
 }
 _MINIMUM_VERSION = {"CHECK": "0.4.0", "GC": "1.1.0", "STATUS": "1.1.0"}
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from tests.support import frames
-from xvmcni.cni.errors import CniError
 from xvmcni.dataplane import antispoof, names, nft
+from xvmcni.dataplane.errors import DataplaneError
 from xvmcni.dataplane.netns import entered, open_netns
 
 pytestmark = pytest.mark.root
@@ -392,7 +392,7 @@ def test_evict_removes_and_tolerates_absent_elements(lab: Lab) -> None:
     assert a.port not in members.ports and members.port(a.port) == antispoof.PortMembers()
     assert set(members.ports) == {lab.pods["b"].port, lab.pods["c"].port}
     # A plain delete of an absent element fails the batch: why evict adds first.
-    with pytest.raises(CniError):
+    with pytest.raises(DataplaneError):
         lab.nft([b for b in evict if "delete" in b])
     # Reconcile's way: evict whatever the table records for a port (here B's).
     b = lab.pods["b"]

@@ -48,13 +48,12 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from xvmcni.cni.errors import NFTABLES_FAILURE, CniError
 from xvmcni.dataplane import nft
+from xvmcni.dataplane.errors import DataplaneError
 
 FAMILY = "bridge"
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -413,18 +412,14 @@ def parse_counters(listing: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
 
 
 def list_table(table: str) -> dict[str, Any] | None:
-    """``nft -j list table bridge <table>`` in the current netns; None if it is absent."""
+    """``list table bridge <table>`` (JSON) in the current netns; None if it is absent."""
     try:
-        proc = subprocess.run([nft.nft_binary(), "-j", "list", "table", FAMILY, table],
-                              capture_output=True, timeout=nft.NFT_TIMEOUT, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise CniError(NFTABLES_FAILURE, "cannot run nft", str(exc)) from exc
-    stderr = proc.stderr.decode(errors="replace").strip()
-    if proc.returncode != 0:
-        if "No such file or directory" in stderr:
+        out = nft.run(f"list table {FAMILY} {table}")
+    except DataplaneError as exc:
+        if "No such file or directory" in exc.details:
             return None
-        raise CniError(NFTABLES_FAILURE, f"cannot list nftables table {FAMILY} {table}", stderr)
-    data = json.loads(proc.stdout or b'{"nftables": []}')
+        raise
+    data = json.loads(out) if out.strip() else {"nftables": []}
     return data if isinstance(data, dict) else None
 
 

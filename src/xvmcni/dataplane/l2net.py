@@ -16,7 +16,7 @@ from typing import Any
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from xvmcni.dataplane import nft, ownership, sysctl
+from xvmcni.dataplane import antispoof, nft, ownership, sysctl
 from xvmcni.dataplane.errors import DataplaneError
 from xvmcni.dataplane.hostif import HostInterface
 from xvmcni.dataplane.netlink import (
@@ -212,6 +212,9 @@ def ensure(ipr: Any, spec: L2Spec, in_use: bool, refresh_filters: bool = False,
         # can slip across the VXLAN before they do.
         batch = nft.gateway_isolation_batch(spec.network, spec.vxlan, spec.gateway.ip,
                                             spec.gateway_mac)
+        # Pods may send only as themselves; the table keeps its members on a refresh.
+        batch += antispoof.table_batch(ownership.guard_table_name(spec.network),
+                                       spec.gateway_mac, (spec.gateway.ip,))
         batch += (nft.masquerade_batch(spec.network, spec.gateway.network) if spec.ip_masq
                   else nft.delete_table_batch("ip", spec.network))
         if adopt_unmarked:
@@ -233,7 +236,9 @@ def ensure(ipr: Any, spec: L2Spec, in_use: bool, refresh_filters: bool = False,
         if bridge is None and vxlan is None and not in_use:
             try:
                 nft.run_batch(nft.delete_table_batch("bridge", spec.network)
-                              + nft.delete_table_batch("ip", spec.network))
+                              + nft.delete_table_batch("ip", spec.network)
+                              + antispoof.delete_table_batch(
+                                  ownership.guard_table_name(spec.network)))
             except DataplaneError as exc:
                 log.error("could not remove the nftables tables of %s after a failed "
                           "join: %s", spec.network, exc)
@@ -271,7 +276,8 @@ def remove(ipr: Any, network: str, bridge: str, vxlan: str,
         else:
             log.warning("leaving %s in place: it is not network %s's (%s)", name, network,
                         ownership.owner(link) or "no xvm-cni mark")
-    batch = nft.delete_table_batch("bridge", network) + nft.delete_table_batch("ip", network)
+    batch = (nft.delete_table_batch("bridge", network) + nft.delete_table_batch("ip", network)
+             + antispoof.delete_table_batch(ownership.guard_table_name(network)))
     if unmarked_is_ours:
         legacy = ownership.legacy_table_name(network)
         batch += (nft.delete_named_table_batch("bridge", legacy)
@@ -300,8 +306,9 @@ def problems(ipr: Any, spec: L2Spec) -> list[str]:
         if vxlan.get("IFLA_MASTER") != bridge["index"]:
             found.append(f"{spec.vxlan} is not a port of {spec.bridge}")
     tables = nft.list_tables()
-    if ("bridge", nft.table_name(spec.network)) not in tables:
-        found.append(f"nftables table bridge {nft.table_name(spec.network)} is missing")
+    for name in (nft.table_name(spec.network), ownership.guard_table_name(spec.network)):
+        if ("bridge", name) not in tables:
+            found.append(f"nftables table bridge {name} is missing")
     if spec.ip_masq and ("ip", nft.table_name(spec.network)) not in tables:
         found.append(f"nftables table ip {nft.table_name(spec.network)} is missing")
     return found

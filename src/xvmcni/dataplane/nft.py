@@ -22,7 +22,7 @@ import shutil
 import subprocess
 from typing import Any
 
-from xvmcni.dataplane import ownership
+from xvmcni.dataplane import libnft, ownership
 from xvmcni.dataplane.errors import DataplaneError
 
 _FALLBACK_PATHS = ("/usr/sbin/nft", "/sbin/nft")
@@ -45,34 +45,43 @@ def nft_binary() -> str:
                    "install the nftables package")
 
 
+def run(command: str) -> str:
+    """Run one nft command (text, or a JSON document) in this thread's netns; its
+    JSON output. Through libnftables when it loads, else the ``nft`` program."""
+    if libnft.LIBRARY is not None:
+        rc, out, err = libnft.LIBRARY.run(command)
+    else:
+        try:
+            proc = subprocess.run([nft_binary(), "-j", "-f", "-"], input=command.encode(),
+                                  capture_output=True, timeout=NFT_TIMEOUT, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise DataplaneError(DataplaneError.NFTABLES, "cannot run nft", str(exc)) from exc
+        rc, out = proc.returncode, proc.stdout.decode(errors="replace")
+        err = proc.stderr.decode(errors="replace")
+    if rc != 0:
+        first = command.split("\n", 1)[0][:80]
+        raise DataplaneError(DataplaneError.NFTABLES, "nftables refused our request",
+                             f"{err.strip()} (request: {first})")
+    return out
+
+
 def run_batch(commands: list[dict[str, Any]]) -> None:
-    payload = json.dumps({"nftables": commands})
-    try:
-        proc = subprocess.run([nft_binary(), "-j", "-f", "-"], input=payload.encode(),
-                              capture_output=True, timeout=NFT_TIMEOUT, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise DataplaneError(DataplaneError.NFTABLES, "cannot run nft", str(exc)) from exc
-    if proc.returncode != 0:
-        raise DataplaneError(DataplaneError.NFTABLES, "nftables rejected our rules",
-                       proc.stderr.decode(errors="replace").strip())
+    """Apply ``commands`` as one transaction: all or nothing."""
+    run(json.dumps({"nftables": commands}))
+
+
+def query(command: str) -> list[dict[str, Any]]:
+    """The objects a ``list ...`` command prints; [] for no output."""
+    out = run(command)
+    data = json.loads(out) if out.strip() else {"nftables": []}
+    items = data.get("nftables", []) if isinstance(data, dict) else []
+    return [item for item in items if isinstance(item, dict)]
 
 
 def list_tables() -> set[tuple[str, str]]:
     """(family, name) of every table in the current netns."""
-    try:
-        proc = subprocess.run([nft_binary(), "-j", "list", "tables"], capture_output=True,
-                              timeout=NFT_TIMEOUT, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise DataplaneError(DataplaneError.NFTABLES, "cannot run nft", str(exc)) from exc
-    if proc.returncode != 0:
-        raise DataplaneError(DataplaneError.NFTABLES, "cannot list nftables tables",
-                       proc.stderr.decode(errors="replace").strip())
-    data = json.loads(proc.stdout or b'{"nftables": []}')
-    return {
-        (item["table"]["family"], item["table"]["name"])
-        for item in data.get("nftables", [])
-        if "table" in item
-    }
+    return {(item["table"]["family"], item["table"]["name"])
+            for item in query("list tables") if "table" in item}
 
 
 def _match(left: dict[str, Any], right: Any, op: str = "==") -> dict[str, Any]:

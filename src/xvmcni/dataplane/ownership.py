@@ -93,6 +93,11 @@ def table_name(network: str) -> str:
     return f"xvm_{_UNSAFE.sub('', network)[:_TABLE_NAME_CHARS]}_{digest}"
 
 
+def guard_table_name(network: str) -> str:
+    """The network's anti-spoofing table (bridge family), beside its gateway filter."""
+    return "xvmg" + table_name(network)[3:]
+
+
 def legacy_table_name(network: str) -> str:
     """The name versions before the ownership marks used (shared by 'pod-net',
     'pod.net' and 'pod_net'); only ever removed by a network whose own state shows

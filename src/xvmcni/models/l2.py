@@ -19,7 +19,8 @@ from typing import Any
 from xvmcni.cni.result import Interface, Route
 from xvmcni.config import fail, get
 from xvmcni.controlplane.base import Peer
-from xvmcni.dataplane import hostif, l2net, names, ownership, sysctl, veth
+from xvmcni.dataplane import antispoof, hostif, l2net, names, nft, ownership, sysctl, veth
+from xvmcni.dataplane.errors import DataplaneError
 from xvmcni.dataplane.hostif import HostInterface, HostInterfaceCache
 from xvmcni.dataplane.netlink import IFF_UP, get_link, link_kind, rtnl
 from xvmcni.dataplane.netns import netns_gone, open_netns
@@ -260,8 +261,22 @@ class L2Model:
         if self._bridge_index is None:
             self._bridge_index = l2net.ensure(self.ipr, spec, in_use=True)
         side = self._side(pod, spec.mtu, addresses, mac)
+        # The port is admitted before the veth exists (rules match names): there is no
+        # moment in which the pod could send as someone else. Without a MAC known yet
+        # (delegated IPAM plugs first), the port is registered and drops everything
+        # until its MAC is admitted right after creation.
+        wanted_mac = side.mac or veth.container_mac(side.addresses)
+        self._admit(pod, wanted_mac, addresses)
         pair = veth.ensure(self.ipr, pod_ns.ipr, pod_ns.fd, pod.host_ifname,
                            self._bridge_index, side)
+        if pair.container_mac.lower() != wanted_mac.lower():
+            # The interface kept another MAC (a repeated ADD, or the kernel chose one):
+            # admit what it really has, and only that.
+            if wanted_mac:
+                nft.run_batch(antispoof.evict_batch(self.guard_table, pod.host_ifname,
+                                                    wanted_mac, [a.ip for a in addresses],
+                                                    keep_port=True))
+            self._admit(pod, pair.container_mac, addresses)
         return Plugged(
             interfaces=[Interface(spec.bridge, spec.gateway_mac, mtu=spec.mtu),
                         Interface(pod.host_ifname, pair.host_mac, mtu=spec.mtu),
@@ -272,6 +287,24 @@ class L2Model:
             routes=self.container_routes(),
         )
 
+    def _admit(self, pod: Pod, mac: str, addresses: list[IPInterface]) -> None:
+        try:
+            batch = antispoof.admit_batch(self.guard_table, pod.host_ifname, mac,
+                                          [a.ip for a in addresses])
+        except ValueError as exc:  # a MAC or address the filter cannot admit
+            raise DataplaneError(DataplaneError.INVALID, str(exc)) from exc
+        nft.run_batch(batch)
+
+    def _evict(self, host_ifname: str) -> None:
+        recorded = antispoof.members(self.guard_table)
+        if recorded is not None and host_ifname in recorded.ports:
+            nft.run_batch(antispoof.evict_recorded_batch(self.guard_table, recorded,
+                                                         host_ifname))
+
+    @property
+    def guard_table(self) -> str:
+        return ownership.guard_table_name(self.settings.network)
+
     def unplug(self, pod: Pod, owned: bool) -> None:
         network = self.settings.network
         # A device without our mark is this attachment's only when we hold its record
@@ -281,12 +314,14 @@ class L2Model:
             mark = ownership.owner(link)
             if link is not None and (mark.network == network if mark else owned) \
                     and self._reaper.retire(self.ipr, pod.host_ifname):
+                self._evict(pod.host_ifname)
                 return  # down and queued: the agent deletes the pair off the request path
         outcome = veth.remove_host_end(self.ipr, pod.host_ifname, network, owned)
         if outcome == veth.FOREIGN:
             log.warning("not removing %s: it does not belong to network %s",
                         pod.host_ifname, network)
             return
+        self._evict(pod.host_ifname)
         if outcome == veth.REMOVED or not owned or not pod.netns:
             return  # the container end went with the host end (or is not ours to touch)
         # The host end is gone but a container end may remain (an interrupted ADD).
@@ -308,6 +343,17 @@ class L2Model:
         side = self._side(pod, spec.mtu, addresses, mac)
         found += veth.problems(self.ipr, pod_ns.ipr, pod.host_ifname,
                                bridge["index"] if bridge else -1, side)
+        recorded = antispoof.members(self.guard_table)
+        admitted = recorded.port(pod.host_ifname) if recorded is not None else None
+        if admitted is None or not admitted.macs:
+            found.append(f"{pod.host_ifname} is not admitted in nftables table "
+                         f"bridge {self.guard_table}")
+        else:
+            have = {str(a) for _, a in admitted.addresses}
+            missing = [str(a.ip) for a in addresses if str(a.ip) not in have]
+            if missing:
+                found.append(f"{pod.host_ifname} may not send from {', '.join(missing)} "
+                             f"(nftables table bridge {self.guard_table})")
         return found
 
     def leave(self, unmarked_is_ours: bool = False) -> None:
@@ -330,7 +376,10 @@ class L2Model:
         self._bridge_index = bridge_index
         sysctl.ensure("net.ipv4.ip_forward", "1")
         replugged = []
+        recorded = antispoof.members(self.guard_table)
         for pod, addresses in pods:
+            if recorded is None or pod.host_ifname not in recorded.ports:
+                self._admit_running(pod, addresses)
             link = get_link(self.ipr, pod.host_ifname)
             if link is not None and link.get("IFLA_MASTER") == bridge_index \
                     and link["flags"] & IFF_UP:
@@ -346,6 +395,19 @@ class L2Model:
             log.info("re-plugged %s/%s into %s", pod.container_id[:12], pod.ifname,
                      spec.bridge)
         return replugged
+
+    def _admit_running(self, pod: Pod, addresses: list[IPInterface]) -> None:
+        """Admit a running pod by the MAC its interface has (an earlier version's pod,
+        or a table that was lost)."""
+        try:
+            with self.enter(pod) as pod_ns:
+                link = get_link(pod_ns.ipr, pod.ifname)
+        except DataplaneError as exc:
+            log.warning("cannot read the MAC of %s/%s: %s", pod.container_id[:12],
+                        pod.ifname, exc)
+            return
+        if link is not None:
+            self._admit(pod, str(link.get("IFLA_ADDRESS")), addresses)
 
     def remove_orphans(self, known: set[str]) -> list[str]:
         """Host veths on our bridge that no record explains: left by a crash mid-ADD."""
@@ -364,6 +426,7 @@ class L2Model:
                     and name not in known:
                 log.info("GC: removing orphan port %s", name)
                 veth.remove_host_end(self.ipr, name, s.network, False)
+                self._evict(name)
                 removed.append(name)
         return removed
 
