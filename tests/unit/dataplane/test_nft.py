@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+from typing import Any
 
 from xvmcni.dataplane import nft
 from xvmcni.dataplane.ownership import table_name
@@ -13,8 +14,8 @@ GW = ipaddress.IPv4Address("10.244.0.1")
 GW_MAC = "02:78:76:00:00:0a"
 
 
-def rules(batch: list[dict[str, object]]) -> list[dict[str, object]]:
-    return [c["add"]["rule"] for c in batch if "rule" in c.get("add", {})]  # type: ignore[index,union-attr]
+def rules(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [c["add"]["rule"] for c in batch if "rule" in c.get("add", {})]
 
 
 def test_gateway_isolation_rebuilds_its_table_from_scratch() -> None:
@@ -31,7 +32,7 @@ def test_gateway_isolation_rebuilds_its_table_from_scratch() -> None:
     text = json.dumps(found)
     assert GW_MAC in text and str(GW) in text and "xvmvx10" in text
     for rule in found:
-        expr = rule["expr"]  # type: ignore[index]
+        expr = rule["expr"]
         assert {"counter": None} in expr and {"drop": None} in expr
 
 
@@ -39,13 +40,13 @@ def test_masquerade_never_touches_pod_to_pod() -> None:
     subnet = ipaddress.IPv4Network("10.244.0.0/16")
     batch = nft.masquerade_batch("xvm-network", subnet)
     (rule,) = rules(batch)
-    matches = [e["match"] for e in rule["expr"] if "match" in e]  # type: ignore[index,union-attr]
+    matches = [e["match"] for e in rule["expr"] if "match" in e]
     prefix = {"prefix": {"addr": "10.244.0.0", "len": 16}}
     assert {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}},
             "right": prefix} in matches
     assert {"op": "!=", "left": {"payload": {"protocol": "ip", "field": "daddr"}},
             "right": prefix} in matches
-    assert {"masquerade": None} in rule["expr"]  # type: ignore[operator,index]
+    assert {"masquerade": None} in rule["expr"]
 
 
 def test_delete_batches_add_before_they_delete() -> None:
