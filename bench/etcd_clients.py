@@ -241,7 +241,8 @@ class Adapter:
     def grant(self, ttl: int) -> Any:
         raise NotImplementedError
 
-    def refresh(self, lease: Any) -> None:
+    def refresh(self, lease: Any) -> int:
+        """One keep-alive; returns the TTL etcd answered (<= 0: lease gone)."""
         raise NotImplementedError
 
     def create(self, key: str, value: str) -> bool:
@@ -289,8 +290,8 @@ class Etcd3Family(Adapter):
     def grant(self, ttl: int) -> Any:
         return self.c.lease(ttl)
 
-    def refresh(self, lease: Any) -> None:
-        lease.refresh()
+    def refresh(self, lease: Any) -> int:
+        return int(lease.refresh()[0].TTL)
 
     def create(self, key: str, value: str) -> bool:
         t = self.c.transactions
@@ -341,9 +342,8 @@ class Etcd3gw(Adapter):
     def grant(self, ttl: int) -> Any:
         return self.c.lease(ttl)
 
-    def refresh(self, lease: Any) -> None:
-        if lease.refresh() <= 0:
-            raise RuntimeError("lease gone")
+    def refresh(self, lease: Any) -> int:
+        return int(lease.refresh())
 
     def create(self, key: str, value: str) -> bool:
         return bool(self.c.create(key, value))
@@ -412,8 +412,8 @@ class Aetcd(AsyncAdapter):
     def grant(self, ttl: int) -> Any:
         return self.run(self.c.lease(ttl))
 
-    def refresh(self, lease: Any) -> None:
-        self.run(lease.refresh())
+    def refresh(self, lease: Any) -> int:
+        return int(self.run(lease.refresh()).TTL)
 
     def create(self, key: str, value: str) -> bool:
         t = self.c.transactions
@@ -455,15 +455,16 @@ class Etcd3aio(AsyncAdapter):
     def grant(self, ttl: int) -> Any:
         return self.run(self.c.lease.grant(ttl, timeout=3)).ID
 
-    def refresh(self, lease: Any) -> None:
-        async def once() -> None:
+    def refresh(self, lease: Any) -> int:
+        async def once() -> int:
             call = self.c.lease.keep_alive(lease)
+            ttl = -1
             async for resp in call:
-                if resp.TTL <= 0:
-                    raise RuntimeError("lease gone")
+                ttl = int(resp.TTL)
                 break
             call.cancel()
-        self.run(once())
+            return ttl
+        return int(self.run(once()))
 
     def create(self, key: str, value: str) -> bool:
         from etcd3aio.kv import KVService
@@ -558,8 +559,7 @@ def step_lease(a: Adapter, run_id: str) -> dict[str, Any]:
     t0 = time.monotonic()
     while time.monotonic() - t0 < 3 * TTL:
         time.sleep(period)
-        a.refresh(lease)
-        checks.append(a.get(key) == "v")
+        checks.append(a.refresh(lease) > 0 and a.get(key) == "v")
     t1 = time.monotonic()
     gone_after = None
     while time.monotonic() - t1 < TTL + 4:
@@ -567,8 +567,15 @@ def step_lease(a: Adapter, run_id: str) -> dict[str, Any]:
             gone_after = round(time.monotonic() - t1, 2)
             break
         time.sleep(0.1)
+    # What does a refresh of an expired lease do: raise, or report TTL <= 0?
+    late = a.grant(TTL)
+    time.sleep(TTL + 1.5)
+    try:
+        refresh_expired = f"returned TTL {a.refresh(late)} (no exception)"
+    except Exception as e:  # noqa: BLE001 - the behaviour is the result
+        refresh_expired = f"raised {e!r}"[:160]
     return {"kept_alive": all(checks), "refreshes": len(checks),
-            "expired_after_s": gone_after}
+            "expired_after_s": gone_after, "refresh_of_expired_lease": refresh_expired}
 
 
 def step_race(make: Callable[[], Adapter], run_id: str, rounds: int = 20) -> dict[str, Any]:
@@ -633,6 +640,8 @@ def step_watch_restart(a: Adapter, make: Callable[[], Adapter], server: EtcdServ
     if not evs:
         return {"error": f"first event not seen: {got}"}
     rev_a = int(evs[-1][2])
+    leased = f"/{run_id}/l/leased"
+    a.put(leased, "x", lease=a.grant(TTL))
 
     server.kill9()
     during = drain(sink, 3)
@@ -655,6 +664,10 @@ def step_watch_restart(a: Adapter, make: Callable[[], Adapter], server: EtcdServ
     res["same_client_recovered_after_s"] = recovered
     if recovered is None:
         res["same_client_error"] = last_err
+    # etcd re-arms every lease at full TTL when it (re)gains leadership, so a
+    # lease-bound key outlives an etcd outage longer than its TTL.
+    left = etcdctl(ctl, server, "get", leased, "--print-value-only").strip()
+    res["leased_key_after_outage_longer_than_ttl"] = "present" if left == "x" else "gone"
     etcdctl(ctl, server, "put", prefix + "b", "2")
     after = drain(sink, 5, lambda it: it[0] == "event" and it[1] == prefix + "b")
     if any(it[0] == "event" and it[1] == prefix + "b" for it in after):
@@ -937,7 +950,7 @@ def orchestrate(args: argparse.Namespace) -> int:
     results: list[dict[str, Any]] = []
     report: dict[str, Any] = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                               "python": sys.version.split()[0], "servers": {},
-                              "results": results}
+                              "load_before": os.getloadavg(), "results": results}
     try:
         certs = make_certs(root / "certs")
         for ver, (etcd, _ctl) in servers.items():
@@ -972,6 +985,7 @@ def orchestrate(args: argparse.Namespace) -> int:
         if killed:
             print(f"killed {killed} leftover etcd process(es)", file=sys.stderr)
         shutil.rmtree(root, ignore_errors=True)
+    report["load_after"] = os.getloadavg()
     print_table(results)
     for ver, info in report["servers"].items():
         print(f"etcd {ver}: {info['version']}; JSON gateway /kv/range status by prefix: "
