@@ -908,6 +908,11 @@ def run_probe(py: Path, name: str, cfg: dict[str, Any]) -> dict[str, Any]:
         os.killpg(proc.pid, signal.SIGKILL)
         out, err = proc.communicate()
         return {"client": name, "error": "probe timed out", "stderr": err[-1500:]}
+    finally:
+        # Ctrl-C / SIGTERM while a probe runs: its etcds die with it (PDEATHSIG).
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
     lines = [ln for ln in out.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
         return {"client": name, "error": f"probe exit {proc.returncode}", "stderr": err[-1500:]}
@@ -952,7 +957,12 @@ def print_table(results: list[dict[str, Any]]) -> None:
         print(" | ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
 
 
+def _exit_on_sigterm(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)  # so the finally blocks below still run
+
+
 def orchestrate(args: argparse.Namespace) -> int:
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     venvs = Path(args.venvs)
     venvs.mkdir(parents=True, exist_ok=True)
     names = args.clients.split(",") if args.clients else list(CLIENTS)
