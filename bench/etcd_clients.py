@@ -114,8 +114,12 @@ class EtcdServer:
                      "--key-file", self.certs["server_key"],
                      "--trusted-ca-file", self.certs["ca"], "--client-cert-auth"]
         log = open(self.dir / "etcd.log", "ab")  # noqa: SIM115 - handed to the child
+        # PDEATHSIG fires when the *thread* that forked exits, so only an etcd
+        # started from the main thread gets it; one restarted inside a step
+        # thread is stopped by the probe's finally and the pid-file sweep.
+        main = threading.current_thread() is threading.main_thread()
         self.proc = subprocess.Popen(args, stdout=log, stderr=log,
-                                     preexec_fn=_die_with_parent)
+                                     preexec_fn=_die_with_parent if main else None)
         log.close()
         (self.dir / "pid").write_text(str(self.proc.pid))
         self.wait_healthy()
