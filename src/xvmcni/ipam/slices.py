@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from xvmcni.cni.names import shown
 from xvmcni.errors import (
     ADDRESS_EXHAUSTED,
     ADDRESS_IN_USE,
@@ -61,8 +62,8 @@ def parse_settings(raw: dict[str, Any], subnet: ipaddress.IPv4Network) -> SliceS
             raise CniError(INVALID_CONFIG, "'perHostPrefix' must be a whole number")
         if not subnet.prefixlen <= prefix <= 30:
             raise CniError(INVALID_CONFIG,
-                           f"'perHostPrefix' {prefix} must lie between the subnet's prefix "
-                           f"/{subnet.prefixlen} and /30")
+                           f"'perHostPrefix' {shown(prefix)} must lie between the subnet's "
+                           f"prefix /{subnet.prefixlen} and /30")
     return SliceSettings(start, end, prefix)
 
 
