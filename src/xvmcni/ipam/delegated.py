@@ -135,6 +135,9 @@ class DelegatedIpam:
             self._del(record.container_id, record.ifname)
             raise
 
+    def validate(self, requested: list[ipaddress.IPv4Address]) -> None:
+        return None  # the delegated plugin judges CNI_ARGS IP= itself
+
     def release(self, registry: AttachmentRegistry, container_id: str,
                 ifname: str) -> Attachment | None:
         self._del(container_id, ifname)
