@@ -102,6 +102,18 @@ def _locked_registry(call: Call) -> Iterator[AttachmentRegistry]:
         yield registry
 
 
+def _name_rebuilt(registry: AttachmentRegistry, model: NetworkModel,
+                  key: tuple[str, str]) -> None:
+    """An attachment ``xvmctl ipam rebuild`` recorded without its container ID gets the
+    real one when the runtime names the container that owns its device."""
+    if registry.get(*key) is not None:
+        return
+    unnamed = registry.unnamed(model.host_ifname(*key))
+    if unnamed is not None:
+        log.info("attachment on %s is %s/%s", unnamed.host_ifname, key[0][:12], key[1])
+        registry.rename(unnamed.key, key)
+
+
 def _ipam(call: Call, model: NetworkModel) -> Ipam:
     return networks.ipam(call.network, call.request, model.underlay_address)
 
@@ -190,6 +202,7 @@ def _add_locked(call: Call, model: NetworkModel, ipam: Ipam, pod_ns: Any, pod: P
                 registry: AttachmentRegistry, requested: list[ipaddress.IPv4Address],
                 mac: str) -> dict[str, Any]:
     request = call.request
+    _name_rebuilt(registry, model, call.pod_key)
     existing = registry.get(*call.pod_key)
     if mac and existing is None:
         # Under the network's lock: no other ADD can take the MAC before we record it.
@@ -244,6 +257,7 @@ def _del(call: Call) -> None:
     request = call.request
     with networks.open_model(call.network, call.runtime) as model, \
             _locked_registry(call) as registry:
+        _name_rebuilt(registry, model, call.pod_key)
         record = registry.get(*call.pod_key)
         host_ifname = (record.host_ifname if record is not None and record.host_ifname
                        else model.host_ifname(*call.pod_key))
@@ -323,6 +337,8 @@ def _gc(call: Call) -> None:
     valid = valid_attachments(call.network.config.raw)
     with networks.open_model(call.network, call.runtime) as model, \
             _locked_registry(call) as registry:
+        for key in valid:
+            _name_rebuilt(registry, model, key)
         stale = _ipam(call, model).gc(registry, valid)
         for gone in stale:
             log.info("GC: releasing %s/%s %s", gone.container_id[:12], gone.ifname,

@@ -23,6 +23,10 @@ from xvmcni.errors import ADDRESS_IN_USE, INVALID_CONFIG, UNKNOWN_CONTAINER, Cni
 from xvmcni.state.db import Database
 
 SCHEMA_VERSION = 2
+# Container ID of an attachment rebuilt from the host (``xvmctl ipam rebuild``) whose
+# real ID no evidence named: this prefix + its host device. The runtime's next DEL or
+# GC for the container owning that device gives it its real name.
+UNNAMED_PREFIX = "rebuilt:"
 
 # '' when the container kept the MAC derived from its address (unique as addresses are).
 _MAC_INDEX = ("CREATE UNIQUE INDEX IF NOT EXISTS attachments_mac ON attachments (mac) "
@@ -272,6 +276,25 @@ class AttachmentRegistry:
                 raise CniError(UNKNOWN_CONTAINER,
                                f"no attachment recorded for container {container_id} "
                                f"({ifname})", "it was removed while being set up")
+
+    def unnamed(self, host_ifname: str) -> Attachment | None:
+        """The attachment ``xvmctl ipam rebuild`` recorded for device ``host_ifname``
+        without knowing its container ID (``UNNAMED_PREFIX`` + device), or None."""
+        with self.db.read() as conn:
+            row = conn.execute(
+                "SELECT container_id, ifname FROM attachments WHERE host_ifname = ? "
+                "AND substr(container_id, 1, ?) = ?",
+                (host_ifname, len(UNNAMED_PREFIX), UNNAMED_PREFIX)).fetchone()
+            return self._load(conn, str(row[0]), str(row[1])) if row is not None else None
+
+    def rename(self, old: tuple[str, str], new: tuple[str, str]) -> None:
+        """Give an attachment its real (container_id, ifname), addresses and all."""
+        with self.db.write("naming a rebuilt attachment") as conn:
+            # The addresses point at the key being changed: check them at COMMIT.
+            conn.execute("PRAGMA defer_foreign_keys = ON")
+            for table in ("attachments", "addresses"):
+                conn.execute(f"UPDATE {table} SET container_id = ?, ifname = ? "  # noqa: S608
+                             "WHERE container_id = ? AND ifname = ?", (*new, *old))
 
     def detach(self, container_id: str, ifname: str) -> Attachment | None:
         """Remove the record and release its addresses; None if there was none."""
