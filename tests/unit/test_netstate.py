@@ -72,3 +72,11 @@ def test_missing_state_directory_is_code_5(tmp_path: Path) -> None:
     with pytest.raises(CniError) as info:
         netstate.remember(tmp_path / "gone", CONF)
     assert info.value.code == 5 and "gone" in info.value.msg
+
+
+def test_damaged_remembered_configs_are_skipped(tmp_path: Path) -> None:
+    for name, text in (("list", "[1, 2]"), ("garbage", "\x00{"), ("deep", "[" * 100000),
+                       ("ok", '{"name": "ok"}')):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / netstate.CONFIG_FILE).write_text(text)
+    assert netstate.remembered(tmp_path) == [{"name": "ok"}]

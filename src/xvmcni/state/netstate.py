@@ -80,7 +80,12 @@ def remembered(data_dir: Path) -> list[dict[str, Any]]:
         return out
     for path in sorted(data_dir.glob(f"*/{CONFIG_FILE}")):
         try:
-            out.append(json.loads(path.read_text()))
-        except (OSError, ValueError) as exc:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError, RecursionError) as exc:
             log.warning("ignoring unreadable %s: %s", path, exc)
+            continue
+        if isinstance(data, dict):
+            out.append(data)
+        else:
+            log.warning("ignoring %s: not a network config object", path)
     return out
