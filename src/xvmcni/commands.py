@@ -52,6 +52,7 @@ _CNI_CODES = {
     DataplaneError.SYSTEM: IO_FAILURE,
     DataplaneError.HOST_CONFLICT: INVALID_CONFIG,
     DataplaneError.CONTAINER: INVALID_ENV,
+    DataplaneError.INVALID: INVALID_CONFIG,
 }
 _MINIMUM_VERSION = {"CHECK": "0.4.0", "GC": "1.1.0", "STATUS": "1.1.0"}
 
@@ -118,9 +119,12 @@ def _ipam(call: Call, model: NetworkModel) -> Ipam:
     return networks.ipam(call.network, call.request, model.underlay_address)
 
 
-def _leave_if_unused(model: NetworkModel, registry: AttachmentRegistry) -> None:
+def _leave_if_unused(model: NetworkModel, registry: AttachmentRegistry,
+                     had_records: bool = False) -> None:
+    """Leave after the last container. ``had_records``: this call removed records of
+    the network, proof that unmarked devices of its names are an earlier version's."""
     if registry.count() == 0:
-        model.leave()
+        model.leave(unmarked_is_ours=had_records)
 
 
 def _attempt(what: str, step: Callable[..., object], *args: Any) -> None:
@@ -219,8 +223,9 @@ def _add_locked(call: Call, model: NetworkModel, ipam: Ipam, pod_ns: Any, pod: P
     record = Attachment(container_id=request.container_id, ifname=request.ifname,
                         netns=request.netns, host_ifname=pod.host_ifname, mac=mac)
     with contextlib.ExitStack() as undo:
-        if not in_use:
-            netstate.remember(call.network.state_dir, call.network.config.raw)
+        if not in_use and netstate.remember(call.network.state_dir, call.network.config.raw):
+            undo.callback(_attempt, "forget the network", netstate.forget,
+                          call.network.state_dir)
         model.join(in_use)
         if not in_use:
             undo.callback(_attempt, "leave the network", _leave_if_unused, model, registry)
@@ -264,7 +269,7 @@ def _del(call: Call) -> None:
         model.unplug(Pod(request.container_id, request.ifname, request.netns, host_ifname),
                      owned=record is not None)
         _ipam(call, model).release(registry, *call.pod_key)
-        _leave_if_unused(model, registry)
+        _leave_if_unused(model, registry, had_records=record is not None)
     log.info("DEL %s/%s", request.container_id[:12], request.ifname)
 
 
@@ -347,7 +352,7 @@ def _gc(call: Call) -> None:
                              or model.host_ifname(*gone.key)), owned=True)
         known = {a.host_ifname or model.host_ifname(*a.key) for a in registry.all()}
         model.remove_orphans(known)
-        _leave_if_unused(model, registry)
+        _leave_if_unused(model, registry, had_records=bool(stale))
 
 
 # --- STATUS --------------------------------------------------------------------------

@@ -13,11 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from xvmcni.cni import wire
 from xvmcni.cni.names import shown
 from xvmcni.cni.result import Result, check_version
+from xvmcni.cni.wire import timeout_problem
 from xvmcni.errors import INVALID_CONFIG, CniError
 
-DEFAULT_DATA_DIR = Path("/var/lib/cni/xvm-cni")
+DEFAULT_DATA_DIR = Path(wire.DEFAULT_DATA_DIR)
 DEFAULT_MODEL = "l2"
 DEFAULT_CONTROL_PLANE = "multicast"
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -112,10 +114,10 @@ def parse(raw: dict[str, Any]) -> NetworkConfig:
     # Read by the thin plugin before any parsing; checked here so a mistyped value is an
     # error rather than a silent in-process run.
     get(raw, "agentSocket", str)
-    agent_timeout = get(raw, "agentTimeout", (int, float))
-    if agent_timeout is not None and not 0 < agent_timeout < float("inf"):
-        raise fail(f"'agentTimeout' {_short(agent_timeout)} must be a positive number "
-                   "of seconds")
+    agent_timeout = raw.get("agentTimeout")
+    if agent_timeout is not None and (why := timeout_problem(agent_timeout)):
+        # The value is not echoed: a number with thousands of digits is not printable.
+        raise fail(f"'agentTimeout' {why}")
 
     prev = raw.get("prevResult")
     return NetworkConfig(

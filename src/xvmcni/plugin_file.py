@@ -23,7 +23,7 @@ def render(python: str, package_root: str) -> str:
         "# xvm-cni CNI plugin (thin: talks to xvm-cnid, else runs in-process).",
         "import sys",
         f"sys.path.insert(0, {package_root!r})",
-        "from xvmcni.cni.shim import main",
+        "from xvmcni.cmd.shim import main",
         "sys.exit(main())",
         "",
     ])
@@ -38,10 +38,12 @@ def write(dest: Path, python: str | None = None) -> Path:
     """Write the executable atomically; returns ``dest``."""
     interpreter = python or sys.executable
     text = render(interpreter, package_root())
-    # The fallback needs pyroute2 from the interpreter's own site-packages too.
+    # The fallback needs pyroute2 from the interpreter's own site-packages too. After the
+    # standard library, as in any interpreter: looking up _json would otherwise list that
+    # big directory first on every call.
     purelib = sysconfig.get_path("purelib")
     if purelib != package_root():
-        text = text.replace("from xvmcni", f"sys.path.insert(1, {purelib!r})\nfrom xvmcni", 1)
+        text = text.replace("from xvmcni", f"sys.path.append({purelib!r})\nfrom xvmcni", 1)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
     tmp.write_text(text)

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from xvmcni import lab as labmod
+from xvmcni.dataplane.ownership import table_name
 
 GATEWAY_MAC = "02:78:76:00:00:0a"  # VNI 10
 
@@ -35,7 +36,7 @@ def _in(netns: str, *argv: str) -> str:
 
 def _counters(netns: str) -> dict[tuple[str, str], int]:
     """(chain, what) -> packets dropped, from the bridge table's rule counters."""
-    data = json.loads(_in(netns, "nft", "-j", "list", "table", "bridge", "xvm_xvm_network"))
+    data = json.loads(_in(netns, "nft", "-j", "list", "table", "bridge", table_name("xvm-network")))
     out: dict[tuple[str, str], int] = {}
     for item in data["nftables"]:
         rule: dict[str, Any] | None = item.get("rule")

@@ -22,6 +22,7 @@ import pytest
 
 from xvmcni import plugin_file
 from xvmcni.cli.status import AgentUnavailable, agent_request
+from xvmcni.cni.wire import SUPPORTED_VERSIONS
 from xvmcni.dataplane.reaper import RETIRED_GROUP
 from xvmcni.lab import invoke, plumbing, simhost
 from xvmcni.lab.invoke import Invocation
@@ -30,7 +31,7 @@ from xvmcni.lab.plugin import XVM_CONFIG
 # In-process: the console script pip made. Agent: the thin file `make install` writes.
 INPROCESS_PLUGIN = str(Path(sys.executable).with_name("xvm-cni"))
 AGENT = str(Path(sys.executable).with_name("xvm-cnid"))
-ALL_VERSIONS = ("0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
+ALL_VERSIONS = SUPPORTED_VERSIONS
 
 
 def ip(*args: str) -> str:
@@ -201,6 +202,20 @@ def destroy_host(host: Host) -> None:
     simhost.remove_all(host.pods)
     simhost.destroy(host.sim)
     shutil.rmtree(host.data_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def thin_host(tmp_path: Path) -> Iterator[Host]:
+    """A simulated host whose plugin is the thin file `make install` writes; no agent
+    yet (tests start it with the options they need)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root for network namespaces")
+    h = make_host(tmp_path)
+    h.plugin = str(plugin_file.write(tmp_path / "bin" / "xvm-cni"))
+    try:
+        yield h
+    finally:
+        destroy_host(h)
 
 
 @pytest.fixture(params=["inprocess", "agent"])

@@ -9,12 +9,9 @@ import stat
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from xvmcni import plugin_file
 
 from .conftest import (
     AGENT,
@@ -30,16 +27,9 @@ from .conftest import (
 
 
 @pytest.fixture
-def agent_host(tmp_path: Path) -> Iterator[Host]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root for network namespaces")
-    h = make_host(tmp_path)
-    h.plugin = str(plugin_file.write(tmp_path / "bin" / "xvm-cni"))
-    try:
-        start_agent(h)
-        yield h
-    finally:
-        destroy_host(h)
+def agent_host(thin_host: Host) -> Host:
+    start_agent(thin_host)
+    return thin_host
 
 
 def _served(host: Host) -> int:

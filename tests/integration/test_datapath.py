@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from xvmcni.dataplane.ownership import table_name
 from xvmcni.lab.plumbing import SWITCH_BRIDGE
 
 from .conftest import Host, ip
+
+# The nftables tables of the test network "xvm-network".
+TABLE = table_name("xvm-network")
 
 
 def test_devices_addresses_routes_and_mtu(host: Host) -> None:
@@ -31,7 +35,7 @@ def test_devices_addresses_routes_and_mtu(host: Host) -> None:
     assert "192.0.2.0/24 via 10.244.0.1" in routes
     forward = host.in_ns(host.path, "cat", "/proc/sys/net/ipv4/ip_forward").stdout
     assert forward.strip() == "1"
-    assert "bridge xvm_xvm_network" in host.nft_tables()
+    assert f"bridge {TABLE}" in host.nft_tables()
     ping = host.in_ns(pod, "busybox", "ping", "-c", "1", "-W", "2", "10.244.0.1")
     assert ping.returncode == 0, ping.stdout + ping.stderr
     assert host.cni("DEL", conf, "dp1", pod).rc == 0
@@ -62,8 +66,8 @@ def test_ip_masq_table_lives_with_the_network(host: Host) -> None:
     pod = host.new_pod()
     conf = host.config(ipMasq=True)
     host.add(conf, "masq", pod)
-    assert "ip xvm_xvm_network" in host.nft_tables()
-    rules = host.in_ns(host.path, "nft", "list", "table", "ip", "xvm_xvm_network").stdout
+    assert f"ip {TABLE}" in host.nft_tables()
+    rules = host.in_ns(host.path, "nft", "list", "table", "ip", TABLE).stdout
     assert "ip saddr 10.244.0.0/16 ip daddr != 10.244.0.0/16 masquerade" in rules
     assert host.cni("DEL", conf, "masq", pod).rc == 0
     assert host.nft_tables() == []

@@ -84,7 +84,7 @@ class FakeModel:
         self._step("check")
         return list(self._problems)
 
-    def leave(self) -> None:
+    def leave(self, unmarked_is_ours: bool = False) -> None:
         self._step("leave")
 
     def problems(self) -> list[str]:

@@ -12,6 +12,7 @@ from pathlib import Path
 from types import FrameType
 
 from xvmcni.agent.server import Agent, AgentOptions
+from xvmcni.cni import wire
 
 RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys()) | {"message"}
 
@@ -39,15 +40,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="unix socket the plugin talks to (default %(default)s)")
     p.add_argument("--cni-conf-dir", type=Path, action="append", dest="conf_dirs",
                    help="CNI config dir to scan for xvm-cni networks (repeatable; "
-                        "default /etc/cni/net.d)")
+                        f"default {wire.DEFAULT_CONF_DIR})")
     p.add_argument("--data-dir", type=Path, action="append", dest="data_dirs",
-                   help="xvm-cni dataDir to scan (repeatable; default /var/lib/cni/xvm-cni)")
+                   help=f"xvm-cni dataDir to scan (repeatable; default {wire.DEFAULT_DATA_DIR})")
     p.add_argument("--metrics-address", default="127.0.0.1")
     p.add_argument("--metrics-port", type=int, default=9472, help="0 disables metrics")
     p.add_argument("--request-timeout", type=float, default=25.0)
     p.add_argument("--gc-interval", type=float, default=60.0,
                    help="seconds between reconcile/GC passes; 0 disables")
-    p.add_argument("--workers", type=int, default=16)
+    p.add_argument("--workers", type=int, default=AgentOptions.workers)
+    p.add_argument("--max-connections", type=int, default=AgentOptions.max_connections,
+                   help="connections served at once; more get a busy answer (the plugin "
+                        "then answers ADD with code 11 and runs DEL itself)")
     p.add_argument("--log-level", default="info",
                    choices=["debug", "info", "warning", "error"])
     p.add_argument("--log-file", default="", help="also append JSON lines here")
@@ -74,13 +78,14 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging(args.log_level, args.log_file, args.log_format)
     options = AgentOptions(
         socket_path=args.socket,
-        conf_dirs=args.conf_dirs or [Path("/etc/cni/net.d")],
-        data_dirs=args.data_dirs or [Path("/var/lib/cni/xvm-cni")],
+        conf_dirs=args.conf_dirs or [Path(wire.DEFAULT_CONF_DIR)],
+        data_dirs=args.data_dirs or [Path(wire.DEFAULT_DATA_DIR)],
         metrics_address=args.metrics_address,
         metrics_port=args.metrics_port,
         request_timeout=args.request_timeout,
         gc_interval=args.gc_interval,
         workers=args.workers,
+        max_connections=args.max_connections,
     )
     agent = Agent(options)
 

@@ -15,6 +15,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from xvmcni.cni import wire
+
 log = logging.getLogger(__name__)
 
 # CNI ADD/DEL take milliseconds; the long tail is lock waits and delegated IPAM.
@@ -51,6 +53,9 @@ class Metrics:
         self.registry.register(UsageCollector(usage))
 
     def observe(self, command: str, seconds: float, error_code: int | None) -> None:
+        # Labels only from closed sets: every label value is a time series forever.
+        if command not in wire.COMMANDS:
+            command = "invalid"
         self.latency.labels(command=command).observe(seconds)
         if error_code is not None:
             self.errors.labels(command=command, code=str(error_code)).inc()

@@ -116,7 +116,7 @@ def reconcile(network: Network, runtime: Runtime,
                 report.replugged = [f"{p.container_id[:12]}/{p.ifname}" for p in replugged]
             model.remove_orphans({_pod(model, a).host_ifname for a in remaining})
             if not remaining:
-                model.leave()
+                model.leave(unmarked_is_ours=bool(report.released))
     except CniError as err:
         report.error = str(err)
     except DataplaneError as err:

@@ -8,16 +8,10 @@ flock the in-process plugin takes, so agent and fallback never race.
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import ctypes
 import ctypes.util
-import json
 import logging
 import os
-import socket
-import socketserver
-import stat
-import struct
 import threading
 import time
 from collections.abc import Callable
@@ -25,10 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from xvmcni import networks
-from xvmcni.agent import reconcile
+from xvmcni import commands, networks
+from xvmcni.agent import listener, reconcile
 from xvmcni.agent.metrics import Metrics
-from xvmcni.cni.main import Outcome, declared_version, execute
+from xvmcni.cni import wire
+from xvmcni.cni.invocation import Outcome, answer
 from xvmcni.cni.request import Request
 from xvmcni.dataplane.errors import DataplaneError
 from xvmcni.dataplane.reaper import VethReaper
@@ -38,22 +33,25 @@ from xvmcni.runtime import REGISTRY_FILE, Runtime
 
 log = logging.getLogger(__name__)
 
-MAX_REQUEST_BYTES = 4 << 20
 # While requests come in, return freed heap to the OS this often (see _trim_loop).
 TRIM_INTERVAL = 2.0
-CLIENT_READ_TIMEOUT = 10.0
+# How often a request waiting for a worker checks whether its caller hung up.
+CALLER_CHECK_INTERVAL = 0.2
+# Answer this much before the caller's deadline, so that the answer still reaches it.
+REPLY_MARGIN = 0.1
 
 
 @dataclass
 class AgentOptions:
-    socket_path: Path = Path("/run/xvm-cni/xvm-cnid.sock")
-    conf_dirs: list[Path] = field(default_factory=lambda: [Path("/etc/cni/net.d")])
-    data_dirs: list[Path] = field(default_factory=lambda: [Path("/var/lib/cni/xvm-cni")])
+    socket_path: Path = Path(wire.DEFAULT_SOCKET)
+    conf_dirs: list[Path] = field(default_factory=lambda: [Path(wire.DEFAULT_CONF_DIR)])
+    data_dirs: list[Path] = field(default_factory=lambda: [Path(wire.DEFAULT_DATA_DIR)])
     metrics_address: str = "127.0.0.1"
     metrics_port: int = 9472
     request_timeout: float = 25.0
     gc_interval: float = 60.0
     workers: int = 16
+    max_connections: int = listener.DEFAULT_MAX_CONNECTIONS
 
 
 class Agent:
@@ -67,35 +65,85 @@ class Agent:
         self._counts_lock = threading.Lock()
         self._stop = threading.Event()
         self._served_since_trim = False
-        self._server: socketserver.ThreadingUnixStreamServer | None = None
+        self._server: listener.Listener | None = None
         self.reaper = VethReaper()
         self.runtime = Runtime.for_agent(self.reaper)
 
     # --- requests --------------------------------------------------------------------
 
-    def cni(self, env: dict[str, str], stdin: str) -> Outcome:
-        """Run one CNI invocation exactly as the in-process plugin would."""
-        command = env.get("CNI_COMMAND", "?")
+    def cni(self, env: dict[str, str], stdin: str, deadline: float | None = None,
+            caller_gone: Callable[[], bool] = lambda: False) -> Outcome:
+        """Run one CNI invocation exactly as the in-process plugin would, unless its caller
+        gives up first: ``deadline`` (unix time) is when the caller stops waiting.
+
+        Work not started by then is dropped, never run late: a late DEL would remove the
+        attachment of a container re-ADDed under the same ID meanwhile (podman restart),
+        a late ADD would leak. Work already running finishes (stopping it half-way is
+        worse) and the caller is told so.
+        """
+        command = env.get("CNI_COMMAND", "")
         begin = time.perf_counter()
         raw = stdin.encode("utf-8", "surrogateescape")
-        future = self.pool.submit(execute, env, raw, self.runtime)
-        try:
-            outcome = future.result(timeout=self.options.request_timeout)
-        except concurrent.futures.TimeoutError:
-            err = CniError(TRY_AGAIN_LATER, f"{command} took longer than "
-                           f"{self.options.request_timeout:g}s in xvm-cnid; try again later")
-            outcome = Outcome(1, err.to_dict(declared_version(raw)), err.code)
-            log.error("%s timed out after %.1fs", command, self.options.request_timeout)
+        if command in wire.COMMANDS:
+            label = command
+            outcome = self._execute_in_time(command, env, raw, deadline, caller_gone)
+        else:
+            # Refused by the parser before anything happens; counted under one label, so
+            # made-up commands cannot grow the metrics without bound.
+            label = "invalid"
+            outcome = self._answer(env, raw)
         elapsed = time.perf_counter() - begin
         with self._counts_lock:
-            self.requests[command] = self.requests.get(command, 0) + 1
+            self.requests[label] = self.requests.get(label, 0) + 1
             self._served_since_trim = True
         if self.metrics is not None:
-            self.metrics.observe(command, elapsed, outcome.code)
-        log.info("%s container=%s ifname=%s exit=%d %.1fms", command,
+            self.metrics.observe(label, elapsed, outcome.code)
+        log.info("%s container=%s ifname=%s exit=%d %.1fms", label,
                  env.get("CNI_CONTAINERID", "")[:12], env.get("CNI_IFNAME", ""), outcome.exit,
                  elapsed * 1000)
         return outcome
+
+    def _answer(self, env: dict[str, str], raw: bytes) -> Outcome:
+        """The command flow, called directly: CNI codes are mapped at its edge."""
+        return answer(env, raw, lambda request: commands.run(request, self.runtime))
+
+    def _execute_in_time(self, command: str, env: dict[str, str], raw: bytes,
+                         deadline: float | None, caller_gone: Callable[[], bool]) -> Outcome:
+        budget = self.options.request_timeout
+        if deadline is not None:  # the caller's clock is ours: same host
+            budget = min(budget, deadline - time.time() - REPLY_MARGIN)
+        if budget <= 0:
+            return _late(command, raw, "not started: the caller's deadline had passed")
+        end = time.monotonic() + budget
+        future = self.pool.submit(self._execute_unless_late, env, raw, end)
+        while True:
+            try:
+                done = future.result(
+                    timeout=max(0.0, min(CALLER_CHECK_INTERVAL, end - time.monotonic())))
+            except concurrent.futures.TimeoutError:
+                gone = caller_gone()
+                if not gone and time.monotonic() < end:
+                    continue
+                if future.cancel():
+                    why = "the caller hung up" if gone else \
+                        f"no worker was free within {budget:.3g}s"
+                    return _late(command, raw, f"not started: {why}; nothing was changed")
+                if not future.done():
+                    when = "when the caller hung up" if gone else f"after {budget:.3g}s"
+                    return _late(command, raw, f"still running {when}: it will finish in "
+                                 "xvm-cnid, but its answer is lost")
+                done = future.result()
+            if done is None:
+                return _late(command, raw, "not started: the caller's deadline passed "
+                             "while it waited for a worker; nothing was changed")
+            return done
+
+    def _execute_unless_late(self, env: dict[str, str], raw: bytes,
+                             end: float) -> Outcome | None:
+        """In a worker: the invocation, or None when its caller no longer waits."""
+        if time.monotonic() >= end:
+            return None
+        return self._answer(env, raw)
 
     def operation(self, op: str) -> dict[str, Any]:
         if op == "status":
@@ -169,7 +217,8 @@ class Agent:
             ipr.get_links()
         self.reaper.start()
         self.reconcile_all()
-        self._server = _bind(self.options.socket_path, self)
+        self._server = listener.bind(self.options.socket_path, self,
+                                     self.options.max_connections)
         if self.metrics is not None:
             self.metrics.serve(self.options.metrics_address, self.options.metrics_port)
         if self.options.gc_interval > 0:
@@ -179,9 +228,7 @@ class Agent:
         try:
             self._server.serve_forever(poll_interval=0.2)
         finally:
-            self._server.server_close()
-            with contextlib.suppress(FileNotFoundError):
-                self.options.socket_path.unlink()
+            listener.close(self._server, self.options.socket_path)
             self.pool.shutdown(wait=True, cancel_futures=False)
             self.reaper.stop()
             log.info("xvm-cnid stopped")
@@ -217,42 +264,6 @@ class Agent:
                 log.exception("periodic reconcile failed")
 
 
-class _Connection(socketserver.BaseRequestHandler):
-    server: _Server
-
-    def handle(self) -> None:
-        sock: socket.socket = self.request
-        sock.settimeout(CLIENT_READ_TIMEOUT)
-        try:
-            data = _read_all(sock)
-            message = json.loads(data)
-            if "op" in message:
-                reply: dict[str, Any] = self.server.agent.operation(str(message["op"]))
-            elif (why := _foreign_caller(sock)):
-                # The work must happen in the caller's host namespace, not ours: tell the
-                # plugin to run it in-process there.
-                reply = {"fallback": why}
-                log.warning("not serving a request: %s; the plugin runs it in-process", why)
-            else:
-                outcome = self.server.agent.cni(
-                    {str(k): str(v) for k, v in dict(message["env"]).items()},
-                    str(message["stdin"]))
-                reply = {"exit": outcome.exit, "stdout": outcome.stdout()}
-                if outcome.code is not None:
-                    reply["code"] = outcome.code
-            sock.sendall(json.dumps(reply).encode())
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.warning("dropped a malformed or broken client connection: %s", exc)
-
-
-class _Server(socketserver.ThreadingUnixStreamServer):
-    daemon_threads = True
-    # socketserver's default backlog is 5: a burst of pods (50 ADDs at once) would see
-    # EAGAIN on connect. The kernel caps this at net.core.somaxconn.
-    request_queue_size = 1024
-    agent: Agent
-
-
 def _malloc_trim() -> Callable[[int], int] | None:
     """glibc's malloc_trim, or None on a libc without it (musl)."""
     try:
@@ -263,62 +274,10 @@ def _malloc_trim() -> Callable[[int], int] | None:
     return func
 
 
-def _foreign_caller(sock: socket.socket) -> str:
-    """Why this agent must not serve the connecting process ('' when it may): it has to
-    share our network namespace, and we must be able to tell."""
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    pid, _uid, _gid = struct.unpack("3i", creds)
-    try:
-        theirs = os.stat(f"/proc/{pid}/ns/net")
-    except OSError as exc:
-        # Gone already, or we lack CAP_SYS_PTRACE to look: do not guess.
-        return (f"cannot verify the caller's network namespace (pid {pid}): "
-                f"{exc.strerror or exc}")
-    mine = os.stat("/proc/self/ns/net")
-    if (theirs.st_dev, theirs.st_ino) != (mine.st_dev, mine.st_ino):
-        return "the plugin runs in another network namespace than this agent"
-    return ""
-
-
-def _read_all(sock: socket.socket) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        chunk = sock.recv(65536)
-        if not chunk:
-            return b"".join(chunks)
-        size += len(chunk)
-        if size > MAX_REQUEST_BYTES:
-            raise ValueError(f"request larger than {MAX_REQUEST_BYTES} bytes")
-        chunks.append(chunk)
-
-
-def _bind(path: Path, agent: Agent) -> _Server:
-    """Listen on ``path``, mode 0600 from the first instant, replacing a stale socket."""
-    path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-    if path.exists() or path.is_symlink():
-        if not stat.S_ISSOCK(path.lstat().st_mode):
-            raise RuntimeError(f"{path} exists and is not a socket; refusing to replace it")
-        if _socket_alive(path):
-            raise RuntimeError(f"another xvm-cnid is already serving {path}")
-        path.unlink()
-    old_umask = os.umask(0o177)  # no window in which others could connect
-    try:
-        server = _Server(str(path), _Connection)
-    finally:
-        os.umask(old_umask)
-    os.chmod(path, 0o600)
-    server.agent = agent
-    return server
-
-
-def _socket_alive(path: Path) -> bool:
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(1.0)
-    try:
-        probe.connect(str(path))
-    except OSError:
-        return False
-    finally:
-        probe.close()
-    return True
+def _late(command: str, raw: bytes, why: str) -> Outcome:
+    """Code 11 for a request the caller no longer waits for: the plugin retries a DEL
+    in-process (under the network lock, after anything still running), the runtime an
+    ADD."""
+    err = CniError(TRY_AGAIN_LATER, f"{command} {why}; try again later")
+    log.error("%s %s", command, why)
+    return Outcome(1, err.to_dict(wire.declared_version(raw)), err.code)

@@ -2,9 +2,10 @@
 
 The agent's admin operations share the plugin's unix socket: the client sends
 ``{"op": "status"}`` (or ``"gc"``, ``"ping"``), shuts down its write side and reads
-one JSON object until the agent closes the connection. This module is the client
-and the text rendering; it imports nothing heavy (no pyroute2), and the terminal
-helpers (``Style``, ``table``) are shared with the lab's views.
+one JSON object until the agent closes the connection (framing and limits:
+``xvmcni.cni.wire``). This module is the client and the text rendering; it imports
+nothing heavy (no pyroute2), and the terminal helpers (``Style``, ``table``) are
+shared with the lab's views.
 """
 
 from __future__ import annotations
@@ -13,15 +14,18 @@ import errno
 import json
 import os
 import re
-import socket
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-DEFAULT_SOCKET = "/run/xvm-cni/xvm-cnid.sock"
-SOCKET_ENV = "XVM_CNID_SOCKET"
-DEFAULT_TIMEOUT = 30.0
-MAX_REPLY_BYTES = 16 << 20
+from xvmcni.cni import wire
+
+# Re-exported for xvmctl's options: the values live in wire.
+from xvmcni.cni.wire import DEFAULT_SOCKET as DEFAULT_SOCKET
+from xvmcni.cni.wire import DEFAULT_TIMEOUT as DEFAULT_TIMEOUT
+from xvmcni.cni.wire import SOCKET_ENV as SOCKET_ENV
+
 _ANSI = re.compile(r"\033\[[0-9;]*m")
 
 
@@ -53,41 +57,15 @@ def agent_request(path: str, op: str, timeout: float = DEFAULT_TIMEOUT) -> dict[
     Raises ``AgentUnavailable`` with a readable message for every way this can fail:
     no socket, a stale socket (agent gone), no permission, no or a bad answer.
     """
-    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    client.settimeout(timeout)
     try:
-        try:
-            client.connect(path)
-        except FileNotFoundError as exc:
-            raise AgentUnavailable(f"no xvm-cnid socket at {path}",
-                                   "is the agent running? start it: systemctl start xvm-cnid "
-                                   "(or run xvm-cnid), or pass --socket PATH") from exc
-        except ConnectionRefusedError as exc:
-            raise AgentUnavailable(f"no xvm-cnid listens on {path}",
-                                   "the socket is left over from an agent that stopped; "
-                                   "start the agent again") from exc
-        except PermissionError as exc:
-            raise AgentUnavailable(f"permission denied on {path}",
-                                   "the agent's socket is root-only: run as root "
-                                   "(sudo xvmctl ...)") from exc
-        except OSError as exc:
-            if exc.errno == errno.ENOTSOCK:
-                raise AgentUnavailable(f"{path} is not a unix socket") from exc
-            raise AgentUnavailable(f"cannot connect to {path}: {exc.strerror or exc}") from exc
-        try:
-            client.sendall(json.dumps({"op": op}).encode())
-            client.shutdown(socket.SHUT_WR)
-            data = _read_reply(client)
-        except TimeoutError as exc:
+        data = wire.exchange(path, wire.encode_op(op), time.monotonic() + timeout)
+    except wire.NoAgent as exc:
+        raise _not_connected(path, exc.cause) from exc
+    except wire.NoAnswer as exc:
+        if isinstance(exc.__cause__, TimeoutError):
             raise AgentUnavailable(f"xvm-cnid on {path} did not answer within {timeout:g} s",
                                    "the agent is busy or hung; its log says which") from exc
-        except OSError as exc:
-            raise AgentUnavailable(f"connection to xvm-cnid on {path} failed: "
-                                   f"{exc.strerror or exc}") from exc
-    finally:
-        client.close()
-    if not data:
-        raise AgentUnavailable(f"xvm-cnid on {path} closed the connection without an answer")
+        raise AgentUnavailable(f"connection to xvm-cnid on {path} failed: {exc}") from exc
     try:
         reply = json.loads(data)
     except ValueError as exc:
@@ -96,19 +74,27 @@ def agent_request(path: str, op: str, timeout: float = DEFAULT_TIMEOUT) -> dict[
         raise AgentUnavailable(f"unexpected answer from xvm-cnid on {path}: {data[:200]!r}")
     if "error" in reply:
         raise AgentUnavailable(f"xvm-cnid on {path} refused {op!r}: {reply['error']}",
-                               "the agent is older than this xvmctl: upgrade and restart it")
+                               "the agent is older than this xvmctl, or busy: upgrade and "
+                               "restart it, or try again")
     return reply
 
 
-def _read_reply(client: socket.socket) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    while chunk := client.recv(65536):
-        size += len(chunk)
-        if size > MAX_REPLY_BYTES:
-            raise AgentUnavailable(f"answer larger than {MAX_REPLY_BYTES} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+def _not_connected(path: str, exc: OSError) -> AgentUnavailable:
+    if isinstance(exc, FileNotFoundError):
+        return AgentUnavailable(f"no xvm-cnid socket at {path}",
+                                "is the agent running? start it: systemctl start xvm-cnid "
+                                "(or run xvm-cnid), or pass --socket PATH")
+    if isinstance(exc, ConnectionRefusedError):
+        return AgentUnavailable(f"no xvm-cnid listens on {path}",
+                                "the socket is left over from an agent that stopped; "
+                                "start the agent again")
+    if isinstance(exc, PermissionError):
+        return AgentUnavailable(f"permission denied on {path}",
+                                "the agent's socket is root-only: run as root "
+                                "(sudo xvmctl ...)")
+    if exc.errno == errno.ENOTSOCK:
+        return AgentUnavailable(f"{path} is not a unix socket")
+    return AgentUnavailable(f"cannot connect to {path}: {exc.strerror or exc}")
 
 
 # ---------------------------------------------------------------------------

@@ -10,10 +10,11 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from xvmcni.cni import wire
 from xvmcni.cni.names import interface_name_problem
-from xvmcni.errors import DECODE_FAILURE, INVALID_ENV, CniError
+from xvmcni.errors import DECODE_FAILURE, INVALID_CONFIG, INVALID_ENV, CniError
 
-COMMANDS = ("ADD", "DEL", "CHECK", "VERSION", "GC", "STATUS")
+COMMANDS = wire.COMMANDS
 # Commands that act on one attachment and so need the container's identity.
 ATTACHMENT_COMMANDS = ("ADD", "DEL", "CHECK")
 IFNAME_MAX = 15  # IFNAMSIZ - 1
@@ -31,9 +32,8 @@ class Request:
 
     @property
     def cni_version(self) -> str:
-        """The version the caller speaks; a config without one means 0.1.0 (libcni)."""
-        version = self.config.get("cniVersion", "0.1.0")
-        return version if isinstance(version, str) else "0.1.0"
+        """The version the caller speaks (a config without one means 0.1.0, as libcni)."""
+        return wire.caller_version(self.config)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -60,13 +60,25 @@ def parse_cni_args(raw: str) -> dict[str, str]:
 
 def parse_stdin(data: bytes) -> dict[str, Any]:
     try:
-        config = json.loads(data.decode("utf-8"))
+        config = json.loads(data.decode("utf-8"), parse_int=_parse_int)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CniError(DECODE_FAILURE, "network configuration on stdin is not valid JSON",
                        str(exc)) from exc
+    except RecursionError:
+        raise CniError(DECODE_FAILURE, "network configuration on stdin is nested too deeply",
+                       "more levels of arrays and objects than the parser follows") from None
     if not isinstance(config, dict):
         raise CniError(DECODE_FAILURE, "network configuration on stdin must be a JSON object")
     return config
+
+
+def _parse_int(digits: str) -> int:
+    """An integer too long for Python's int() is valid JSON but no valid value here."""
+    try:
+        return int(digits)
+    except ValueError:
+        raise CniError(INVALID_CONFIG, "network configuration has a number with "
+                       f"{len(digits)} digits", "no field takes a number that large") from None
 
 
 def from_environ(environ: dict[str, str] | Any, stdin: bytes) -> Request:

@@ -11,9 +11,9 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
+from xvmcni.cni.wire import SUPPORTED_VERSIONS as SUPPORTED_VERSIONS  # they live in wire
 from xvmcni.errors import DECODE_FAILURE, INCOMPATIBLE_VERSION, CniError
 
-SUPPORTED_VERSIONS = ("0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 LEGACY_VERSIONS = ("0.1.0", "0.2.0")
 VERSIONED_IPS = ("0.3.0", "0.3.1", "0.4.0")
 

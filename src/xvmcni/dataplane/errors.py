@@ -20,6 +20,8 @@ class DataplaneError(Exception):
     HOST_CONFLICT = "host-conflict"
     # The container side is not usable: its netns path, or an interface already there.
     CONTAINER = "container"
+    # A value the kernel objects cannot take (e.g. a MAC the filters cannot admit).
+    INVALID = "invalid"
 
     def __init__(self, kind: str, msg: str, details: str = "") -> None:
         super().__init__(msg)

@@ -16,7 +16,7 @@ from typing import Any
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from xvmcni.dataplane import nft, sysctl
+from xvmcni.dataplane import antispoof, nft, ownership, sysctl
 from xvmcni.dataplane.errors import DataplaneError
 from xvmcni.dataplane.hostif import HostInterface
 from xvmcni.dataplane.netlink import (
@@ -73,22 +73,72 @@ def _vxlan_mismatch(link: Any, spec: L2Spec) -> str:
     return ""
 
 
-def _ensure_bridge(ipr: Any, spec: L2Spec) -> int:
-    link = get_link(ipr, spec.bridge)
-    if link is not None and link_kind(link) != "bridge":
+def _claim(ipr: Any, link: Any, name: str, spec: L2Spec, adopt_unmarked: bool,
+           what: str) -> None:
+    """Make sure an existing device is this network's before we use it: marked by
+    us for this network, or unmarked and adoptable (a device of an older xvm-cni,
+    where the network's own state shows it used it). Otherwise refuse, unchanged."""
+    mark = ownership.owner(link)
+    if mark is not None and mark.network == spec.network:
+        return
+    if mark is not None:
         raise DataplaneError(DataplaneError.HOST_CONFLICT,
-                             f"{spec.bridge} exists on this host and is not a bridge",
-                             "set 'bridge' to another name")
-    if link is None:
-        try:
-            # A MAC set explicitly keeps the bridge from adopting its ports' MACs.
-            ipr.link("add", ifname=spec.bridge, kind="bridge", address=spec.gateway_mac,
-                     mtu=spec.mtu)
-        except NetlinkError as exc:
-            if exc.code != errno.EEXIST:  # a concurrent creator won: fine
-                raise kernel_error(f"create bridge {spec.bridge}", exc) from exc
+                             f"{name} belongs to xvm-cni network {mark.network!r}",
+                             f"two networks cannot share a {what}: give this one another "
+                             + ("'bridge'" if what == "bridge" else "'vxlanID'"))
+    if not adopt_unmarked:
+        raise DataplaneError(DataplaneError.HOST_CONFLICT,
+                             f"{name} already exists on this host and was not created by "
+                             f"xvm-cni for network {spec.network!r}",
+                             "xvm-cni never changes devices it does not own: choose another "
+                             + ("'bridge'" if what == "bridge" else "'vxlanID'")
+                             + f" or remove {name}")
+    log.info("adopting %s for network %s (made by an earlier xvm-cni)", name, spec.network)
+    ownership.mark(ipr, int(link["index"]), ownership.Mark(spec.network))
+
+
+def preflight(ipr: Any, spec: L2Spec, adopt_unmarked: bool) -> tuple[Any, Any]:
+    """Check bridge and VXLAN device before anything changes; (bridge, vxlan) links,
+    None where absent."""
+    bridge = get_link(ipr, spec.bridge)
+    if bridge is not None:
+        if link_kind(bridge) != "bridge":
+            raise DataplaneError(DataplaneError.HOST_CONFLICT,
+                                 f"{spec.bridge} exists on this host and is not a bridge",
+                                 "set 'bridge' to another name")
+        _claim(ipr, bridge, spec.bridge, spec, adopt_unmarked, "bridge")
+    vxlan = get_link(ipr, spec.vxlan)
+    if vxlan is not None:
+        _claim(ipr, vxlan, spec.vxlan, spec, adopt_unmarked, "VXLAN device")
+    return bridge, vxlan
+
+
+def _create(ipr: Any, created: list[str], name: str, spec: L2Spec, action: str,
+            **kwargs: Any) -> None:
+    try:
+        ipr.link("add", ifname=name, **kwargs)
+    except NetlinkError as exc:
+        if exc.code == errno.EEXIST:
+            # A concurrent creator won (another process of ours holds no lock on the
+            # kernel): it must be ours too, or we refuse.
+            _claim(ipr, get_link(ipr, name), name, spec, False,
+                   "bridge" if kwargs.get("kind") == "bridge" else "VXLAN device")
+            return
+        raise kernel_error(action, exc) from exc
+    created.append(name)
+    index = link_index(ipr, name)
+    if index is not None:
+        ownership.mark(ipr, index, ownership.Mark(spec.network))
+
+
+def _ensure_bridge(ipr: Any, spec: L2Spec, existing: Any, created: list[str]) -> int:
+    if existing is None:
+        # A MAC set explicitly keeps the bridge from adopting its ports' MACs.
+        _create(ipr, created, spec.bridge, spec, f"create bridge {spec.bridge}",
+                kind="bridge", address=spec.gateway_mac, mtu=spec.mtu)
     index = link_index(ipr, spec.bridge)
-    assert index is not None
+    if index is None:
+        raise DataplaneError(DataplaneError.KERNEL, f"bridge {spec.bridge} vanished")
     # The gateway is IPv4. Its IPv6 link-local address would be the same on every host
     # (same MAC): duplicate-address detection across the VXLAN, for nothing.
     sysctl.ensure_if_present(f"net.ipv6.conf.{spec.bridge}.disable_ipv6", "1")
@@ -99,8 +149,9 @@ def _ensure_bridge(ipr: Any, spec: L2Spec) -> int:
     return index
 
 
-def _ensure_vxlan(ipr: Any, spec: L2Spec, bridge_index: int, in_use: bool) -> None:
-    link = get_link(ipr, spec.vxlan)
+def _ensure_vxlan(ipr: Any, spec: L2Spec, bridge_index: int, existing: Any, in_use: bool,
+                  created: list[str]) -> None:
+    link = existing
     if link is not None:
         why = _vxlan_mismatch(link, spec)
         if why and in_use:
@@ -109,20 +160,17 @@ def _ensure_vxlan(ipr: Any, spec: L2Spec, bridge_index: int, in_use: bool) -> No
                                  "on this host; remove its containers before changing them", why)
         if why:
             log.info("recreating %s: %s", spec.vxlan, why)
-            delete_link(ipr, spec.vxlan)
+            delete_link(ipr, spec.vxlan)  # ours (preflight), and no container uses it
             link = None
     if link is None:
-        try:
-            ipr.link("add", ifname=spec.vxlan, kind="vxlan", vxlan_id=spec.vni,
-                     vxlan_group=str(spec.group), vxlan_link=spec.host.index,
-                     vxlan_local=str(spec.host.address), vxlan_port=spec.port,
-                     vxlan_learning=1, mtu=spec.mtu)
-        except NetlinkError as exc:
-            if exc.code != errno.EEXIST:
-                raise kernel_error(f"create VXLAN device {spec.vxlan} (VNI {spec.vni})",
-                                   exc) from exc
+        _create(ipr, created, spec.vxlan, spec,
+                f"create VXLAN device {spec.vxlan} (VNI {spec.vni})",
+                kind="vxlan", vxlan_id=spec.vni, vxlan_group=str(spec.group),
+                vxlan_link=spec.host.index, vxlan_local=str(spec.host.address),
+                vxlan_port=spec.port, vxlan_learning=1, mtu=spec.mtu)
     index = link_index(ipr, spec.vxlan)
-    assert index is not None
+    if index is None:
+        raise DataplaneError(DataplaneError.KERNEL, f"VXLAN device {spec.vxlan} vanished")
     sysctl.ensure_if_present(f"net.ipv6.conf.{spec.vxlan}.disable_ipv6", "1")  # a port only
     try:
         ipr.link("set", index=index, master=bridge_index, mtu=spec.mtu, state="up")
@@ -141,29 +189,60 @@ def _ensure_gateway_address(ipr: Any, spec: L2Spec, bridge_index: int) -> None:
             raise kernel_error(f"add gateway {spec.gateway} to {spec.bridge}", exc) from exc
 
 
-def ensure(ipr: Any, spec: L2Spec, in_use: bool, refresh_filters: bool = False) -> int:
+def ensure(ipr: Any, spec: L2Spec, in_use: bool, refresh_filters: bool = False,
+           adopt_unmarked: bool = False) -> int:
     """Create or repair the network's devices, address and filters; never recreate
-    what containers use. Returns the bridge's ifindex.
+    what containers use, never touch a device that is not this network's. Returns
+    the bridge's ifindex.
 
-    The common case (network in use, devices up) costs two GETs. Anything else runs
-    the full sequence, nftables batch included; the agent's reconcile loop runs it
-    periodically (``refresh_filters``).
+    The common case (network in use, devices up and ours) costs two GETs. Anything
+    else runs the full sequence, nftables batch included; the agent's reconcile
+    loop runs it periodically (``refresh_filters``). A failure part-way removes
+    what this call created, so a failed join leaves the host as it was.
     """
     if in_use and not refresh_filters:
         ready = _ready_bridge(ipr, spec)
         if ready is not None:
             return ready
-    # Filters first: they match interface names, so they can exist before the devices,
-    # and no frame of a new bridge's gateway (e.g. its first IPv6 DAD/MLD) can slip
-    # across the VXLAN before they do.
-    batch = nft.gateway_isolation_batch(spec.network, spec.vxlan, spec.gateway.ip,
-                                        spec.gateway_mac)
-    batch += (nft.masquerade_batch(spec.network, spec.gateway.network) if spec.ip_masq
-              else nft.delete_table_batch("ip", spec.network))
-    nft.run_batch(batch)
-    bridge_index = _ensure_bridge(ipr, spec)
-    _ensure_vxlan(ipr, spec, bridge_index, in_use)
-    _ensure_gateway_address(ipr, spec, bridge_index)
+    bridge, vxlan = preflight(ipr, spec, adopt_unmarked)
+    created: list[str] = []
+    try:
+        # Filters first: they match interface names, so they can exist before the
+        # devices, and no frame of a new bridge's gateway (e.g. its first IPv6 DAD/MLD)
+        # can slip across the VXLAN before they do.
+        batch = nft.gateway_isolation_batch(spec.network, spec.vxlan, spec.gateway.ip,
+                                            spec.gateway_mac)
+        # Pods may send only as themselves; the table keeps its members on a refresh.
+        batch += antispoof.table_batch(ownership.guard_table_name(spec.network),
+                                       spec.gateway_mac, (spec.gateway.ip,))
+        batch += (nft.masquerade_batch(spec.network, spec.gateway.network) if spec.ip_masq
+                  else nft.delete_table_batch("ip", spec.network))
+        if adopt_unmarked:
+            # Upgrading: an earlier version's tables had a name other networks could
+            # share; this network's state shows it used them, and ours replace them.
+            legacy = ownership.legacy_table_name(spec.network)
+            batch += (nft.delete_named_table_batch("bridge", legacy)
+                      + nft.delete_named_table_batch("ip", legacy))
+        nft.run_batch(batch)
+        bridge_index = _ensure_bridge(ipr, spec, bridge, created)
+        _ensure_vxlan(ipr, spec, bridge_index, vxlan, in_use, created)
+        _ensure_gateway_address(ipr, spec, bridge_index)
+    except BaseException:
+        for name in reversed(created):
+            try:
+                delete_link(ipr, name)
+            except DataplaneError as exc:
+                log.error("could not remove %s after a failed join: %s", name, exc)
+        if bridge is None and vxlan is None and not in_use:
+            try:
+                nft.run_batch(nft.delete_table_batch("bridge", spec.network)
+                              + nft.delete_table_batch("ip", spec.network)
+                              + antispoof.delete_table_batch(
+                                  ownership.guard_table_name(spec.network)))
+            except DataplaneError as exc:
+                log.error("could not remove the nftables tables of %s after a failed "
+                          "join: %s", spec.network, exc)
+        raise
     return bridge_index
 
 
@@ -174,19 +253,36 @@ def _ready_bridge(ipr: Any, spec: L2Spec) -> int | None:
     vxlan = get_link(ipr, spec.vxlan)
     if bridge is None or vxlan is None or link_kind(bridge) != "bridge":
         return None
+    if not (ownership.owned_by(bridge, spec.network) and ownership.owned_by(vxlan, spec.network)):
+        return None  # the full path decides: adopt, or refuse
     up = bool(bridge["flags"] & vxlan["flags"] & IFF_UP)
     if not up or vxlan.get("IFLA_MASTER") != bridge["index"]:
         return None
     return int(bridge["index"])
 
 
-def remove(ipr: Any, network: str, bridge: str, vxlan: str) -> None:
+def remove(ipr: Any, network: str, bridge: str, vxlan: str,
+           unmarked_is_ours: bool = False) -> None:
     """Leave the network on this host: VXLAN first (stops flooding to us), then bridge
-    and our nftables tables."""
-    delete_link(ipr, vxlan)
-    delete_link(ipr, bridge)
-    nft.run_batch(nft.delete_table_batch("bridge", network)
-                  + nft.delete_table_batch("ip", network))
+    and our nftables tables. A device marked for another network stays, and so does
+    an unmarked one unless the caller knows it is an earlier version's of ours."""
+    for name in (vxlan, bridge):
+        link = get_link(ipr, name)
+        if link is None:
+            continue
+        mark = ownership.owner(link)
+        if (mark.network == network) if mark is not None else unmarked_is_ours:
+            delete_link(ipr, name)
+        else:
+            log.warning("leaving %s in place: it is not network %s's (%s)", name, network,
+                        ownership.owner(link) or "no xvm-cni mark")
+    batch = (nft.delete_table_batch("bridge", network) + nft.delete_table_batch("ip", network)
+             + antispoof.delete_table_batch(ownership.guard_table_name(network)))
+    if unmarked_is_ours:
+        legacy = ownership.legacy_table_name(network)
+        batch += (nft.delete_named_table_batch("bridge", legacy)
+                  + nft.delete_named_table_batch("ip", legacy))
+    nft.run_batch(batch)
 
 
 def problems(ipr: Any, spec: L2Spec) -> list[str]:
@@ -210,8 +306,9 @@ def problems(ipr: Any, spec: L2Spec) -> list[str]:
         if vxlan.get("IFLA_MASTER") != bridge["index"]:
             found.append(f"{spec.vxlan} is not a port of {spec.bridge}")
     tables = nft.list_tables()
-    if ("bridge", nft.table_name(spec.network)) not in tables:
-        found.append(f"nftables table bridge {nft.table_name(spec.network)} is missing")
+    for name in (nft.table_name(spec.network), ownership.guard_table_name(spec.network)):
+        if ("bridge", name) not in tables:
+            found.append(f"nftables table bridge {name} is missing")
     if spec.ip_masq and ("ip", nft.table_name(spec.network)) not in tables:
         found.append(f"nftables table ip {nft.table_name(spec.network)} is missing")
     return found

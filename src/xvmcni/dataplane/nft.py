@@ -1,7 +1,8 @@
 """nftables through ``nft -j`` (JSON in, atomic batches).
 
-Two tables per network, both named ``xvm_<network>`` so ``nft list tables``
-shows at once what belongs to whom:
+Two tables per network, both named after the network
+(``ownership.table_name``: ``xvm_<letters and digits>_<hash>``), so ``nft list
+tables`` shows at once what belongs to whom and no two networks share one:
 
 - family ``bridge``: keeps the anycast gateway local. Frames leaving through
   the VXLAN port with the gateway's MAC as source, and ARP asking for the
@@ -17,20 +18,19 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import re
 import shutil
 import subprocess
 from typing import Any
 
+from xvmcni.dataplane import libnft, ownership
 from xvmcni.dataplane.errors import DataplaneError
 
 _FALLBACK_PATHS = ("/usr/sbin/nft", "/sbin/nft")
-_UNSAFE = re.compile(r"[^A-Za-z0-9_]")
 NFT_TIMEOUT = 10.0
 
 
 def table_name(network: str) -> str:
-    return "xvm_" + _UNSAFE.sub("_", network)
+    return ownership.table_name(network)
 
 
 def nft_binary() -> str:
@@ -45,34 +45,43 @@ def nft_binary() -> str:
                    "install the nftables package")
 
 
+def run(command: str) -> str:
+    """Run one nft command (text, or a JSON document) in this thread's netns; its
+    JSON output. Through libnftables when it loads, else the ``nft`` program."""
+    if libnft.LIBRARY is not None:
+        rc, out, err = libnft.LIBRARY.run(command)
+    else:
+        try:
+            proc = subprocess.run([nft_binary(), "-j", "-f", "-"], input=command.encode(),
+                                  capture_output=True, timeout=NFT_TIMEOUT, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise DataplaneError(DataplaneError.NFTABLES, "cannot run nft", str(exc)) from exc
+        rc, out = proc.returncode, proc.stdout.decode(errors="replace")
+        err = proc.stderr.decode(errors="replace")
+    if rc != 0:
+        first = command.split("\n", 1)[0][:80]
+        raise DataplaneError(DataplaneError.NFTABLES, "nftables refused our request",
+                             f"{err.strip()} (request: {first})")
+    return out
+
+
 def run_batch(commands: list[dict[str, Any]]) -> None:
-    payload = json.dumps({"nftables": commands})
-    try:
-        proc = subprocess.run([nft_binary(), "-j", "-f", "-"], input=payload.encode(),
-                              capture_output=True, timeout=NFT_TIMEOUT, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise DataplaneError(DataplaneError.NFTABLES, "cannot run nft", str(exc)) from exc
-    if proc.returncode != 0:
-        raise DataplaneError(DataplaneError.NFTABLES, "nftables rejected our rules",
-                       proc.stderr.decode(errors="replace").strip())
+    """Apply ``commands`` as one transaction: all or nothing."""
+    run(json.dumps({"nftables": commands}))
+
+
+def query(command: str) -> list[dict[str, Any]]:
+    """The objects a ``list ...`` command prints; [] for no output."""
+    out = run(command)
+    data = json.loads(out) if out.strip() else {"nftables": []}
+    items = data.get("nftables", []) if isinstance(data, dict) else []
+    return [item for item in items if isinstance(item, dict)]
 
 
 def list_tables() -> set[tuple[str, str]]:
     """(family, name) of every table in the current netns."""
-    try:
-        proc = subprocess.run([nft_binary(), "-j", "list", "tables"], capture_output=True,
-                              timeout=NFT_TIMEOUT, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise DataplaneError(DataplaneError.NFTABLES, "cannot run nft", str(exc)) from exc
-    if proc.returncode != 0:
-        raise DataplaneError(DataplaneError.NFTABLES, "cannot list nftables tables",
-                       proc.stderr.decode(errors="replace").strip())
-    data = json.loads(proc.stdout or b'{"nftables": []}')
-    return {
-        (item["table"]["family"], item["table"]["name"])
-        for item in data.get("nftables", [])
-        if "table" in item
-    }
+    return {(item["table"]["family"], item["table"]["name"])
+            for item in query("list tables") if "table" in item}
 
 
 def _match(left: dict[str, Any], right: Any, op: str = "==") -> dict[str, Any]:
@@ -130,6 +139,10 @@ def masquerade_batch(network: str, subnet: ipaddress.IPv4Network) -> list[dict[s
 
 
 def delete_table_batch(family: str, network: str) -> list[dict[str, Any]]:
+    return delete_named_table_batch(family, table_name(network))
+
+
+def delete_named_table_batch(family: str, name: str) -> list[dict[str, Any]]:
     # "add" first makes the delete succeed whether or not the table existed.
-    table = {"family": family, "name": table_name(network)}
+    table = {"family": family, "name": name}
     return [{"add": {"table": table}}, {"delete": {"table": table}}]

@@ -9,7 +9,7 @@ from typing import Any
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from xvmcni.dataplane import reaper
+from xvmcni.dataplane import ownership, reaper
 from xvmcni.dataplane.errors import DataplaneError
 from xvmcni.dataplane.netlink import IFF_UP, delete_link, get_link, kernel_error, link_kind
 
@@ -28,6 +28,8 @@ class ContainerSide:
     routes: list[tuple[IPNetwork, IPAddress | None]]
     mtu: int
     mac: str = ""
+    # The mark the host end carries (its network, container and ifname).
+    owner: ownership.Mark | None = None
 
 
 @dataclass
@@ -76,6 +78,8 @@ def ensure(host_ipr: Any, pod_ipr: Any, pod_fd: int, host_name: str, bridge_inde
         if host_link is None:
             raise DataplaneError(DataplaneError.CONTAINER,
                                  f"veth {host_name} vanished while being set up")
+        if side.owner is not None:
+            ownership.mark(host_ipr, int(host_link["index"]), side.owner)
         index, container_mac_now = _configure_container(pod_ipr, side, fresh=True)
     except BaseException:
         # Created by this call and half configured: take it away again, so a failed
@@ -95,15 +99,29 @@ def _adopt(host_ipr: Any, pod_ipr: Any, pod_fd: int, host_name: str, bridge_inde
         # Deleted by a DEL moments ago and not yet reaped: this is a new attachment.
         reaper.reclaim(host_ipr, host_name)
         return ensure(host_ipr, pod_ipr, pod_fd, host_name, bridge_index, side)
+    network = side.owner.network if side.owner is not None else None
+    mark = ownership.owner(host_link)
+    if host_link is not None and mark is not None and mark.network != network:
+        raise DataplaneError(DataplaneError.HOST_CONFLICT,
+                             f"host interface {host_name} belongs to xvm-cni network "
+                             f"{mark.network!r}",
+                             "this container interface is attached to that network already")
     pod_link = get_link(pod_ipr, side.ifname)
     if not _peer_of(host_link, pod_link):
         if pod_link is not None:
             raise DataplaneError(DataplaneError.CONTAINER,
                                  f"interface {side.ifname} already exists in the container's "
                                  "netns", "choose another CNI_IFNAME or remove that interface")
+        if mark is None:
+            raise DataplaneError(DataplaneError.HOST_CONFLICT,
+                                 f"{host_name} already exists on this host and is not "
+                                 "xvm-cni's", f"remove {host_name}")
+        # Ours, left by an interrupted ADD of this very attachment: replace it.
         delete_link(host_ipr, host_name)
         return ensure(host_ipr, pod_ipr, pod_fd, host_name, bridge_index, side)
     assert host_link is not None
+    if mark is None and side.owner is not None:
+        ownership.mark(host_ipr, int(host_link["index"]), side.owner)  # from an older version
     try:
         host_ipr.link("set", index=host_link["index"], master=bridge_index, mtu=side.mtu,
                       state="up")
@@ -143,10 +161,24 @@ def _configure_container(pod_ipr: Any, side: ContainerSide, fresh: bool) -> tupl
     return index, str(link.get("IFLA_ADDRESS"))
 
 
-def remove_host_end(host_ipr: Any, host_name: str) -> bool:
-    """Delete the pair by its host end (the kernel takes the container end with it);
-    True when it existed."""
-    return delete_link(host_ipr, host_name)
+REMOVED, ABSENT, FOREIGN = "removed", "absent", "foreign"
+
+
+def remove_host_end(host_ipr: Any, host_name: str, network: str,
+                    unmarked_is_ours: bool) -> str:
+    """Delete the pair by its host end (the kernel takes the container end with it).
+
+    REMOVED, ABSENT (nothing of that name), or FOREIGN: the device carries another
+    network's mark, or none while ``unmarked_is_ours`` is false; it is left alone.
+    """
+    link = get_link(host_ipr, host_name)
+    if link is None:
+        return ABSENT
+    mark = ownership.owner(link)
+    if (mark is not None and mark.network != network) or (mark is None
+                                                          and not unmarked_is_ours):
+        return FOREIGN
+    return REMOVED if delete_link(host_ipr, host_name) else ABSENT
 
 
 def remove_container_end(pod_ipr: Any, ifname: str) -> None:
@@ -161,14 +193,6 @@ def remove_container_end(pod_ipr: Any, ifname: str) -> None:
     except NetlinkError as exc:
         if exc.code != errno.ENODEV:
             raise kernel_error(f"delete {ifname} in the container", exc) from exc
-
-
-def remove(host_ipr: Any, pod_ipr: Any | None, host_name: str, ifname: str,
-           owned: bool) -> None:
-    """Delete the pair; both ends already gone is success (see the two above)."""
-    if remove_host_end(host_ipr, host_name) or not owned or pod_ipr is None or not ifname:
-        return
-    remove_container_end(pod_ipr, ifname)
 
 
 def _routes(pod_ipr: Any, index: int) -> set[tuple[str, str]]:

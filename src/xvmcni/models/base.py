@@ -92,8 +92,11 @@ class NetworkModel(Protocol):
         """How host side and container differ from what ADD left (empty: all fine)."""
         ...
 
-    def leave(self) -> None:
-        """The host's last container of this network is gone: remove the host side."""
+    def leave(self, unmarked_is_ours: bool = False) -> None:
+        """The host's last container of this network is gone: remove the host side,
+        only what carries this network's mark. ``unmarked_is_ours``: the caller's
+        records show this network used the host side, so unmarked devices of its
+        names are an earlier xvm-cni's and go too."""
         ...
 
     def problems(self) -> list[str]:

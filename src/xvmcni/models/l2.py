@@ -20,9 +20,10 @@ from xvmcni.cni.names import interface_name_problem, shown
 from xvmcni.cni.result import Interface, Route
 from xvmcni.config import fail, get
 from xvmcni.controlplane.base import Peer
-from xvmcni.dataplane import hostif, l2net, names, sysctl, veth
+from xvmcni.dataplane import antispoof, hostif, l2net, names, nft, ownership, sysctl, veth
+from xvmcni.dataplane.errors import DataplaneError
 from xvmcni.dataplane.hostif import HostInterface, HostInterfaceCache
-from xvmcni.dataplane.netlink import IFF_UP, get_link, rtnl
+from xvmcni.dataplane.netlink import IFF_UP, get_link, link_kind, rtnl
 from xvmcni.dataplane.netns import netns_gone, open_netns
 from xvmcni.dataplane.reaper import VethReaper
 from xvmcni.models.base import IPInterface, Plugged, Pod
@@ -220,12 +221,13 @@ class L2Model:
                 routes.append(Route(route.dst, route.gw or s.gateway))
         return routes
 
-    def _side(self, ifname: str, mtu: int, addresses: list[IPInterface],
+    def _side(self, pod: Pod, mtu: int, addresses: list[IPInterface],
               mac: str) -> veth.ContainerSide:
         # Without an address yet (delegated IPAM plugs first) no route can be set.
         routes = [(r.dst, r.gw) for r in self.container_routes()] if addresses else []
-        return veth.ContainerSide(ifname=ifname, addresses=list(addresses), routes=routes,
-                                  mtu=mtu, mac=mac)
+        return veth.ContainerSide(
+            ifname=pod.ifname, addresses=list(addresses), routes=routes, mtu=mtu, mac=mac,
+            owner=ownership.Mark(self.settings.network, pod.container_id, pod.ifname))
 
     # --- the interface -----------------------------------------------------------------
 
@@ -249,7 +251,9 @@ class L2Model:
         if not in_use and spec.mtu < self.settings.mtu:  # said once, when the host joins
             log.warning("mtu %d does not fit a VXLAN packet on %s (MTU %d); using %d",
                         self.settings.mtu, spec.host.name, spec.host.mtu, spec.mtu)
-        self._bridge_index = l2net.ensure(self.ipr, spec, in_use)
+        # Devices of an earlier xvm-cni carry no mark: they are adopted only while this
+        # network has containers on the host (its own records say it made them).
+        self._bridge_index = l2net.ensure(self.ipr, spec, in_use, adopt_unmarked=in_use)
         sysctl.ensure("net.ipv4.ip_forward", "1")
 
     @contextlib.contextmanager
@@ -266,9 +270,23 @@ class L2Model:
         spec = self.spec()
         if self._bridge_index is None:
             self._bridge_index = l2net.ensure(self.ipr, spec, in_use=True)
-        side = self._side(pod.ifname, spec.mtu, addresses, mac)
+        side = self._side(pod, spec.mtu, addresses, mac)
+        # The port is admitted before the veth exists (rules match names): there is no
+        # moment in which the pod could send as someone else. Without a MAC known yet
+        # (delegated IPAM plugs first), the port is registered and drops everything
+        # until its MAC is admitted right after creation.
+        wanted_mac = side.mac or veth.container_mac(side.addresses)
+        self._admit(pod, wanted_mac, addresses)
         pair = veth.ensure(self.ipr, pod_ns.ipr, pod_ns.fd, pod.host_ifname,
                            self._bridge_index, side)
+        if pair.container_mac.lower() != wanted_mac.lower():
+            # The interface kept another MAC (a repeated ADD, or the kernel chose one):
+            # admit what it really has, and only that.
+            if wanted_mac:
+                nft.run_batch(antispoof.evict_batch(self.guard_table, pod.host_ifname,
+                                                    wanted_mac, [a.ip for a in addresses],
+                                                    keep_port=True))
+            self._admit(pod, pair.container_mac, addresses)
         return Plugged(
             interfaces=[Interface(spec.bridge, spec.gateway_mac, mtu=spec.mtu),
                         Interface(pod.host_ifname, pair.host_mac, mtu=spec.mtu),
@@ -279,10 +297,42 @@ class L2Model:
             routes=self.container_routes(),
         )
 
+    def _admit(self, pod: Pod, mac: str, addresses: list[IPInterface]) -> None:
+        try:
+            batch = antispoof.admit_batch(self.guard_table, pod.host_ifname, mac,
+                                          [a.ip for a in addresses])
+        except ValueError as exc:  # a MAC or address the filter cannot admit
+            raise DataplaneError(DataplaneError.INVALID, str(exc)) from exc
+        nft.run_batch(batch)
+
+    def _evict(self, host_ifname: str) -> None:
+        recorded = antispoof.members(self.guard_table)
+        if recorded is not None and host_ifname in recorded.ports:
+            nft.run_batch(antispoof.evict_recorded_batch(self.guard_table, recorded,
+                                                         host_ifname))
+
+    @property
+    def guard_table(self) -> str:
+        return ownership.guard_table_name(self.settings.network)
+
     def unplug(self, pod: Pod, owned: bool) -> None:
-        if self._reaper is not None and self._reaper.retire(self.ipr, pod.host_ifname):
-            return  # down and queued: the agent deletes the pair off the request path
-        if veth.remove_host_end(self.ipr, pod.host_ifname) or not owned or not pod.netns:
+        network = self.settings.network
+        # A device without our mark is this attachment's only when we hold its record
+        # (made by an earlier xvm-cni); one with another network's mark never is.
+        if self._reaper is not None:
+            link = get_link(self.ipr, pod.host_ifname)
+            mark = ownership.owner(link)
+            if link is not None and (mark.network == network if mark else owned) \
+                    and self._reaper.retire(self.ipr, pod.host_ifname):
+                self._evict(pod.host_ifname)
+                return  # down and queued: the agent deletes the pair off the request path
+        outcome = veth.remove_host_end(self.ipr, pod.host_ifname, network, owned)
+        if outcome == veth.FOREIGN:
+            log.warning("not removing %s: it does not belong to network %s",
+                        pod.host_ifname, network)
+            return
+        self._evict(pod.host_ifname)
+        if outcome == veth.REMOVED or not owned or not pod.netns:
             return  # the container end went with the host end (or is not ours to touch)
         # The host end is gone but a container end may remain (an interrupted ADD).
         try:
@@ -300,19 +350,30 @@ class L2Model:
         spec = self.spec()
         found = l2net.problems(self.ipr, spec)
         bridge = get_link(self.ipr, spec.bridge)
-        side = self._side(pod.ifname, spec.mtu, addresses, mac)
+        side = self._side(pod, spec.mtu, addresses, mac)
         found += veth.problems(self.ipr, pod_ns.ipr, pod.host_ifname,
                                bridge["index"] if bridge else -1, side)
+        recorded = antispoof.members(self.guard_table)
+        admitted = recorded.port(pod.host_ifname) if recorded is not None else None
+        if admitted is None or not admitted.macs:
+            found.append(f"{pod.host_ifname} is not admitted in nftables table "
+                         f"bridge {self.guard_table}")
+        else:
+            have = {str(a) for _, a in admitted.addresses}
+            missing = [str(a.ip) for a in addresses if str(a.ip) not in have]
+            if missing:
+                found.append(f"{pod.host_ifname} may not send from {', '.join(missing)} "
+                             f"(nftables table bridge {self.guard_table})")
         return found
 
-    def leave(self) -> None:
+    def leave(self, unmarked_is_ours: bool = False) -> None:
         s = self.settings
         if get_link(self.ipr, s.bridge_name) is None \
                 and get_link(self.ipr, s.vxlan_name) is None:
             return  # nothing of ours here (e.g. DEL of an unknown container): skip nft
         log.info("last container of %s gone: removing %s and %s", s.network, s.bridge_name,
                  s.vxlan_name)
-        l2net.remove(self.ipr, s.network, s.bridge_name, s.vxlan_name)
+        l2net.remove(self.ipr, s.network, s.bridge_name, s.vxlan_name, unmarked_is_ours)
         self._bridge_index = None
 
     def problems(self) -> list[str]:
@@ -320,16 +381,23 @@ class L2Model:
 
     def repair(self, pods: list[tuple[Pod, list[IPInterface]]]) -> list[Pod]:
         spec = self.spec()
-        bridge_index = l2net.ensure(self.ipr, spec, in_use=True, refresh_filters=True)
+        bridge_index = l2net.ensure(self.ipr, spec, in_use=True, refresh_filters=True,
+                                    adopt_unmarked=True)
         self._bridge_index = bridge_index
         sysctl.ensure("net.ipv4.ip_forward", "1")
         replugged = []
+        recorded = antispoof.members(self.guard_table)
         for pod, addresses in pods:
+            if recorded is None or pod.host_ifname not in recorded.ports:
+                self._admit_running(pod, addresses)
             link = get_link(self.ipr, pod.host_ifname)
             if link is not None and link.get("IFLA_MASTER") == bridge_index \
                     and link["flags"] & IFF_UP:
+                if ownership.owner(link) is None:  # an earlier version's: mark it ours
+                    ownership.mark(self.ipr, int(link["index"]),
+                                   ownership.Mark(spec.network, pod.container_id, pod.ifname))
                 continue  # healthy: do not touch a running container
-            side = self._side(pod.ifname, spec.mtu, addresses, "")
+            side = self._side(pod, spec.mtu, addresses, "")
             with self.enter(pod) as pod_ns:
                 veth.ensure(self.ipr, pod_ns.ipr, pod_ns.fd, pod.host_ifname, bridge_index,
                             side)
@@ -337,6 +405,19 @@ class L2Model:
             log.info("re-plugged %s/%s into %s", pod.container_id[:12], pod.ifname,
                      spec.bridge)
         return replugged
+
+    def _admit_running(self, pod: Pod, addresses: list[IPInterface]) -> None:
+        """Admit a running pod by the MAC its interface has (an earlier version's pod,
+        or a table that was lost)."""
+        try:
+            with self.enter(pod) as pod_ns:
+                link = get_link(pod_ns.ipr, pod.ifname)
+        except DataplaneError as exc:
+            log.warning("cannot read the MAC of %s/%s: %s", pod.container_id[:12],
+                        pod.ifname, exc)
+            return
+        if link is not None:
+            self._admit(pod, str(link.get("IFLA_ADDRESS")), addresses)
 
     def remove_orphans(self, known: set[str]) -> list[str]:
         """Host veths on our bridge that no record explains: left by a crash mid-ADD."""
@@ -347,10 +428,15 @@ class L2Model:
         removed = []
         for link in self.ipr.get_links():
             name = str(link.get("IFLA_IFNAME"))
-            if link.get("IFLA_MASTER") == bridge["index"] and name != s.vxlan_name \
-                    and name.startswith(names.HOST_VETH_PREFIX) and name not in known:
+            mark = ownership.owner(link)
+            # Only veths marked as this network's containers' ones: an unmarked port
+            # someone added to our bridge is theirs.
+            if link_kind(link) == "veth" and mark is not None \
+                    and mark.network == s.network and mark.container_id \
+                    and name not in known:
                 log.info("GC: removing orphan port %s", name)
-                veth.remove_host_end(self.ipr, name)
+                veth.remove_host_end(self.ipr, name, s.network, False)
+                self._evict(name)
                 removed.append(name)
         return removed
 

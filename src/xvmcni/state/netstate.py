@@ -24,8 +24,8 @@ _TRANSIENT = ("prevResult", "runtimeConfig", "args", "cni.dev/valid-attachments"
               "cni.dev/attachments")
 
 
-def remember(state_dir: Path, raw: dict[str, Any]) -> None:
-    """Write the config durably, only when it changed.
+def remember(state_dir: Path, raw: dict[str, Any]) -> bool:
+    """Write the config durably, only when it changed; True when there was none.
 
     Temp file, fsync, rename, fsync of the directory: after a power cut the file is
     the old one or the new one, never empty or half written (the agent's reconcile
@@ -37,11 +37,13 @@ def remember(state_dir: Path, raw: dict[str, Any]) -> None:
     path = state_dir / CONFIG_FILE
     try:
         if path.read_text() == text:
-            return
+            return False
+        existed = True
     except FileNotFoundError:
-        pass
+        existed = False
     except (OSError, ValueError) as exc:  # unreadable or not UTF-8: rewrite it
         log.warning("rewriting unreadable %s: %s", path, exc)
+        existed = True
     tmp = path.with_name(f".{CONFIG_FILE}.tmp{os.getpid()}")
     try:
         _write_synced(tmp, text.encode())
@@ -52,6 +54,7 @@ def remember(state_dir: Path, raw: dict[str, Any]) -> None:
             tmp.unlink()
         raise CniError(IO_FAILURE, f"cannot write {path}",
                        exc.strerror or str(exc)) from exc
+    return not existed
 
 
 def _write_synced(path: Path, data: bytes) -> None:
@@ -71,6 +74,11 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def forget(state_dir: Path) -> None:
+    """Remove the remembered config (a first ADD failed: the host never joined)."""
+    (state_dir / CONFIG_FILE).unlink(missing_ok=True)
 
 
 def remembered(data_dir: Path) -> list[dict[str, Any]]:
