@@ -135,6 +135,11 @@ def test_agent_serves_the_healthy_network(two_networks: Host, tmp_path: Path) ->
     assert "xvmbr11" in ip("-n", host.name, "link", "show")
 
 
+def unmark(host: Host, device: str) -> None:
+    ip("-n", host.name, "link", "set", "dev", device, "alias", "")
+    assert "alias" not in ip("-n", host.name, "-d", "link", "show", device)
+
+
 def rebuild(host: Host, *extra: str) -> subprocess.CompletedProcess[str]:
     return host.in_ns(host.path, XVMCTL, "ipam", "rebuild", "--network", "xvm-network",
                       "--data-dir", str(host.data_dir), *extra)
@@ -154,9 +159,12 @@ def test_rebuild_from_the_live_host(host: Host) -> None:
                for c, p in pods.items()}
     address = {c: r["ips"][0]["address"] for c, r in results.items()}
     device = {c: r["interfaces"][1]["name"] for c, r in results.items()}
-    # What ADD is to write into the host veth's alias (the lead's ownership mark).
-    ip("-n", host.name, "link", "set", device["named"], "alias",
-       "xvm-cni:xvm-network:named:eth0")
+    # ADD marks the host veth with its owner; the rebuild reads the container ID there.
+    assert "alias xvm-cni:xvm-network:named:eth0" in ip("-n", host.name, "-d", "link", "show",
+                                                        device["named"])
+    # Devices an xvm-cni without marks made have no alias.
+    for container in ("unnamed", "withmac"):
+        unmark(host, device[container])
     corrupt(registry_file(host))
     assert (host.cni("DEL", conf, "named", pods["named"]).out or {}).get("code") == 5
 
@@ -202,6 +210,7 @@ def test_unnamed_attachment_is_named_by_gc(host: Host) -> None:
     conf = host.config("1.1.0")
     pod = host.new_pod()
     result = host.add(conf, "gckeep", pod)
+    unmark(host, result["interfaces"][1]["name"])
     corrupt(registry_file(host))
     assert rebuild(host).returncode == 0
     assert set(recorded(host)) == {(f"rebuilt:{result['interfaces'][1]['name']}", "eth0")}

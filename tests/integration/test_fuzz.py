@@ -39,17 +39,8 @@ DEFAULT_EXAMPLES = 400
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES") or DEFAULT_EXAMPLES)
 LONG_RUN = "FUZZ_EXAMPLES" in os.environ
 
-# Issue 7 item 5 (the other helper's part): JSON nested ~1000 levels deep crashes the
-# thin plugin (shim.loads) and cni.main.declared_version (outside its try) with a
-# RecursionError and no CNI answer. Until that lands, nesting stays below 900 so this
-# suite stays green; set True with the fix and the fuzz reaches 1500 levels.
-DEEP_NESTING_FIXED = False
-MAX_DEPTH = 1500 if DEEP_NESTING_FIXED else 900
-# Issue 7 item 5 (the other helper's part, too): the thin plugin passes a numeric
-# agentTimeout <= 0, infinite or huge straight to settimeout() and dies with a
-# ValueError/OverflowError traceback. Until that lands only sane numbers are drawn
-# for it; set True with the fix.
-AGENT_TIMEOUT_FIXED = False
+# Deeper than Python's recursion limit (~1000): issue 7 item 5.
+MAX_DEPTH = 1500
 
 COMMANDS = ["ADD", "DEL", "CHECK", "VERSION", "GC", "STATUS"]
 SYSCTLS = ["net/ipv4/ip_forward", "net/ipv6/conf/all/disable_ipv6",
@@ -122,6 +113,9 @@ def deep(depth: int, inner: str) -> str:
 
 deep_json = st.builds(deep, st.integers(min_value=100, max_value=MAX_DEPTH),
                       st.sampled_from(["1", '"x"', "[]", "{}"]))
+# As a value this test itself builds and dumps: within its own recursion limit.
+deep_value = st.builds(deep, st.integers(min_value=100, max_value=800),
+                       st.sampled_from(["1", "[]"])).map(json.loads)
 
 
 def base_config(rig: Rig) -> dict[str, Any]:
@@ -139,11 +133,7 @@ def odd_value(rig: Rig, key: str) -> st.SearchStrategy[Any]:
         return st.integers() | st.booleans() | st.lists(st.text(max_size=3), max_size=2) \
             | st.text(st.sampled_from("abc/._-"), max_size=12).filter(
                 lambda t: not t.startswith("/")) | inside
-    if key == "agentTimeout" and not AGENT_TIMEOUT_FIXED:
-        return json_values.filter(lambda v: isinstance(v, bool)
-                                  or not isinstance(v, (int, float))) \
-            | st.floats(min_value=0.5, max_value=1000)
-    return json_values | huge_ints | st.text(max_size=20) | deep_json.map(json.loads)
+    return json_values | huge_ints | st.text(max_size=20) | deep_value
 
 
 @st.composite
@@ -173,13 +163,17 @@ def stdin(draw: st.DrawFn, rig: Rig) -> bytes:
     if kind == "unicode":
         return draw(st.text(max_size=200)).encode("utf-8", "surrogatepass")
     if kind == "deep":
-        return draw(deep_json).encode()
-    # A number over Python's 4300-digit limit lands in parse_stdin (issue 7 item 6,
-    # marked xfail in test_validation): stay within the limit here.
+        if draw(st.booleans()):
+            return draw(deep_json).encode()
+        conf = base_config(rig)  # deep inside a known field
+        conf[draw(st.sampled_from(KNOWN_FIELDS))] = "DEEP"
+        return json.dumps(conf).replace('"DEEP"', draw(deep_json)).encode()
+    # Up to beyond Python's 4300-digit limit for int(), which json.dumps cannot write.
     conf = base_config(rig)
-    conf[draw(st.sampled_from(["vxlanID", "mtu", "port", "perHostPrefix"]))] = \
-        draw(huge_ints)
-    return json.dumps(conf).encode()
+    conf[draw(st.sampled_from(["vxlanID", "mtu", "port", "perHostPrefix", "agentTimeout",
+                               "gateway"]))] = "HUGE"
+    digits = draw(st.sampled_from(["", "-"])) + "9" * draw(st.integers(1, 6000))
+    return json.dumps(conf).replace('"HUGE"', digits).encode()
 
 
 @st.composite

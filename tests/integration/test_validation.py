@@ -95,9 +95,6 @@ def test_numbers(host: Host, changes: dict[str, Any]) -> None:
     assert len(out["msg"]) < 300
 
 
-@pytest.mark.xfail(strict=True, reason="issue 7 items 5/6: cni.request.parse_stdin lets "
-                   "Python's ValueError for a JSON integer over 4300 digits through (code "
-                   "100); it is the other helper's function. Remove this mark with the fix.")
 def test_number_over_pythons_digit_limit(host: Host) -> None:
     conf = json.dumps(host.config()).replace('"vxlanID": 10', '"vxlanID": ' + "9" * 5000)
     expect_refused(host, 7, conf.encode())

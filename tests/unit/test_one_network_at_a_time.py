@@ -41,10 +41,10 @@ def two_networks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
             return ipaddress.IPv4Address("192.168.1.11")
 
-        def remove_orphans(self, known: set[str]) -> list[str]:
+        def remove_orphans(self, *_: Any, **__: Any) -> list[str]:
             return []
 
-        def leave(self) -> None:
+        def leave(self, *_: Any, **__: Any) -> None:
             return None
 
     @contextlib.contextmanager

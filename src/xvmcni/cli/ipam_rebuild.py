@@ -6,9 +6,10 @@ Its peer (IFLA_LINK, in the namespace IFLA_LINK_NETNSID names) is the container'
 interface: its name is the CNI_IFNAME, its IPv4 addresses are the ones the registry
 handed out, and its namespace is found among /run/netns, /var/run/netns and the
 processes' namespaces. What that cannot tell is the container ID: the device name
-is a hash of (containerID, ifname). Where the device's alias reads
-``xvm-cni:<network>:<containerID>:<ifname>`` (and hashes to the device's name) the
-ID comes from there; otherwise the attachment is recorded as ``rebuilt:<device>``,
+is a hash of (containerID, ifname). ADD marks the device with the alias
+``xvm-cni:<network>:<containerID>:<ifname>``: where it is there (and hashes to the
+device's name) the ID comes from it; a device made before the marks has none, and its
+attachment is recorded as ``rebuilt:<device>``,
 holding its addresses so they are never handed out twice, and takes its real ID
 from the runtime's next DEL or GC naming the container that owns the device.
 
