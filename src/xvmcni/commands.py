@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from xvmcni import logsetup, networks
+from xvmcni.cni.names import shown
 from xvmcni.cni.request import Request
 from xvmcni.cni.result import IPConfig, Result, version_tuple
 from xvmcni.dataplane.errors import DataplaneError
@@ -102,6 +103,18 @@ def _locked_registry(call: Call) -> Iterator[AttachmentRegistry]:
         yield registry
 
 
+def _name_rebuilt(registry: AttachmentRegistry, model: NetworkModel,
+                  key: tuple[str, str]) -> None:
+    """An attachment ``xvmctl ipam rebuild`` recorded without its container ID gets the
+    real one when the runtime names the container that owns its device."""
+    if registry.get(*key) is not None:
+        return
+    unnamed = registry.unnamed(model.host_ifname(*key))
+    if unnamed is not None:
+        log.info("attachment on %s is %s/%s", unnamed.host_ifname, key[0][:12], key[1])
+        registry.rename(unnamed.key, key)
+
+
 def _ipam(call: Call, model: NetworkModel) -> Ipam:
     return networks.ipam(call.network, call.request, model.underlay_address)
 
@@ -132,16 +145,27 @@ def requested_addresses(request: Request, network: Network) -> list[ipaddress.IP
         raw.extend(part for part in request.args["IP"].split(",") if part)
     caps = network.config.runtime_config.get("ips")
     if isinstance(caps, list):
-        raw.extend(str(item) for item in caps)
+        for item in caps:
+            if not isinstance(item, str):
+                raise CniError(INVALID_CONFIG, "runtimeConfig.ips must hold addresses in "
+                               f"strings, got {shown(item)}")
+            raw.append(item)
     out = []
     for text in raw:
         try:
             addr = ipaddress.ip_interface(text.strip()).ip
         except ValueError as exc:
-            raise CniError(INVALID_CONFIG, f"requested IP {text!r} is not an address") from exc
+            raise CniError(INVALID_CONFIG,
+                           f"requested IP {shown(text)} is not an address") from exc
         if not isinstance(addr, ipaddress.IPv4Address):
-            raise CniError(INVALID_CONFIG, f"requested IP {text!r} is IPv6; this network is IPv4")
+            raise CniError(INVALID_CONFIG,
+                           f"requested IP {shown(text)} is IPv6; this network is IPv4")
         out.append(addr)
+    if len(out) > 1:
+        # One interface, one address per family; the l2 model carries IPv4 only.
+        raise CniError(INVALID_CONFIG,
+                       f"{len(out)} addresses requested: at most one IPv4 address per "
+                       "container interface", ", ".join(map(str, out[:8])))
     return out
 
 
@@ -155,7 +179,11 @@ def requested_mac(request: Request, network: Network) -> str:
         raise CniError(INVALID_CONFIG, f"requested MAC {mac!r} is not a MAC address")
     if mac and int(parts[0], 16) & 1:
         raise CniError(INVALID_CONFIG, f"requested MAC {mac!r} is a multicast address")
-    return mac.lower()
+    mac = mac.lower()
+    why = networks.reserved_mac(network, mac) if mac else ""
+    if why:
+        raise CniError(INVALID_CONFIG, f"requested MAC {mac} is reserved: {why}")
+    return mac
 
 
 # --- ADD -----------------------------------------------------------------------------
@@ -166,23 +194,34 @@ def _add(call: Call) -> dict[str, Any]:
     request = call.request
     with networks.open_model(call.network, call.runtime) as model:
         model.prepare()  # e.g. a missing hostInterface fails here, before any change
+        ipam = _ipam(call, model)
+        ipam.validate(requested)  # e.g. an address in another host's pool
         pod = Pod(request.container_id, request.ifname, request.netns,
                   model.host_ifname(*call.pod_key))
         with model.enter(pod) as pod_ns, _locked_registry(call) as registry:
-            return _add_locked(call, model, _ipam(call, model), pod_ns, pod, registry,
-                               requested, mac)
+            return _add_locked(call, model, ipam, pod_ns, pod, registry, requested, mac)
 
 
 def _add_locked(call: Call, model: NetworkModel, ipam: Ipam, pod_ns: Any, pod: Pod,
                 registry: AttachmentRegistry, requested: list[ipaddress.IPv4Address],
                 mac: str) -> dict[str, Any]:
     request = call.request
+    _name_rebuilt(registry, model, call.pod_key)
     existing = registry.get(*call.pod_key)
+    if mac and existing is None:
+        # Under the network's lock: no other ADD can take the MAC before we record it.
+        holder = registry.mac_holder(mac)
+        if holder is not None:
+            raise CniError(INVALID_CONFIG,
+                           f"requested MAC {mac} is held by container {holder[0]} "
+                           f"({holder[1]}) of network {call.network.name} on this host",
+                           "two interfaces with one MAC on a bridge steal each other's "
+                           "frames")
     # In use: some container (this one too, on a repeated ADD) relies on the host side,
     # so nothing of it may be recreated, and a failure must not take it away.
     in_use = registry.count() > 0
     record = Attachment(container_id=request.container_id, ifname=request.ifname,
-                        netns=request.netns, host_ifname=pod.host_ifname)
+                        netns=request.netns, host_ifname=pod.host_ifname, mac=mac)
     with contextlib.ExitStack() as undo:
         if not in_use and netstate.remember(call.network.state_dir, call.network.config.raw):
             undo.callback(_attempt, "forget the network", netstate.forget,
@@ -223,6 +262,7 @@ def _del(call: Call) -> None:
     request = call.request
     with networks.open_model(call.network, call.runtime) as model, \
             _locked_registry(call) as registry:
+        _name_rebuilt(registry, model, call.pod_key)
         record = registry.get(*call.pod_key)
         host_ifname = (record.host_ifname if record is not None and record.host_ifname
                        else model.host_ifname(*call.pod_key))
@@ -302,6 +342,8 @@ def _gc(call: Call) -> None:
     valid = valid_attachments(call.network.config.raw)
     with networks.open_model(call.network, call.runtime) as model, \
             _locked_registry(call) as registry:
+        for key in valid:
+            _name_rebuilt(registry, model, key)
         stale = _ipam(call, model).gc(registry, valid)
         for gone in stale:
             log.info("GC: releasing %s/%s %s", gone.container_id[:12], gone.ifname,

@@ -20,6 +20,7 @@ from xvmcni.cni.request import Request
 from xvmcni.config import NetworkConfig
 from xvmcni.controlplane.base import ControlPlane
 from xvmcni.controlplane.multicast import MulticastControlPlane
+from xvmcni.dataplane import names
 from xvmcni.ipam.base import Ipam
 from xvmcni.ipam.delegated import DelegatedIpam
 from xvmcni.ipam.pool import AddressPool, pool_for_host
@@ -84,7 +85,27 @@ def ipam(network: Network, request: Request, host_address: Callable[[], Any]) ->
                              settings.per_host_prefix, settings.range_start,
                              settings.range_end)
 
-    return SliceIpam(pool)
+    return SliceIpam(pool, settings.static_ips)
+
+
+def reserved_mac(network: Network, mac: str) -> str:
+    """Why no pod of ``network`` may ask for ``mac`` (lower case); '' when it may.
+
+    The anycast gateway's MAC is on every host's bridge; and ``0a:58:<address>`` is
+    the MAC a pod without a requested one gets for its address in the subnet, so
+    asking for it would collide with that pod, now or later.
+    """
+    if mac == "00:00:00:00:00:00":
+        return "the all-zero MAC is not a valid interface address"
+    if mac == names.gateway_mac(network.l2.vxlan_id):
+        return "it is the network's anycast gateway MAC"
+    octets = bytes(int(part, 16) for part in mac.split(":"))
+    if octets[:2] == b"\x0a\x58":
+        derived_for = ipaddress.IPv4Address(octets[2:])
+        if derived_for in network.l2.subnet:
+            return (f"0a:58:... MACs are what pods without a requested MAC get; this one "
+                    f"belongs to address {derived_for}")
+    return ""
 
 
 def control_plane(network: Network) -> ControlPlane:

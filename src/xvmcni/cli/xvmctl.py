@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from xvmcni.cli import status
+from xvmcni.config import DEFAULT_DATA_DIR
 from xvmcni.lab.model import PluginError
 from xvmcni.lab.names import DEFAULT_NAME, LabError, check_name, lab_dir
 
@@ -246,6 +249,49 @@ def add_agent_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     gc.set_defaults(func=cmd_gc)
 
 
+def cmd_ipam_rebuild(args: argparse.Namespace) -> int:
+    from xvmcni.cli import ipam_rebuild
+    from xvmcni.errors import CniError
+
+    style = status.style_for(sys.stderr)
+    if os.geteuid() != 0:
+        print(style.red("error: ") + "xvmctl ipam rebuild needs root (it reads every "
+              "network namespace of the host)", file=sys.stderr)
+        return EXIT_FAIL
+    try:
+        report = ipam_rebuild.rebuild(args.network, Path(args.data_dir), force=args.force)
+    except (ipam_rebuild.RebuildError, CniError) as exc:
+        print(style.red("error: ") + str(exc), file=sys.stderr)
+        return EXIT_FAIL
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2, sort_keys=True))
+    else:
+        print(ipam_rebuild.render(report))
+    return EXIT_OK
+
+
+def add_ipam(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    ipam = sub.add_parser("ipam", help="the per-network address registry (ipam.db)")
+    ipam_sub = ipam.add_subparsers(dest="ipam_command", metavar="{rebuild}", required=True)
+    rebuild = ipam_sub.add_parser(
+        "rebuild", help="rebuild a damaged ipam.db from the live host",
+        description="Recreate <data-dir>/<network>/ipam.db from the host-side veths on the "
+                    "network's bridge and their containers' interfaces (addresses, "
+                    "namespace, interface name; the container ID where the device's "
+                    "alias names it). The old file is kept as ipam.db.corrupt-<time>. Run "
+                    "as root on the host, in its network namespace.",
+        epilog="exit status: 0 rebuilt, 1 failed (nothing was changed unless it says so)")
+    rebuild.add_argument("--network", required=True, metavar="NAME",
+                         help="the network's name (its state directory under --data-dir)")
+    rebuild.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), metavar="DIR",
+                         help="the network's dataDir (default: %(default)s)")
+    rebuild.add_argument("--force", action="store_true",
+                         help="replace a registry that still reads fine (kept as "
+                              "ipam.db.old-<time>)")
+    rebuild.add_argument("--json", action="store_true", help="print the report as JSON")
+    rebuild.set_defaults(func=cmd_ipam_rebuild)
+
+
 def add_lab(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     lab = sub.add_parser(
         "lab", help="a multi-host cluster simulated with network namespaces",
@@ -306,6 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="Operate xvm-cni networks.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     add_agent_commands(sub)
+    add_ipam(sub)
     add_lab(sub)
     return parser
 

@@ -37,6 +37,11 @@ class Ipam(Protocol):
         record is returned unchanged with created False."""
         ...
 
+    def validate(self, requested: list[ipaddress.IPv4Address]) -> None:
+        """Raise CniError when the requested addresses can never be given here (outside
+        what this IPAM hands out, reserved, repeated); called before the host changes."""
+        ...
+
     def release(self, registry: AttachmentRegistry, container_id: str,
                 ifname: str) -> Attachment | None:
         """Give the attachment's addresses back; releasing twice is fine."""

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from xvmcni.cni.names import interface_name_problem, shown
 from xvmcni.cni.result import Interface, Route
 from xvmcni.config import fail, get
 from xvmcni.controlplane.base import Peer
@@ -111,10 +112,12 @@ def _routes(raw: dict[str, Any]) -> list[Route]:
     for item in get(raw, "routes", list, []):
         if not isinstance(item, dict) or not isinstance(item.get("dst"), str):
             raise fail("each entry of 'routes' needs a \"dst\" in CIDR notation",
-                       f"got {item!r}")
+                       f"got {shown(item)}")
         gw_text = item.get("gw")
         if gw_text is not None and not isinstance(gw_text, str):
-            raise fail(f"route {item['dst']!r}: \"gw\" must be an address in a string")
+            # Never converted: 167772161 is an address to ipaddress, not to the reader.
+            raise fail(f"route {shown(item['dst'])}: \"gw\" must be an address in a "
+                       f"string, got {shown(gw_text)}")
         try:
             dst = ipaddress.ip_network(item["dst"], strict=False)
             gw = ipaddress.ip_address(gw_text) if gw_text else None
@@ -129,11 +132,12 @@ def parse_settings(raw: dict[str, Any], network: str) -> L2Settings:
     if not host_interface:
         raise fail("'hostInterface' is required",
                    "the host interface that carries VXLAN traffic, e.g. \"eth0\"")
+    _check_ifname("hostInterface", host_interface)
     vxlan_id = get(raw, "vxlanID", int)
     if vxlan_id is None:
         raise fail("'vxlanID' is required", f"a VXLAN network identifier, 1..{VNI_MAX}")
     if not 1 <= vxlan_id <= VNI_MAX:
-        raise fail(f"'vxlanID' {vxlan_id} is out of range", f"allowed: 1..{VNI_MAX}")
+        raise fail(f"'vxlanID' {shown(vxlan_id)} is out of range", f"allowed: 1..{VNI_MAX}")
 
     subnet = _subnet(raw)
     gateway = _ipv4(raw, "gateway") or subnet.network_address + 1
@@ -142,22 +146,28 @@ def parse_settings(raw: dict[str, Any], network: str) -> L2Settings:
 
     mtu = get(raw, "mtu", int, DEFAULT_MTU)
     if not 576 <= mtu <= 65535:
-        raise fail(f"'mtu' {mtu} is out of range", "allowed: 576..65535")
+        raise fail(f"'mtu' {shown(mtu)} is out of range", "allowed: 576..65535")
     port = get(raw, "port", int, DEFAULT_PORT)
     if not 1 <= port <= 65535:
-        raise fail(f"'port' {port} is not a UDP port number")
+        raise fail(f"'port' {shown(port)} is not a UDP port number", "allowed: 1..65535")
     group = _ipv4(raw, "group") or DEFAULT_GROUP
     if not group.is_multicast:
         raise fail(f"'group' {group} is not a multicast address")
 
     bridge = get(raw, "bridge", str, "")
-    if len(bridge) > 15:
-        raise fail(f"'bridge' {bridge!r} is longer than 15 characters")
+    if bridge:
+        _check_ifname("bridge", bridge)
 
     return L2Settings(
         network=network, host_interface=host_interface, vxlan_id=vxlan_id, subnet=subnet,
         gateway=gateway, mtu=mtu, group=group, port=port, routes=_routes(raw),
         ip_masq=get(raw, "ipMasq", bool, False), bridge=bridge)
+
+
+def _check_ifname(key: str, name: str) -> None:
+    why = interface_name_problem(name)
+    if why:
+        raise fail(f"{key!r} {shown(name)} is not a valid interface name: {why}")
 
 
 @dataclass

@@ -19,10 +19,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from xvmcni.errors import ADDRESS_IN_USE, UNKNOWN_CONTAINER, CniError
+from xvmcni.errors import ADDRESS_IN_USE, INVALID_CONFIG, UNKNOWN_CONTAINER, CniError
 from xvmcni.state.db import Database
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Container ID of an attachment rebuilt from the host (``xvmctl ipam rebuild``) whose
+# real ID no evidence named: this prefix + its host device. The runtime's next DEL or
+# GC for the container owning that device gives it its real name.
+UNNAMED_PREFIX = "rebuilt:"
+
+# '' when the container kept the MAC derived from its address (unique as addresses are).
+_MAC_INDEX = ("CREATE UNIQUE INDEX IF NOT EXISTS attachments_mac ON attachments (mac) "
+              "WHERE mac != ''")
 
 # ``num`` duplicates ``address`` as an integer so an allocator can ask for just the
 # addresses inside its pool with a range query; ``position`` keeps the order the
@@ -34,6 +42,7 @@ SCHEMA = (
         netns TEXT NOT NULL DEFAULT '',
         host_ifname TEXT NOT NULL DEFAULT '',
         created REAL NOT NULL,
+        mac TEXT NOT NULL DEFAULT '',
         PRIMARY KEY (container_id, ifname)
     )""",
     """CREATE TABLE IF NOT EXISTS addresses (
@@ -48,7 +57,14 @@ SCHEMA = (
     )""",
     "CREATE INDEX IF NOT EXISTS addresses_owner ON addresses (container_id, ifname)",
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    _MAC_INDEX,
 )
+
+# Upgrades of files an older xvm-cni wrote, by the version they bring the file to.
+MIGRATIONS = {
+    # v2: the MAC a container asked for, so no other pod of the network may take it.
+    2: ("ALTER TABLE attachments ADD COLUMN mac TEXT NOT NULL DEFAULT ''", _MAC_INDEX),
+}
 
 
 @dataclass
@@ -62,6 +78,8 @@ class Attachment:
     # Addresses with prefix length, as handed to the container ("10.244.11.5/16").
     addresses: list[ipaddress.IPv4Interface] = field(default_factory=list)
     created: float = 0.0
+    # The MAC the runtime requested ('' : derived from the address).
+    mac: str = ""
 
     @property
     def key(self) -> tuple[str, str]:
@@ -114,7 +132,7 @@ class AttachmentRegistry:
     """The network's ``<state dir>/ipam.db``; safe for many processes at once."""
 
     def __init__(self, path: Path, timeout: float = 10.0) -> None:
-        self.db = Database(path, SCHEMA, SCHEMA_VERSION, timeout)
+        self.db = Database(path, SCHEMA, SCHEMA_VERSION, timeout, MIGRATIONS)
         self.path = self.db.path
 
     def close(self) -> None:
@@ -131,7 +149,7 @@ class AttachmentRegistry:
     @staticmethod
     def _load(conn: sqlite3.Connection, container_id: str, ifname: str) -> Attachment | None:
         row = conn.execute(
-            "SELECT netns, host_ifname, created FROM attachments "
+            "SELECT netns, host_ifname, created, mac FROM attachments "
             "WHERE container_id = ? AND ifname = ?", (container_id, ifname)).fetchone()
         if row is None:
             return None
@@ -142,16 +160,18 @@ class AttachmentRegistry:
                 "ORDER BY position", (container_id, ifname))
         ]
         return Attachment(container_id=container_id, ifname=ifname, netns=row[0],
-                          host_ifname=row[1], addresses=addresses, created=row[2])
+                          host_ifname=row[1], addresses=addresses, created=row[2],
+                          mac=row[3])
 
     @staticmethod
     def _load_all(conn: sqlite3.Connection) -> list[Attachment]:
         by_key: dict[tuple[str, str], Attachment] = {}
-        for cid, ifname, netns, host_ifname, created in conn.execute(
-                "SELECT container_id, ifname, netns, host_ifname, created FROM attachments "
-                "ORDER BY created, container_id, ifname"):
+        for cid, ifname, netns, host_ifname, created, mac in conn.execute(
+                "SELECT container_id, ifname, netns, host_ifname, created, mac "
+                "FROM attachments ORDER BY created, container_id, ifname"):
             by_key[(cid, ifname)] = Attachment(container_id=cid, ifname=ifname, netns=netns,
-                                               host_ifname=host_ifname, created=created)
+                                               host_ifname=host_ifname, created=created,
+                                               mac=mac)
         for address, prefixlen, cid, ifname in conn.execute(
                 "SELECT address, prefixlen, container_id, ifname FROM addresses "
                 "ORDER BY position"):
@@ -180,6 +200,13 @@ class AttachmentRegistry:
         with self.db.read() as conn:
             return int(conn.execute("SELECT COUNT(*) FROM attachments").fetchone()[0])
 
+    def mac_holder(self, mac: str) -> tuple[str, str] | None:
+        """(container_id, ifname) that requested ``mac``, or None."""
+        with self.db.read() as conn:
+            row = conn.execute("SELECT container_id, ifname FROM attachments WHERE mac = ?",
+                               (mac.lower(),)).fetchone()
+        return (str(row[0]), str(row[1])) if row is not None else None
+
     def used_addresses(self, lo: int | None = None, hi: int | None = None) -> int:
         """Addresses recorded, all of them or those in [lo, hi] (integers)."""
         with self.db.read() as conn:
@@ -204,11 +231,17 @@ class AttachmentRegistry:
             addresses = allocator.choose(AddressBook(conn))
             stored = dataclasses.replace(attachment, addresses=addresses,
                                          created=attachment.created or time.time())
-            conn.execute(
-                "INSERT INTO attachments (container_id, ifname, netns, host_ifname, created) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (stored.container_id, stored.ifname, stored.netns, stored.host_ifname,
-                 stored.created))
+            try:
+                conn.execute(
+                    "INSERT INTO attachments (container_id, ifname, netns, host_ifname, "
+                    "created, mac) VALUES (?, ?, ?, ?, ?, ?)",
+                    (stored.container_id, stored.ifname, stored.netns, stored.host_ifname,
+                     stored.created, stored.mac.lower()))
+            except sqlite3.IntegrityError as exc:
+                # Only the MAC can collide here (the key was looked up above).
+                raise CniError(INVALID_CONFIG,
+                               f"requested MAC {stored.mac} is held by another pod of this "
+                               "network on this host") from exc
             for position, iface in enumerate(addresses):
                 self._insert_address(conn, stored, iface, position)
             return stored, True
@@ -243,6 +276,25 @@ class AttachmentRegistry:
                 raise CniError(UNKNOWN_CONTAINER,
                                f"no attachment recorded for container {container_id} "
                                f"({ifname})", "it was removed while being set up")
+
+    def unnamed(self, host_ifname: str) -> Attachment | None:
+        """The attachment ``xvmctl ipam rebuild`` recorded for device ``host_ifname``
+        without knowing its container ID (``UNNAMED_PREFIX`` + device), or None."""
+        with self.db.read() as conn:
+            row = conn.execute(
+                "SELECT container_id, ifname FROM attachments WHERE host_ifname = ? "
+                "AND substr(container_id, 1, ?) = ?",
+                (host_ifname, len(UNNAMED_PREFIX), UNNAMED_PREFIX)).fetchone()
+            return self._load(conn, str(row[0]), str(row[1])) if row is not None else None
+
+    def rename(self, old: tuple[str, str], new: tuple[str, str]) -> None:
+        """Give an attachment its real (container_id, ifname), addresses and all."""
+        with self.db.write("naming a rebuilt attachment") as conn:
+            # The addresses point at the key being changed: check them at COMMIT.
+            conn.execute("PRAGMA defer_foreign_keys = ON")
+            for table in ("attachments", "addresses"):
+                conn.execute(f"UPDATE {table} SET container_id = ?, ifname = ? "  # noqa: S608
+                             "WHERE container_id = ? AND ifname = ?", (*new, *old))
 
     def detach(self, container_id: str, ifname: str) -> Attachment | None:
         """Remove the record and release its addresses; None if there was none."""

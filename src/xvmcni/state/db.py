@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -44,12 +44,16 @@ class Database:
     - Any other sqlite failure, a damaged file included, is CniError(IO_FAILURE=5)
       naming the file, never an unexplained crash.
     - Creates the parent directory (mode 0700) and the schema if missing.
+    - A file of an older schema version is upgraded in place, in one transaction,
+      by ``migrations[v]`` for every version v after the file's up to ``version``.
     """
 
     def __init__(self, path: Path, schema: Sequence[str], version: int,
-                 timeout: float = 10.0) -> None:
+                 timeout: float = 10.0,
+                 migrations: Mapping[int, Sequence[str]] | None = None) -> None:
         self.path = Path(path)
         self.timeout = timeout
+        self._migrations = dict(migrations or {})
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
@@ -96,9 +100,14 @@ class Database:
                 raise CniError(IO_FAILURE, f"state database {self.path} has schema version "
                                f"{found}; this xvm-cni understands up to {version}",
                                "a newer xvm-cni wrote it; upgrade this host's plugin")
-            if found < version:
+            if found == 0:
                 for statement in schema:
                     conn.execute(statement)
+            else:
+                for step in range(found + 1, version + 1):
+                    for statement in self._migrations.get(step, ()):
+                        conn.execute(statement)
+            if found < version:
                 conn.execute(f"PRAGMA user_version = {int(version)}")
 
     def _schema_version(self) -> int:
