@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
+from tests.unit.test_networks import config
 from xvmcni import networks
 from xvmcni.cni.request import from_environ
 from xvmcni.errors import INVALID_CONFIG, INVALID_ENV, CniError
 
-from .test_networks import config
 from .test_request import STDIN, env
 
 BAD_IFNAMES = [

@@ -12,12 +12,11 @@ from typing import Any
 
 import pytest
 
+from tests.unit.test_networks import config
 from xvmcni import networks
 from xvmcni.agent import reconcile
 from xvmcni.agent.server import Agent, AgentOptions
 from xvmcni.runtime import REGISTRY_FILE, Runtime
-
-from .test_networks import config
 
 
 @pytest.fixture

@@ -11,14 +11,13 @@ from typing import Any
 
 import pytest
 
+from tests.unit.test_commands import Rig, rig  # noqa: F401 - the fixture
+from tests.unit.test_networks import config
 from xvmcni import commands, networks
 from xvmcni.cni.request import Request
 from xvmcni.errors import INVALID_CONFIG, CniError
 from xvmcni.ipam.slices import STATIC_POOL, STATIC_SUBNET
 from xvmcni.state.attachments import SCHEMA_VERSION, Attachment, AttachmentRegistry, Given
-
-from .test_commands import Rig, rig  # noqa: F401 - the fixture
-from .test_networks import config
 
 NET = networks.parse(config())
 
