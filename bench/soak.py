@@ -109,6 +109,9 @@ def summarize(report: SoakReport, meta: dict[str, Any]) -> dict[str, Any]:
     calls = sum(len(r.calls) for r in report.records)
     restarts = report.restarts
     reach_cross = [r for r in report.reach if r.cross_host]
+    overlapping = {id(r) for r in report.overlapping()}
+    overlap_ms = [(r.ended - r.began) * 1000 for r in report.records if id(r) in overlapping]
+    other_ms = [(r.ended - r.began) * 1000 for r in report.records if id(r) not in overlapping]
     figures = {
         "ops": len(report.records), "plugin_calls": calls,
         "ops_seconds": report.ops_seconds,
@@ -119,7 +122,7 @@ def summarize(report: SoakReport, meta: dict[str, Any]) -> dict[str, Any]:
         "restarts": len(restarts),
         "restart_errors": [r.error for r in restarts if r.error],
         "agent_down_s": [round(r.down_seconds, 3) for r in restarts],
-        "ops_overlapping_restarts": sum(r.overlapped for r in restarts),
+        "ops_overlapping_restarts": len(overlapping),
         "live_pods_end": len(report.live_pods), "planned_live_end": report.planned_live,
         "invariants": report.audit.counts(), "after_cleanup": report.clean.counts(),
         "reach_pairs": len(report.reach),
@@ -128,7 +131,9 @@ def summarize(report: SoakReport, meta: dict[str, Any]) -> dict[str, Any]:
         "reach_cross_host_ok": sum(1 for r in reach_cross if r.reply.ok),
         "final_dels": len(report.final_dels),
         "agents_running_end": report.agents_running,
-        "agent_log_tracebacks": report.agent_log_tracebacks,
+        "agent_log": report.agent_log,
+        "agent_log_samples": report.agent_log_samples,
+        "overlap_ms_median": bl.median(overlap_ms), "other_ms_median": bl.median(other_ms),
         "settle_s": report.settle_seconds,
         "ok": report.ok,
     }
@@ -150,19 +155,25 @@ def print_report(report: SoakReport, meta: dict[str, Any], summary: dict[str, An
                                     f"{bl.fmt(bl.median(down), 2)} s, max "
                                     f"{bl.fmt(max(down, default=float('nan')), 2)} s; "
                                     f"{len(f['restart_errors'])} errors)"],
-        ["ops overlapping a restart (same host)", str(f["ops_overlapping_restarts"])],
+        ["ops overlapping a restart (same host)",
+         f"{f['ops_overlapping_restarts']} (median {bl.fmt(f['overlap_ms_median'])} ms; "
+         f"the others {bl.fmt(f['other_ms_median'])} ms)"],
         ["live pods at the end (planned)", f"{f['live_pods_end']} ({f['planned_live_end']})"],
         ["reachability", f"{f['reach_ok']}/{f['reach_pairs']} pairs "
                          f"({f['reach_cross_host_ok']}/{f['reach_cross_host_pairs']} across "
                          "hosts)"],
         ["agents running at the end", " ".join(f"{h}:{n}" for h, n in
                                                 f["agents_running_end"].items())],
-        ["tracebacks in agent logs", " ".join(f"{h}:{n}" for h, n in
-                                               f["agent_log_tracebacks"].items())],
+        ["agent logs: ERROR / WARNING / Traceback lines",
+         " ".join(f"{h}:{c[' ERROR ']}/{c[' WARNING ']}/{c['Traceback']}"
+                  for h, c in f["agent_log"].items())],
     ]))
     print()
     rows = [[kind, str(n), str(f["after_cleanup"][kind])] for kind, n in f["invariants"].items()]
     print(bl.table(["invariant violations", "live pods", "after DEL of all"], rows))
+    for host, lines in report.agent_log_samples.items():
+        for line in lines:
+            print(f"agent log {host}: {line}")
     for problem in (report.audit.problems() + report.clean.problems())[:20]:
         print(f"problem: {problem}")
     for pair in report.unreachable[:10]:

@@ -101,7 +101,8 @@ class OpRecord:
     def to_dict(self) -> dict[str, Any]:
         return {"index": self.op.index, "kind": self.op.kind, "host": self.op.host,
                 "pod": self.op.pod, "variant": self.op.variant, "outcome": self.outcome,
-                "detail": self.detail, "ms": round((self.ended - self.began) * 1000, 1),
+                "detail": self.detail, "began": round(self.began, 3),
+                "ms": round((self.ended - self.began) * 1000, 1),
                 "calls": [c.brief() for c in self.calls]}
 
 
@@ -154,7 +155,16 @@ class SoakReport:
     final_dels: list[OpRecord] = field(default_factory=list)
     clean: Audit = field(default_factory=Audit)
     agents_running: dict[str, int] = field(default_factory=dict)   # host -> agents found
-    agent_log_tracebacks: dict[str, int] = field(default_factory=dict)
+    # host -> {"ERROR": n, "WARNING": n, "Traceback": n}, and the first ERROR lines
+    agent_log: dict[str, dict[str, int]] = field(default_factory=dict)
+    agent_log_samples: dict[str, list[str]] = field(default_factory=dict)
+
+    def overlapping(self) -> list[OpRecord]:
+        """Operations that ran while their host's agent was being killed/restarted."""
+        windows = [(r.host, *r.window(float("inf"))) for r in self.restarts]
+        return [rec for rec in self.records
+                if any(host == rec.op.host and low <= rec.ended and rec.began <= high
+                       for host, low, high in windows)]
 
     def by_outcome(self) -> dict[str, dict[str, int]]:
         table: dict[str, Counter[str]] = {}
@@ -548,7 +558,12 @@ class Soak:
                 text = log.read_text(errors="replace")
             except OSError:
                 text = ""
-            self.report.agent_log_tracebacks[host.name] = text.count("Traceback")
+            lines = text.splitlines()
+            self.report.agent_log[host.name] = {
+                word: sum(1 for line in lines if word in line)
+                for word in (" ERROR ", " WARNING ", "Traceback")}
+            self.report.agent_log_samples[host.name] = [
+                line for line in lines if " ERROR " in line or "Traceback" in line][:5]
 
     def run(self) -> SoakReport:
         plan = self.plan()
