@@ -121,6 +121,7 @@ def summarize(report: SoakReport, meta: dict[str, Any]) -> dict[str, Any]:
         "unexpected": len(report.unexpected),
         "restarts": len(restarts),
         "restart_errors": [r.error for r in restarts if r.error],
+        "restarts_aimed": sum(1 for r in restarts if r.aimed),
         "agent_down_s": [round(r.down_seconds, 3) for r in restarts],
         "ops_overlapping_restarts": len(overlapping),
         "live_pods_end": len(report.live_pods), "planned_live_end": report.planned_live,
@@ -154,7 +155,8 @@ def print_report(report: SoakReport, meta: dict[str, Any], summary: dict[str, An
         ["agent SIGKILL + restart", f"{f['restarts']} (down median "
                                     f"{bl.fmt(bl.median(down), 2)} s, max "
                                     f"{bl.fmt(max(down, default=float('nan')), 2)} s; "
-                                    f"{len(f['restart_errors'])} errors)"],
+                                    f"{len(f['restart_errors'])} errors; "
+                                    f"{f['restarts_aimed']} with a call in flight)"],
         ["ops overlapping a restart (same host)",
          f"{f['ops_overlapping_restarts']} (median {bl.fmt(f['overlap_ms_median'])} ms; "
          f"the others {bl.fmt(f['other_ms_median'])} ms)"],

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from xvmcni.dataplane import nft, ownership
+from xvmcni.dataplane import antispoof, nft, ownership
 from xvmcni.dataplane.netlink import link_kind
 from xvmcni.dataplane.reaper import RETIRED_GROUP
 from xvmcni.lab import plumbing
@@ -35,6 +35,7 @@ class LivePod:
     ifname: str
     netns_path: str
     address: str            # "10.244.3.9/16"
+    mac: str = ""           # the sandbox interface's MAC in the ADD result
 
     @property
     def ip(self) -> str:
@@ -52,6 +53,8 @@ class HostView:
     tables: set[tuple[str, str]] = field(default_factory=set)    # the network's nft tables
     registry: dict[tuple[str, str], list[str]] = field(default_factory=dict)  # -> addresses
     registry_ifnames: dict[tuple[str, str], str] = field(default_factory=dict)
+    # The anti-spoofing table: port -> (MACs, addresses) it admits; None: no table.
+    admitted: dict[str, tuple[set[str], set[str]]] | None = None
 
 
 def our_tables(network: str) -> set[tuple[str, str]]:
@@ -85,6 +88,17 @@ def host_view(host: str, netns_path: str, network: str, data_dir: str) -> HostVi
                 view.devices.append(name)
         # A libnftables context per call: it lists the namespace this thread is in.
         view.tables = nft.list_tables() & our_tables(network)
+        members = antispoof.members(ownership.guard_table_name(network))
+    if members is not None:
+        view.admitted = {}
+        for port in members.ports:
+            view.admitted[port] = (set(), set())
+        for port, mac in members.macs:
+            view.admitted.setdefault(port, (set(), set()))[0].add(mac.lower())
+        for port, mac, address in members.addresses:
+            if address.version == 6 and address.is_link_local:
+                continue  # the pod's own fe80:: address, derived from its MAC: by design
+            view.admitted.setdefault(port, (set(), set()))[1].add(f"{mac.lower()} {address}")
     db = Path(data_dir) / network / REGISTRY_FILE
     if db.exists():  # opening it would create it: a host that never joined has none
         with AttachmentRegistry(db) as registry:
@@ -128,9 +142,10 @@ class Audit:
     missing_tables: list[str] = field(default_factory=list)
     registry: list[str] = field(default_factory=list)          # store differs from live pods
     addresses: list[str] = field(default_factory=list)         # pod's eth0 differs from ADD
+    admitted: list[str] = field(default_factory=list)          # anti-spoofing members differ
 
     KINDS = ("duplicates", "leaked_veths", "missing_veths", "retired_left", "leaked_devices",
-             "leaked_tables", "missing_tables", "registry", "addresses")
+             "leaked_tables", "missing_tables", "registry", "addresses", "admitted")
 
     def counts(self) -> dict[str, int]:
         return {kind: len(getattr(self, kind)) for kind in self.KINDS}
@@ -150,6 +165,28 @@ def duplicates(owners: Iterable[tuple[str, str]]) -> list[str]:
         held.setdefault(address.split("/")[0], []).append(who)
     return [f"{addr} held by {', '.join(sorted(who))}" for addr, who in sorted(held.items())
             if len(who) > 1]
+
+
+def _admitted_problems(view: HostView, live: dict[tuple[str, str], LivePod]) -> list[str]:
+    """The anti-spoofing table admits each live pod's port with exactly its MAC and
+    address, and no other port (a stale member is a leak, and lets a later pod with
+    that port name send as the old one)."""
+    if view.admitted is None:
+        return []  # no table: leaked_tables/missing_tables say whether that is wrong
+    found = []
+    ports = {name: live[key] for name, key in view.veths.items() if key in live}
+    for port in sorted(set(view.admitted) - set(ports)):
+        found.append(f"{view.host}: port {port} admitted, no live pod has it")
+    for port, pod in sorted(ports.items()):
+        macs, addresses = view.admitted.get(port, (set(), set()))
+        want_macs = {pod.mac.lower()} if pod.mac else macs
+        want = {f"{m} {pod.ip}" for m in want_macs}
+        if port not in view.admitted:
+            found.append(f"{view.host}: {pod.name}'s port {port} is not admitted")
+        elif macs != want_macs or addresses != want:
+            found.append(f"{view.host}: {pod.name}'s port {port} admits {sorted(macs)} / "
+                         f"{sorted(addresses)}, expected {sorted(want)}")
+    return found
 
 
 def audit(network: str, views: Sequence[HostView], pods: Sequence[LivePod],
@@ -195,6 +232,7 @@ def audit(network: str, views: Sequence[HostView], pods: Sequence[LivePod],
             elif recorded != [pod.address]:
                 found.registry.append(f"{view.host}: {pod.name} recorded with {recorded}, "
                                       f"ADD answered {pod.address}")
+        found.admitted += _admitted_problems(view, keys)
     for pod in pods:
         have = kernel_addresses.get(pod.name, [])
         if have != [pod.address]:

@@ -49,6 +49,7 @@ TRY_AGAIN_LATER = 11
 MAX_TRIES = 4             # one call and up to three retries after a restart's code 11
 RETRY_PAUSE = 0.2
 CALL_TIMEOUT = 60.0
+KILL_AIM_WAIT = 2.0       # how long a KILL waits for a call in flight on its host
 OUTPUT_KEPT = 2000        # characters of a call's stdout/stderr kept in the report
 
 # Outcomes of an operation.
@@ -119,6 +120,7 @@ class Restart:
     down_seconds: float = 0.0
     error: str = ""
     overlapped: int = 0            # operations on that host running during the window
+    aimed: bool = False            # a plugin call on that host was in flight at the kill
 
     def window(self, now: float) -> tuple[float, float]:
         return self.began, self.ended if self.ended is not None else now
@@ -188,6 +190,14 @@ class SoakReport:
                 and len(self.live_pods) == self.planned_live)
 
 
+def sandbox_mac(result: dict[str, Any] | None) -> str:
+    """The MAC of the pod's own interface in an ADD result ("" without one)."""
+    for iface in (result or {}).get("interfaces") or []:
+        if isinstance(iface, dict) and iface.get("sandbox") and iface.get("name") == POD_IFNAME:
+            return str(iface.get("mac", ""))
+    return ""
+
+
 def _kept(text: str) -> str:
     return text if len(text) <= OUTPUT_KEPT else text[:OUTPUT_KEPT] + "...(cut)"
 
@@ -219,6 +229,7 @@ class Soak:
             if pod.address:
                 self.addresses[pod.address.split("/")[0]] = pod.name
         self.restarts: list[Restart] = []
+        self.in_flight: Counter[str] = Counter()   # host -> plugin calls running
         self.t0 = time.monotonic()
         self.report = SoakReport(settings=vars(settings) | {"hosts": len(lab.hosts),
                                                             "lab": lab.name})
@@ -234,8 +245,22 @@ class Soak:
             windows = [r.window(now) for r in self.restarts if r.host == host]
         return any(b <= ended and began <= e for b, e in windows)
 
+    def _wait_for_a_call(self, host: str) -> bool:
+        """Until a plugin call on ``host`` is in flight (at most KILL_AIM_WAIT s), so
+        that the SIGKILL tends to land mid-request, where state can be half made."""
+        deadline = time.monotonic() + KILL_AIM_WAIT
+        while time.monotonic() < deadline:
+            with self.lock:
+                if self.in_flight[host] > 0:
+                    return True
+            time.sleep(0.002)
+        return False
+
     def _restart(self, op: Op) -> None:
-        restart = Restart(op.index, op.host, self.now())
+        aimed = self._wait_for_a_call(op.host)
+        if aimed:  # into the request: the plugin needs ~10 ms to start and connect
+            time.sleep((op.index * 7 % 40) / 1000)
+        restart = Restart(op.index, op.host, self.now(), aimed=aimed)
         with self.lock:
             self.restarts.append(restart)
         try:
@@ -273,6 +298,8 @@ class Soak:
                              agent_socket=self.lab.agent_socket(pod.host),
                              path=os.environ.get("PATH") or invoke.DEFAULT_PATH)
         began = self.now()
+        with self.lock:
+            self.in_flight[pod.host] += 1
         try:
             run = invoke.run(self.lab.plugin, json.dumps(config).encode(), env,
                              host=host.netns_path, timeout=CALL_TIMEOUT)
@@ -284,6 +311,9 @@ class Soak:
             # All of stdout: an ADD's result is read back (and becomes a prevResult).
             record = CallRecord(command, path, run.rc, error.code if error else None, run.ms,
                                 began, run.stdout, _kept(run.stderr))
+        finally:
+            with self.lock:
+                self.in_flight[pod.host] -= 1
         rec.calls.append(record)
         return record
 
@@ -501,7 +531,8 @@ class Soak:
                                      and r.began <= high and low <= r.ended)
 
     def live_pods(self) -> list[LivePod]:
-        return [LivePod(p.name, p.host, p.container_id, POD_IFNAME, p.netns_path, p.address)
+        return [LivePod(p.name, p.host, p.container_id, POD_IFNAME, p.netns_path, p.address,
+                        sandbox_mac(p.result))
                 for p in sorted(self.pods.values(), key=lambda p: p.name) if p.live]
 
     def views(self, settle: bool = True) -> list[HostView]:

@@ -131,3 +131,27 @@ def test_sample_reaches_every_host_from_every_pod() -> None:
     for src in pods:
         hosts = {p.dst.host for p in pairs if p.src is src and p.dst is not src}
         assert hosts == {"h1", "h2", "h3"}
+
+
+def with_guard(views: list[HostView], pods: list[LivePod]) -> None:
+    """Give each host with pods the anti-spoofing members a healthy host has."""
+    for view in views:
+        if not view.tables:
+            continue
+        view.admitted = {}
+        for port, key in view.veths.items():
+            p = next(p for p in pods if (p.container_id, p.ifname) == key)
+            view.admitted[port] = ({p.mac}, {f"{p.mac} {p.ip}"})
+
+
+def test_anti_spoofing_members_match_live_pods() -> None:
+    views, pods, kernel = healthy()
+    pods = [LivePod(**{**vars(p), "mac": f"02:00:00:00:00:0{i}"}) for i, p in enumerate(pods)]
+    with_guard(views, pods)
+    assert audit(NET, views, pods, kernel).ok
+    views[0].admitted["xvm0000000000aa"] = ({"02:00:00:00:00:aa"}, set())  # stale member
+    port = next(iter(views[1].veths))
+    views[1].admitted[port] = ({pods[2].mac}, {f"{pods[2].mac} 10.244.9.9"})  # wrong address
+    found = audit(NET, views, pods, kernel)
+    assert kinds(found.counts()) == {"admitted"}
+    assert len(found.admitted) == 2
