@@ -107,13 +107,14 @@ def summarize(report: SoakReport, meta: dict[str, Any]) -> dict[str, Any]:
                         str(counts.get(RETRIED, 0)), str(counts.get(UNEXPECTED, 0)),
                         str(counts.get(SKIPPED, 0)), med, p95])
     calls = sum(len(r.calls) for r in report.records)
+    in_process = sum(1 for r in report.records for c in r.calls if c.in_process)
     restarts = report.restarts
     reach_cross = [r for r in report.reach if r.cross_host]
     overlapping = {id(r) for r in report.overlapping()}
     overlap_ms = [(r.ended - r.began) * 1000 for r in report.records if id(r) in overlapping]
     other_ms = [(r.ended - r.began) * 1000 for r in report.records if id(r) not in overlapping]
     figures = {
-        "ops": len(report.records), "plugin_calls": calls,
+        "ops": len(report.records), "plugin_calls": calls, "in_process_calls": in_process,
         "ops_seconds": report.ops_seconds,
         "ops_per_s": len(report.records) / report.ops_seconds if report.ops_seconds else 0.0,
         "wall_s": meta["timings"]["wall_s"],
@@ -148,7 +149,9 @@ def print_report(report: SoakReport, meta: dict[str, Any], summary: dict[str, An
     print()
     down = f["agent_down_s"]
     print(bl.table(["figure", "value"], [
-        ["operations / plugin calls", f"{f['ops']} / {f['plugin_calls']}"],
+        ["operations / plugin calls", f"{f['ops']} / {f['plugin_calls']} "
+                                      f"({f['in_process_calls']} calls ran in-process: "
+                                      "no agent answered)"],
         ["ops phase", f"{f['ops_seconds']:.1f} s, {f['ops_per_s']:.1f} ops/s "
                       f"(concurrency {meta['params']['concurrency']})"],
         ["wall time (lab up .. down)", f"{f['wall_s']:.1f} s"],

@@ -82,8 +82,15 @@ class CallRecord:
     stdout: str = ""
     stderr: str = ""
 
+    @property
+    def in_process(self) -> bool:
+        """The thin plugin ran the call itself (no agent answered): only the
+        in-process path logs to stderr; an agent's answer comes on stdout alone."""
+        return bool(self.stderr.strip())
+
     def brief(self) -> str:
-        return f"{self.command} rc={self.rc} code={self.code} {self.ms:.0f} ms"
+        where = " in-process" if self.in_process else ""
+        return f"{self.command} rc={self.rc} code={self.code} {self.ms:.0f} ms{where}"
 
 
 @dataclass
@@ -387,13 +394,16 @@ class Soak:
                 del self.addresses[pod.address.split("/")[0]]
             pod.live = False
 
+    def _runtime_del(self, rec: OpRecord, pod: PodState) -> None:
+        """A runtime DELs a failed ADD before it tries again; that DEL must work."""
+        call = self.call(rec, "DEL", pod)
+        if not self._succeeded(call):
+            self._unexpected(rec, "DEL after a failed ADD failed", call)
+
     def op_add(self, rec: OpRecord, pod: PodState) -> None:
         self._make_netns(pod)
 
-        def runtime_del() -> None:  # a runtime DELs a failed ADD before it tries again
-            self.call(rec, "DEL", pod)
-
-        call = self.attempt(rec, "ADD", pod, before_retry=runtime_del)
+        call = self.attempt(rec, "ADD", pod, before_retry=lambda: self._runtime_del(rec, pod))
         if not self._succeeded(call):
             self._unexpected(rec, "ADD failed", call)
             pod.broken = True
@@ -434,14 +444,14 @@ class Soak:
                 return
 
     def op_check_gone(self, rec: OpRecord, pod: PodState) -> None:
-        call = self.call(rec, "CHECK", pod, prev=pod.result)
+        call = self.attempt(rec, "CHECK", pod, prev=pod.result)
         if call.rc == 0 or call.code != soakplan.UNKNOWN_CONTAINER:
             self._unexpected(rec, f"CHECK of a deleted pod: expected code "
                                   f"{soakplan.UNKNOWN_CONTAINER}, got rc={call.rc} "
                                   f"code={call.code}", call)
 
     def op_add_no_netns(self, rec: OpRecord, pod: PodState) -> None:
-        call = self.call(rec, "ADD", pod)
+        call = self.attempt(rec, "ADD", pod, before_retry=lambda: self._runtime_del(rec, pod))
         if call.rc == 0 or call.code != soakplan.INVALID_ENV:
             self._unexpected(rec, f"ADD into a missing netns: expected code "
                                   f"{soakplan.INVALID_ENV}, got rc={call.rc} code={call.code}",
