@@ -7,12 +7,18 @@ Traffic stays inside the lab's namespaces (ICMP between its pods only).
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from xvmcni import lab as labmod
+from xvmcni.dataplane import ownership
+from xvmcni.dataplane.reaper import RETIRED_GROUP
+from xvmcni.lab.audit import audit, host_view
 from xvmcni.lab.soak import Soak, SoakReport, SoakSettings
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0,
@@ -34,7 +40,8 @@ def explain(report: SoakReport) -> str:
 
 
 @pytest.fixture(scope="module")
-def soak_report(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SoakReport]:
+def soaked() -> Iterator[tuple[labmod.Lab, SoakReport]]:
+    """The lab after the soak (every pod DELed again, agents running) and the report."""
     if os.geteuid() != 0:
         pytest.skip("lab tests need root (network namespaces)")
     name = f"xts{os.getpid():x}{os.urandom(2).hex()}"
@@ -42,10 +49,15 @@ def soak_report(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SoakReport
         lab = labmod.lab_up(name, hosts=3, pods=1, agent=True)
         if not lab.agent:
             pytest.skip("the lab runs without agents")
-        yield Soak(lab, SETTINGS).run()
+        yield lab, Soak(lab, SETTINGS).run()
     finally:
         report = labmod.lab_down(name)
         assert report.clean, report.leftovers
+
+
+@pytest.fixture
+def soak_report(soaked: tuple[labmod.Lab, SoakReport]) -> SoakReport:
+    return soaked[1]
 
 
 def test_every_answer_was_the_expected_one(soak_report: SoakReport) -> None:
@@ -82,3 +94,40 @@ def test_every_live_pod_reaches_the_others(soak_report: SoakReport) -> None:
 def test_hosts_are_clean_after_del_of_everything(soak_report: SoakReport) -> None:
     assert soak_report.final_dels and all(r.outcome == "ok" for r in soak_report.final_dels)
     assert soak_report.clean.ok, explain(soak_report)
+
+
+def sh(*argv: str) -> None:
+    subprocess.run(argv, check=True, capture_output=True, timeout=30)
+
+
+def test_the_audit_sees_real_leaks(soaked: tuple[labmod.Lab, SoakReport]) -> None:
+    """On a real host: a veth with a container's mark, one in the retired group and a
+    table with the network's name, none of them explained by a pod, are each found."""
+    lab, _ = soaked
+    host = lab.hosts[0]
+    config = json.loads(Path(host.config_path).read_text())
+    network = str(config["name"])
+    ns = f"--net={host.netns_path}"
+    tag = os.urandom(3).hex()
+    leaked, retired = f"xvml{tag}", f"xvmr{tag}"
+    table = ownership.table_name(network)
+    try:
+        sh("ip", "-n", host.netns, "link", "add", leaked, "type", "veth", "peer", "name",
+           f"xvmp{tag}")
+        sh("ip", "-n", host.netns, "link", "set", leaked, "alias",
+           f"xvm-cni:{network}:soak-ghost-{tag}:eth0")
+        sh("ip", "-n", host.netns, "link", "add", retired, "type", "veth", "peer", "name",
+           f"xvmq{tag}")
+        sh("ip", "-n", host.netns, "link", "set", retired, "group", str(RETIRED_GROUP))
+        sh("nsenter", ns, "nft", "add", "table", "bridge", table)
+        view = host_view(host.name, host.netns_path, network, host.data_dir)
+        found = audit(network, [view], [], {})
+        assert any(leaked in line for line in found.leaked_veths), found.problems()
+        assert any(retired in line for line in found.retired_left), found.problems()
+        assert any(table in line for line in found.leaked_tables), found.problems()
+    finally:
+        for link in (leaked, retired):
+            subprocess.run(["ip", "-n", host.netns, "link", "del", link], check=False,
+                           capture_output=True)
+        subprocess.run(["nsenter", ns, "nft", "delete", "table", "bridge", table],
+                       check=False, capture_output=True)
