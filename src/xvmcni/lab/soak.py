@@ -85,7 +85,8 @@ class CallRecord:
     @property
     def in_process(self) -> bool:
         """The thin plugin ran the call itself (no agent answered): only the
-        in-process path logs to stderr; an agent's answer comes on stdout alone."""
+        in-process path logs to stderr; an agent's answer comes on stdout alone. A lower
+        bound: an in-process CHECK that succeeds logs nothing."""
         return bool(self.stderr.strip())
 
     def brief(self) -> str:
@@ -144,6 +145,7 @@ class PodState:
     live: bool = False
     netns_made: bool = False
     broken: bool = False           # its ADD failed unexpectedly
+    deleting: bool = False         # a DEL is under way: its address may be handed out
 
     @property
     def netns_path(self) -> str:
@@ -378,7 +380,7 @@ class Soak:
             return False
         with self.lock:
             holder = self.addresses.get(ip)
-            if holder is not None and holder != pod.name:
+            if holder is not None and holder != pod.name and not self.pods[holder].deleting:
                 self._unexpected(rec, f"ADD answered {address}, already held by live pod "
                                       f"{holder}")
                 return False
@@ -392,7 +394,7 @@ class Soak:
         with self.lock:
             if pod.address and self.addresses.get(pod.address.split("/")[0]) == pod.name:
                 del self.addresses[pod.address.split("/")[0]]
-            pod.live = False
+            pod.live = pod.deleting = False
 
     def _runtime_del(self, rec: OpRecord, pod: PodState) -> None:
         """A runtime DELs a failed ADD before it tries again; that DEL must work."""
@@ -429,6 +431,7 @@ class Soak:
 
     def op_del(self, rec: OpRecord, pod: PodState) -> None:
         variant = rec.op.variant
+        pod.deleting = True  # from its release on, the address is free again
         if variant == soakplan.DEL_NETNS_GONE:
             self._drop_netns(pod)
         netns = "" if variant == soakplan.DEL_NO_NETNS else None
@@ -571,6 +574,7 @@ class Soak:
         """DEL every live pod (as its runtime would at shutdown), remove the netns."""
         def one(pod: PodState) -> OpRecord:
             rec = OpRecord(Op(-1, soakplan.DEL, pod.host, pod.name, "final"), self.now())
+            pod.deleting = True
             call = self.call(rec, "DEL", pod)
             self._forget(pod)
             if pod.netns_made:
