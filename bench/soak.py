@@ -24,6 +24,7 @@ import argparse
 import contextlib
 import os
 import secrets
+import signal
 import sys
 import time
 from typing import Any
@@ -68,6 +69,8 @@ def stderr(line: str) -> None:
 def run(args: argparse.Namespace) -> tuple[SoakReport | None, dict[str, Any]]:
     bl.require_root()
     bl.install_signal_handlers()
+    # Ctrl-C too, even when started where SIGINT is ignored (a background job).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     load_before = bl.machine()["loadavg"]
     name = lab_name()
     began = time.monotonic()
@@ -196,7 +199,11 @@ def print_report(report: SoakReport, meta: dict[str, Any], summary: dict[str, An
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    report, meta = run(args)
+    try:
+        report, meta = run(args)
+    except KeyboardInterrupt as exc:
+        stderr(f"soak: interrupted ({str(exc) or 'Ctrl-C'}); the lab was torn down")
+        return 130
     if report is None:
         return 1
     summary = summarize(report, meta)

@@ -502,8 +502,8 @@ class Soak:
         operations one after another; KILLs in a thread of their own."""
         slots = threading.Semaphore(self.settings.concurrency)
         last: dict[str, Future[OpRecord]] = {}
+        futures: list[Future[OpRecord]] = []
         restarter: threading.Thread | None = None
-        records: list[Future[OpRecord]] = []
         total = sum(1 for op in plan if op.kind != soakplan.KILL)
 
         def run_and_free(op: Op) -> OpRecord:
@@ -513,28 +513,30 @@ class Soak:
                 slots.release()
 
         began = time.monotonic()
-        with ThreadPoolExecutor(max_workers=self.settings.concurrency) as pool:
-            for op in plan:
-                if op.kind == soakplan.KILL:
-                    if restarter is not None:
-                        restarter.join()  # one restart at a time
-                    restarter = threading.Thread(target=self._restart, args=(op,),
-                                                 name=f"restart-{op.host}", daemon=True)
-                    restarter.start()
-                    continue
-                previous = last.get(op.pod)
-                if previous is not None:
-                    previous.result()
-                slots.acquire()
-                future = pool.submit(run_and_free, op)
-                last[op.pod] = future
-                records.append(future)
-                if len(records) % 100 == 0:
-                    self.progress(f"ops     {len(records)}/{total} dispatched "
-                                  f"({time.monotonic() - began:.1f} s)")
-            self.report.records = [f.result() for f in records]
-        if restarter is not None:
-            restarter.join()
+        try:
+            with ThreadPoolExecutor(max_workers=self.settings.concurrency) as pool:
+                for op in plan:
+                    if op.kind == soakplan.KILL:
+                        if restarter is not None:
+                            restarter.join()  # one restart at a time
+                        restarter = threading.Thread(target=self._restart, args=(op,),
+                                                     name=f"restart-{op.host}", daemon=True)
+                        restarter.start()
+                        continue
+                    previous = last.get(op.pod)
+                    if previous is not None:
+                        previous.result()
+                    slots.acquire()
+                    last[op.pod] = future = pool.submit(run_and_free, op)
+                    futures.append(future)
+                    if len(futures) % 100 == 0:
+                        self.progress(f"ops     {len(futures)}/{total} dispatched "
+                                      f"({time.monotonic() - began:.1f} s)")
+                self.report.records = [f.result() for f in futures]
+        finally:
+            # Also on Ctrl-C: a restart cut short could start an agent after lab down.
+            if restarter is not None:
+                restarter.join()
         self.report.ops_seconds = time.monotonic() - began
         self.report.restarts = self.restarts
         for restart in self.restarts:
