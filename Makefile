@@ -49,7 +49,7 @@ install:
 	@# The plugin: a plain Python file started as `python3 -IS` (fastest start; -I ignores
 	@# PYTHON* variables and the user site, -S skips site), so it puts the venv's
 	@# site-packages on sys.path itself, computed now; it runs the stdlib-only thin plugin
-	@# (xvmcni.cni.shim: hands the call to xvm-cnid, else works in-process).
+	@# (xvmcni.cmd.shim: hands the call to xvm-cnid, else works in-process).
 	$(VENV)/bin/python3 -m xvmcni.plugin_file $(PLUGIN) >/dev/null
 	@if [ -e $(CONF) ]; then \
 	  echo "keeping existing $(CONF)"; \
@@ -114,7 +114,7 @@ dist:
 	rm -rf $(PYZ_BUILD)/bin
 	$(PYTHON) -c 'import shutil; shutil.copytree("src/xvmcni", "$(PYZ_BUILD)/xvmcni", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))'
 	@$(PYTHON) -c 'import pathlib, sys; n = [str(p) for p in pathlib.Path("$(PYZ_BUILD)").rglob("*") if p.suffix in (".so", ".pyd")]; sys.exit("native code in the archive: " + " ".join(n) if n else 0)'
-	$(PYTHON) -m zipapp $(PYZ_BUILD) -o $(PYZ).tmp -m xvmcni.cni.main:main -p '/usr/bin/env python3' -c
+	$(PYTHON) -m zipapp $(PYZ_BUILD) -o $(PYZ).tmp -m xvmcni.cmd.plugin:main -p '/usr/bin/env python3' -c
 	chmod 0755 $(PYZ).tmp
 	mv -f $(PYZ).tmp $(PYZ)
 	@printf '{"cniVersion":"1.0.0"}' | CNI_COMMAND=VERSION ./$(PYZ) \

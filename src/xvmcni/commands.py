@@ -119,7 +119,7 @@ def _attempt(what: str, step: Callable[..., object], *args: Any) -> None:
     leak what the caller cannot see); the caller gets the original error."""
     try:
         step(*args)
-    except Exception:
+    except Exception:  # logged here; the caller gets the original error instead
         log.exception("rollback after failed ADD: could not %s", what)
 
 

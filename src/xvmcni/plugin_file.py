@@ -23,7 +23,7 @@ def render(python: str, package_root: str) -> str:
         "# xvm-cni CNI plugin (thin: talks to xvm-cnid, else runs in-process).",
         "import sys",
         f"sys.path.insert(0, {package_root!r})",
-        "from xvmcni.cni.shim import main",
+        "from xvmcni.cmd.shim import main",
         "sys.exit(main())",
         "",
     ])

@@ -12,6 +12,8 @@ import socket
 import struct
 import time
 
+from xvmcni.lab.icmp import checksum
+
 ETH_P_ALL = 0x0003
 ETH_P_IP = 0x0800
 ETH_P_ARP = 0x0806
@@ -34,21 +36,12 @@ def arp(op: int, sender_mac: str, sender_ip: str, target_mac: str, target_ip: st
             + mac_bytes(target_mac) + ipaddress.IPv4Address(target_ip).packed)
 
 
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
 def ipv4_udp(src: str, dst: str, sport: int, dport: int, payload: bytes) -> bytes:
     """An IPv4 packet carrying UDP (UDP checksum 0: allowed for IPv4)."""
     udp = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
     header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0,
                          ipaddress.IPv4Address(src).packed, ipaddress.IPv4Address(dst).packed)
-    header = header[:10] + struct.pack("!H", _checksum(header)) + header[12:]
+    header = header[:10] + struct.pack("!H", checksum(header)) + header[12:]
     return header + udp
 
 

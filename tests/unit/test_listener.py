@@ -14,7 +14,7 @@ import pytest
 
 from xvmcni.agent import listener
 from xvmcni.cni import wire
-from xvmcni.cni.main import Outcome
+from xvmcni.cni.invocation import Outcome
 
 
 class FakeService:

@@ -1,4 +1,4 @@
-"""cni.main.run(): what the runtime sees on stdout and as exit status.
+"""cmd.plugin.run(): what the runtime sees on stdout and as exit status.
 
 ADD/DEL/CHECK need root and the handler; here ``dispatch`` is replaced where a test
 needs to get past request parsing, so only the plumbing of ``run`` is exercised.
@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from xvmcni.cni import main as cni_main
+from xvmcni.cmd import plugin as cni_main
 from xvmcni.cni.request import Request
 from xvmcni.cni.result import SUPPORTED_VERSIONS
 from xvmcni.errors import (
@@ -165,7 +165,7 @@ def test_unexpected_exception_becomes_internal_error(monkeypatch: pytest.MonkeyP
 def _run_process(environ: dict[str, str], stdin: bytes) -> subprocess.CompletedProcess[bytes]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("CNI_")}
     clean["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), clean.get("PYTHONPATH")]))
-    return subprocess.run([sys.executable, "-m", "xvmcni.cni.main"], input=stdin,
+    return subprocess.run([sys.executable, "-m", "xvmcni.cmd.plugin"], input=stdin,
                           env={**clean, **environ}, capture_output=True, timeout=60,
                           check=False)
 

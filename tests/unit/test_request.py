@@ -145,7 +145,9 @@ def test_commands_without_an_attachment_need_no_container(command: str) -> None:
 @pytest.mark.parametrize(("config", "expected"), [
     ({"cniVersion": "0.4.0"}, "0.4.0"),
     ({}, "0.1.0"),
-    ({"cniVersion": 1}, "0.1.0"),
+    # Not a string: no version to repeat, so errors use the newest stable format (as
+    # the thin plugin and the agent answer too).
+    ({"cniVersion": 1}, "1.0.0"),
 ])
 def test_cni_version_property(config: dict[str, Any], expected: str) -> None:
     assert Request(command="VERSION", config=config).cni_version == expected

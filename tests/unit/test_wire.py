@@ -21,7 +21,7 @@ SRC = str(Path(wire.__file__).resolve().parents[2])
 def test_the_thin_plugin_imports_no_heavy_module() -> None:
     """wire and the shim stay free of json, socket, re and enum (they double start-up)."""
     heavy = "{'json', 'socket', 're', 'enum', 'selectors', 'os', 'pathlib'}"
-    code = (f"import sys; sys.path.insert(0, {SRC!r}); import xvmcni.cni.shim; "
+    code = (f"import sys; sys.path.insert(0, {SRC!r}); import xvmcni.cmd.shim; "
             f"print(sorted(set(sys.modules) & {heavy}))")
     out = subprocess.run([sys.executable, "-IS", "-c", code], capture_output=True, text=True,
                          check=True).stdout

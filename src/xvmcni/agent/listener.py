@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from xvmcni.cni import wire
-from xvmcni.cni.main import Outcome
+from xvmcni.cni.invocation import Outcome
 
 log = logging.getLogger(__name__)
 

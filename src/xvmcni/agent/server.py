@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from xvmcni import networks
+from xvmcni import commands, networks
 from xvmcni.agent import listener, reconcile
 from xvmcni.agent.metrics import Metrics
 from xvmcni.cni import wire
-from xvmcni.cni.main import Outcome, execute
+from xvmcni.cni.invocation import Outcome, answer
 from xvmcni.cni.request import Request
 from xvmcni.dataplane.errors import DataplaneError
 from xvmcni.dataplane.reaper import VethReaper
@@ -91,7 +91,7 @@ class Agent:
             # Refused by the parser before anything happens; counted under one label, so
             # made-up commands cannot grow the metrics without bound.
             label = "invalid"
-            outcome = execute(env, raw, self.runtime)
+            outcome = self._answer(env, raw)
         elapsed = time.perf_counter() - begin
         with self._counts_lock:
             self.requests[label] = self.requests.get(label, 0) + 1
@@ -102,6 +102,10 @@ class Agent:
                  env.get("CNI_CONTAINERID", "")[:12], env.get("CNI_IFNAME", ""), outcome.exit,
                  elapsed * 1000)
         return outcome
+
+    def _answer(self, env: dict[str, str], raw: bytes) -> Outcome:
+        """The command flow, called directly: CNI codes are mapped at its edge."""
+        return answer(env, raw, lambda request: commands.run(request, self.runtime))
 
     def _execute_in_time(self, command: str, env: dict[str, str], raw: bytes,
                          deadline: float | None, caller_gone: Callable[[], bool]) -> Outcome:
@@ -139,7 +143,7 @@ class Agent:
         """In a worker: the invocation, or None when its caller no longer waits."""
         if time.monotonic() >= end:
             return None
-        return execute(env, raw, self.runtime)
+        return self._answer(env, raw)
 
     def operation(self, op: str) -> dict[str, Any]:
         if op == "status":

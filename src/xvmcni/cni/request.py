@@ -11,9 +11,10 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from xvmcni.cni import wire
 from xvmcni.errors import DECODE_FAILURE, INVALID_CONFIG, INVALID_ENV, CniError
 
-COMMANDS = ("ADD", "DEL", "CHECK", "VERSION", "GC", "STATUS")
+COMMANDS = wire.COMMANDS
 # Commands that act on one attachment and so need the container's identity.
 ATTACHMENT_COMMANDS = ("ADD", "DEL", "CHECK")
 IFNAME_MAX = 15  # IFNAMSIZ - 1
@@ -32,9 +33,8 @@ class Request:
 
     @property
     def cni_version(self) -> str:
-        """The version the caller speaks; a config without one means 0.1.0 (libcni)."""
-        version = self.config.get("cniVersion", "0.1.0")
-        return version if isinstance(version, str) else "0.1.0"
+        """The version the caller speaks (a config without one means 0.1.0, as libcni)."""
+        return wire.caller_version(self.config)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

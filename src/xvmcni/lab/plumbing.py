@@ -20,11 +20,11 @@ from pyroute2 import IPRoute
 from pyroute2 import netns as pr_netns
 
 from xvmcni.dataplane.errors import DataplaneError
+from xvmcni.dataplane.netlink import IFF_UP
 from xvmcni.dataplane.netns import entered, open_netns
 from xvmcni.lab.names import NETNS_DIR, netns_path
 
 SWITCH_BRIDGE = "br0"
-IFF_UP = 0x1
 
 
 class NetnsError(RuntimeError):

@@ -68,7 +68,7 @@ def ask_agent(path: str, timeout: float, env: dict[str, str],
 
 
 def in_process(env: dict[str, str], stdin_bytes: bytes) -> int:
-    from xvmcni.cni.main import run  # the heavy path: pyroute2 and friends
+    from xvmcni.cmd.plugin import run  # the heavy path: pyroute2 and friends
 
     return run(env, stdin_bytes, sys.stdout)
 
