@@ -4,13 +4,16 @@ FDB entry and one route per remote host, and nothing that is not ours is touched
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from .routed_lab import HOSTS, Lab, fdb, neighbours, ping, routes_of
+from .routed_lab import Lab, fdb, ip, neighbours, ping, routes_of
 
 VXLAN_DEV = "xvmrv1"
 BRIDGE = "xvmrb1"
@@ -45,3 +48,155 @@ def test_vxlan_pods_reach_each_other_across_a_router(lab: Lab) -> None:
     entries = fdb(h1, VXLAN_DEV)
     assert sorted(e["dst"] for e in entries) == ["172.31.1.12", "172.31.2.13"]
     assert {e["mac"] for e in entries} == {n["lladdr"] for n in neigh}
+    # Each host's VTEP MAC is the one every peer derived for it.
+    h2_mac = json.loads(ip("-j", "-n", lab.hosts["h2"].name, "link", "show", VXLAN_DEV))[0]
+    assert {n["lladdr"] for n in neigh if n["dst"] == "10.250.2.0"} == {h2_mac["address"]}
+
+
+def test_plain_routes_on_one_subnet(lab: Lab) -> None:
+    lab.build(("h1", "h2"), router=False)
+    pods = {n: lab.add_pod(n, lab.config(n, encap="none"), f"n-{n}") for n in lab.hosts}
+    assert ping(lab.hosts["h1"], pods["h1"][0], pods["h2"][1])
+    assert ping(lab.hosts["h2"], pods["h2"][0], pods["h1"][1])
+    h1 = lab.hosts["h1"].name
+    routes = routes_of(h1)
+    assert [(r["dst"], r["gateway"], r["dev"]) for r in routes] == \
+        [("10.250.2.0/24", "172.31.1.12", "eth0")]
+    assert VXLAN_DEV not in ip("-n", h1, "-o", "link", "show")
+
+
+def test_auto_routes_directly_on_the_subnet_and_tunnels_across_the_router(lab: Lab) -> None:
+    lab.build()
+    pods = {n: lab.add_pod(n, lab.config(n, encap="auto"), f"a-{n}") for n in lab.hosts}
+    for src, dst in (("h1", "h2"), ("h1", "h3"), ("h3", "h2")):
+        assert ping(lab.hosts[src], pods[src][0], pods[dst][1]), f"{src} -> {dst}"
+    h1 = lab.hosts["h1"].name
+    by_dst = {r["dst"]: r for r in routes_of(h1)}
+    assert set(by_dst) == {"10.250.2.0/24", "10.250.3.0/24"}
+    assert (by_dst["10.250.2.0/24"]["dev"], by_dst["10.250.2.0/24"]["gateway"]) == \
+        ("eth0", "172.31.1.12")
+    assert by_dst["10.250.3.0/24"]["dev"] == VXLAN_DEV
+    assert [n["dst"] for n in neighbours(h1, VXLAN_DEV)] == ["10.250.3.0"]
+    assert [e["dst"] for e in fdb(h1, VXLAN_DEV)] == ["172.31.2.13"]
+
+
+@pytest.mark.parametrize("encap", ["vxlan", "none"])
+def test_a_removed_peer_leaves_nothing_behind(lab: Lab, encap: str) -> None:
+    lab.build(("h1", "h2"), router=False)
+    # h3 is listed but does not exist: its entries are programmed all the same.
+    peers = ("h1", "h2", "h3")
+    if encap == "none":
+        # A plain route needs an on-link next hop: give h3 an address on our subnet.
+        lab_peers = lab.peers(peers)
+        lab_peers[2]["address"] = "172.31.1.13"
+        conf = lab.config("h1", encap=encap, controlPlane={"type": "static",
+                                                           "peers": lab_peers})
+    else:
+        conf = lab.config("h1", encap=encap, peers=peers)
+    lab.add_pod("h1", conf, "r1")
+    h1 = lab.hosts["h1"].name
+    assert len(routes_of(h1)) == 2
+    # The next ADD carries the configuration without h3: h3 goes, all of it.
+    lab.add_pod("h1", lab.config("h1", encap=encap, peers=("h1", "h2")), "r2")
+    assert [r["dst"] for r in routes_of(h1)] == ["10.250.2.0/24"]
+    if encap == "vxlan":
+        assert [n["dst"] for n in neighbours(h1, VXLAN_DEV)] == ["10.250.2.0"]
+        assert [e["dst"] for e in fdb(h1, VXLAN_DEV)] == ["172.31.1.12"]
+
+
+def test_routes_of_other_protocols_are_never_touched(lab: Lab) -> None:
+    lab.build(("h1", "h2"), router=False)
+    h1 = lab.hosts["h1"].name
+    # An operator's route to a peer's CIDR (proto static) and one elsewhere (proto 99).
+    ip("-n", h1, "route", "add", "10.250.2.0/24", "via", "172.31.1.200", "proto", "static")
+    ip("-n", h1, "route", "add", "10.250.9.0/24", "via", "172.31.1.201", "proto", "99")
+    # A route with our protocol number on a device that is not ours stays too.
+    ip("-n", h1, "link", "add", "other0", "type", "veth", "peer", "name", "other1")
+    ip("-n", h1, "addr", "add", "172.31.5.1/24", "dev", "other0")
+    ip("-n", h1, "link", "set", "other0", "up")
+    ip("-n", h1, "route", "add", "10.250.8.0/24", "via", "172.31.5.2", "proto", "202")
+    before = sorted(ip("-n", h1, "route", "show").splitlines())
+    conf = lab.config("h1", encap="none", peers=("h1", "h2"))
+    pod, _ = lab.add_pod("h1", conf, "p1")
+    # h2's CIDR is routed by someone else: left alone, and nothing of ours added.
+    assert [r["dev"] for r in routes_of(h1)] == ["other0"]
+    assert "10.250.2.0/24 via 172.31.1.200 dev eth0 proto static" in ip("-n", h1, "route")
+    assert lab.hosts["h1"].cni("DEL", conf, "p1", pod).rc == 0
+    after = sorted(ip("-n", h1, "route", "show").splitlines())
+    assert after == before
+
+
+def test_rerunning_join_with_the_same_peers_changes_nothing(lab: Lab) -> None:
+    """An agent restart (or any later ADD) reprograms the same peers: no route, FDB or
+    neighbour may flap, so running pods lose nothing."""
+    lab.build()
+    conf = lab.config("h1")
+    lab.add_pod("h1", conf, "s1")
+    h1 = lab.hosts["h1"].name
+    state = (routes_of(h1), neighbours(h1, VXLAN_DEV), fdb(h1, VXLAN_DEV))
+    monitors = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                 text=True)
+                for argv in (["ip", "-n", h1, "monitor", "route", "neigh"],
+                             ["bridge", "-n", h1, "monitor", "fdb"])]
+    try:
+        time.sleep(0.5)  # let the monitors subscribe (not a timing assertion)
+        lab.add_pod("h1", conf, "s2")
+        lab.hosts["h1"].cni("DEL", conf, "s2", "")
+        time.sleep(0.3)
+    finally:
+        for mon in monitors:
+            mon.terminate()
+    events = [line for mon in monitors for line in mon.communicate(timeout=10)[0].splitlines()
+              if VXLAN_DEV in line or "proto 202" in line]
+    assert events == []
+    assert (routes_of(h1), neighbours(h1, VXLAN_DEV), fdb(h1, VXLAN_DEV)) == state
+
+
+def test_the_last_pod_takes_everything_with_it(lab: Lab) -> None:
+    lab.build(("h1", "h2"), router=False)
+    h1 = lab.hosts["h1"]
+    before = h1.snapshot()
+    conf = lab.config("h1", encap="auto", ipMasq=True)
+    pod, _ = lab.add_pod("h1", conf, "l1")
+    assert routes_of(h1.name) and BRIDGE in h1.links()
+    assert h1.cni("DEL", conf, "l1", pod).rc == 0
+    assert routes_of(h1.name) == []
+    after = h1.snapshot()
+    assert after["links"] == before["links"] and after["nft"] == before["nft"]
+
+
+def nft(netns: str, *args: str, script: str = "") -> str:
+    path = netns if netns.startswith("/") else f"/run/netns/{netns}"
+    return subprocess.run(["nsenter", f"--net={path}", "nft", *args], input=script,
+                          capture_output=True, text=True, check=True).stdout
+
+
+def observe(netns: str, table: str, sources: list[str]) -> None:
+    """A counter per source address for ICMP echo requests arriving in ``netns``."""
+    rules = "".join(f"ip saddr {s} icmp type echo-request counter\n" for s in sources)
+    nft(netns, "-f", "-", script=f"table inet {table} {{\n chain input {{\n"
+                                  f"type filter hook input priority 0;\n{rules}}}\n}}\n")
+
+
+def counts(netns: str, table: str) -> list[int]:
+    out = nft(netns, "-j", "list", "table", "inet", table)
+    return [e["counter"]["packets"] for item in json.loads(out)["nftables"]
+            if "rule" in item for e in item["rule"]["expr"] if "counter" in e]
+
+
+def test_masquerade_only_traffic_leaving_the_cluster(lab: Lab) -> None:
+    lab.build(("h1", "h2"), router=False, outside=True)
+    pod1, addr1 = lab.add_pod("h1", lab.config("h1", ipMasq=True), "m1")
+    pod2, pod2_address = lab.add_pod("h2", lab.config("h2", ipMasq=True), "m2")
+    h1_address = "172.31.1.11"
+    observe(lab.outside, "xrobs", [h1_address, addr1])
+    observe(lab.hosts["h1"].name, "xrobs", [addr1])
+    observe(pod2, "xrobs", [addr1])
+    host1 = lab.hosts["h1"]
+    assert ping(host1, pod1, "172.31.1.100", count=3)        # outside the cluster
+    assert ping(host1, pod1, pod2_address, count=3)          # pod to pod, other host
+    assert ping(host1, pod1, h1_address, count=3)            # pod to its own host
+    outside = counts(lab.outside, "xrobs")
+    assert outside[0] >= 3 and outside[1] == 0, outside      # seen as the host
+    assert counts(pod2, "xrobs")[0] >= 3                      # pod source kept
+    assert counts(lab.hosts["h1"].name, "xrobs")[0] >= 3      # pod source kept

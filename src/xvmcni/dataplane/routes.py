@@ -81,7 +81,7 @@ def main_routes(ipr: Any, protocol: int,
             prefsrc = route.get("RTA_PREFSRC")
             ours.append(RouteEntry(
                 dst=dst, gateway=ipaddress.ip_address(gateway),
-                oif=int(route["RTA_OIF"]), onlink=bool(route["flags"] & RTNH_F_ONLINK),
+                oif=int(route.get("RTA_OIF")), onlink=bool(route["flags"] & RTNH_F_ONLINK),
                 prefsrc=ipaddress.ip_address(prefsrc) if prefsrc else None))
     return ours, foreign
 
