@@ -9,6 +9,7 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -200,3 +201,58 @@ def test_masquerade_only_traffic_leaving_the_cluster(lab: Lab) -> None:
     assert outside[0] >= 3 and outside[1] == 0, outside      # seen as the host
     assert counts(pod2, "xrobs")[0] >= 3                      # pod source kept
     assert counts(lab.hosts["h1"].name, "xrobs")[0] >= 3      # pod source kept
+
+
+@pytest.mark.parametrize("change", [
+    {"podCIDR": "10.250.1.0/33"},
+    {"podCIDR": ["10.250.1.0/24", "10.250.7.0/24"]},
+    {"encap": "gre"},
+    {"routeProtocol": 4},
+    {"ipMasq": True, "clusterCIDR": None},
+    {"podCIDR": "10.251.1.0/24"},                       # outside clusterCIDR
+    {"controlPlane": {"type": "static", "peers": [{"address": "not-an-ip",
+                                                    "podCIDRs": ["10.250.2.0/24"]}]}},
+    {"controlPlane": {"type": "static", "peers": [{"address": "172.31.1.12"}]}},
+    {"vxlanID": 0},
+])
+def test_bad_configs_are_refused_and_change_nothing(lab: Lab, change: dict[str, Any]) -> None:
+    lab.build(("h1",), router=False)
+    host = lab.hosts["h1"]
+    pod = host.new_pod()
+    before = host.snapshot()
+    conf = {k: v for k, v in {**lab.config("h1"), **change}.items() if v is not None}
+    res = host.cni("ADD", conf, "bad1", pod)
+    assert res.rc == 1 and res.out is not None and res.out["code"] == 7, res.stdout
+    assert host.snapshot() == before
+
+
+def test_a_foreign_bridge_of_our_name_is_refused_untouched(lab: Lab) -> None:
+    lab.build(("h1",), router=False)
+    host = lab.hosts["h1"]
+    ip("-n", host.name, "link", "add", BRIDGE, "type", "bridge")
+    pod = host.new_pod()
+    before = host.snapshot()
+    res = host.cni("ADD", lab.config("h1"), "bad2", pod)
+    assert res.rc == 1 and res.out is not None and res.out["code"] == 7, res.stdout
+    assert "was not created by xvm-cni" in res.out["msg"]
+    after = host.snapshot()  # (the registry file is the command flow's, and stays)
+    assert (after["links"], after["nft"]) == (before["links"], before["nft"])
+    assert routes_of(host.name) == []
+
+
+def test_seed_003_bvcni_configuration(lab: Lab) -> None:
+    """bvcni's own file with only "type" and "hostInterface" changed: a routed network
+    (no "model": a pod CIDR and no shared subnet say so), VXLAN, VNI 1."""
+    lab.build(("h1",), router=False)
+    host = lab.hosts["h1"]
+    conf = {"cniVersion": "0.3.1", "name": "bvcni", "type": "xvm-cni",
+            "podcidr": "10.244.1.0/24", "hostInterface": "eth0",
+            "dataDir": str(host.data_dir)}
+    pod = host.new_pod()
+    result = host.add(conf, "b1", pod)
+    assert result["ips"][0]["address"] == "10.244.1.2/24"
+    assert result["ips"][0]["gateway"] == "10.244.1.1"
+    links = host.links()
+    assert links[VXLAN_DEV]["linkinfo"]["info_data"]["learning"] is False
+    assert host.cni("DEL", conf, "b1", pod).rc == 0
+    assert VXLAN_DEV not in host.links()

@@ -37,6 +37,7 @@ from xvmcni.dataplane.routednet import (
     BridgeSpec,
     Underlay,
     VxlanSpec,
+    claim,
     ensure_bridge,
     ensure_vxlan,
     gateway_addresses,
@@ -310,8 +311,7 @@ class RoutedModel:
         if not in_use and self.mtu() < s.mtu:
             log.warning("mtu %d does not fit %s (MTU %d) with encap %s; using %d", s.mtu,
                         self.underlay().name, self.underlay().mtu, s.encap, self.mtu())
-        existed = {name for name in (s.bridge_name, s.vxlan_name)
-                   if get_link(self.ipr, name) is not None}
+        existed = self._preflight()
         created: list[str] = []
         try:
             # Filters first: they match names, so pods are guarded from their first frame.
@@ -331,6 +331,19 @@ class RoutedModel:
                     self._drop_tables()
             raise
         return index
+
+    def _preflight(self) -> set[str]:
+        """Refuse, before anything changes, devices of our names that are not ours;
+        the names of ours that exist."""
+        s = self.settings
+        existed = set()
+        for name, what, field in ((s.bridge_name, "bridge", "bridge"),
+                                  (s.vxlan_name, "VXLAN device", "vxlanID")):
+            link = get_link(self.ipr, name)
+            if link is not None:
+                claim(self.ipr, link, name, s.network, what, field)
+                existed.add(name)
+        return existed
 
     def _drop_tables(self) -> None:
         try:
