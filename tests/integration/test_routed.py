@@ -256,3 +256,36 @@ def test_seed_003_bvcni_configuration(lab: Lab) -> None:
     assert links[VXLAN_DEV]["linkinfo"]["info_data"]["learning"] is False
     assert host.cni("DEL", conf, "b1", pod).rc == 0
     assert VXLAN_DEV not in host.links()
+
+
+DOCKER_LIKE = ["-P FORWARD DROP", "-N DOCKER-USER", "-A FORWARD -j DOCKER-USER",
+               "-A DOCKER-USER -j RETURN"]
+
+
+def iptables(netns: str, *args: str) -> str:
+    return subprocess.run(["nsenter", f"--net=/run/netns/{netns}", "iptables-nft", *args],
+                          capture_output=True, text=True, check=True).stdout
+
+
+def test_docker_forward_drop_is_passed_through_docker_user(lab: Lab) -> None:
+    """Docker's iptables-nft FORWARD policy DROP: an accept in our own table cannot
+    override it; accept rules of ours at the top of DOCKER-USER do, and go on leave."""
+    lab.build(("h1", "h2"), router=False)
+    for host in lab.hosts.values():
+        for line in DOCKER_LIKE:
+            iptables(host.name, *line.split())
+    docker_before = iptables(lab.hosts["h1"].name, "-S")
+    pods = {n: lab.add_pod(n, lab.config(n), f"d-{n}") for n in lab.hosts}
+    assert ping(lab.hosts["h1"], pods["h1"][0], pods["h2"][1])
+    rules = iptables(lab.hosts["h1"].name, "-S", "DOCKER-USER").splitlines()
+    assert rules[1:] == [
+        '-A DOCKER-USER -s 10.250.1.0/24 -m comment --comment "xvm-cni:routed-net" -j ACCEPT',
+        '-A DOCKER-USER -d 10.250.1.0/24 -m comment --comment "xvm-cni:routed-net" -j ACCEPT',
+        "-A DOCKER-USER -j RETURN"], rules
+    # A repeated join leaves them as they are (no duplicates).
+    lab.add_pod("h1", lab.config("h1"), "d-again")
+    assert len(iptables(lab.hosts["h1"].name, "-S", "DOCKER-USER").splitlines()) == 4
+    h1 = lab.hosts["h1"]
+    for container in ("d-h1", "d-again"):
+        assert h1.cni("DEL", lab.config("h1"), container, "").rc == 0
+    assert iptables(h1.name, "-S") == docker_before

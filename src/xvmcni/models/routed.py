@@ -316,6 +316,9 @@ class RoutedModel:
         try:
             # Filters first: they match names, so pods are guarded from their first frame.
             nft.run_batch(self._nft_batch())
+            forward = egress.forward_accept_batch(s.network, s.pod_cidrs)
+            if forward:
+                nft.run_batch(forward)
             index = ensure_bridge(self.ipr, self.bridge_spec(), created)
             if self.encapsulates:
                 ensure_vxlan(self.ipr, self.vxlan_spec(), in_use, created)
@@ -349,7 +352,8 @@ class RoutedModel:
         try:
             nft.run_batch(antispoof.delete_table_batch(self.guard_table)
                           + egress.delete_batch(self.settings.network, 4)
-                          + egress.delete_batch(self.settings.network, 6))
+                          + egress.delete_batch(self.settings.network, 6)
+                          + egress.forward_accept_batch(self.settings.network, ()))
         except DataplaneError as exc:
             log.error("could not remove the nftables tables of %s: %s",
                       self.settings.network, exc)
