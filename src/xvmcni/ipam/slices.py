@@ -21,7 +21,7 @@ from xvmcni.errors import (
 )
 from xvmcni.ipam.base import Usage
 from xvmcni.ipam.pool import AddressPool
-from xvmcni.state.attachments import AddressBook, Attachment, AttachmentRegistry
+from xvmcni.state.attachments import AddressBook, Attachment, AttachmentRegistry, IPInterface
 
 # Registry note: the last address handed out, so allocation goes round robin and a
 # just-released address is not reused at once (as host-local does).
@@ -75,14 +75,15 @@ class SliceAllocator:
     requested: tuple[ipaddress.IPv4Address, ...] = ()
     prefixlen: int | None = None
 
-    def choose(self, book: AddressBook) -> list[ipaddress.IPv4Interface]:
+    def choose(self, book: AddressBook) -> list[IPInterface]:
         plen = self.prefixlen if self.prefixlen is not None else self.pool.subnet.prefixlen
         if self.requested:
             chosen = self._check_requested(book)
         else:
             chosen = [self._next_free(book)]
             book.set_note(LAST_ALLOCATED, str(int(chosen[0])))
-        return [ipaddress.IPv4Interface((a, plen)) for a in chosen]
+        out: list[IPInterface] = [ipaddress.IPv4Interface((a, plen)) for a in chosen]
+        return out
 
     def _check_requested(self, book: AddressBook) -> list[ipaddress.IPv4Address]:
         pool = self.pool
