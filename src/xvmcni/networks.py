@@ -22,6 +22,7 @@ from xvmcni.controlplane import static
 from xvmcni.controlplane.base import ControlPlane, Peer
 from xvmcni.controlplane.multicast import MulticastControlPlane
 from xvmcni.ipam.base import Ipam
+from xvmcni.ipam.cidr import CidrIpam, CidrPool
 from xvmcni.ipam.delegated import DelegatedIpam
 from xvmcni.ipam.pool import AddressPool, pool_for_host
 from xvmcni.ipam.slices import SliceIpam, SliceSettings
@@ -81,15 +82,13 @@ def parse(raw: dict[str, Any]) -> Network:
     if common.model == routed.KIND:
         rsettings = routed.parse_settings(raw, common.name)
         v4 = rsettings.pod_cidr(4)
-        if common.ipam is None and (v4 is None or len(rsettings.pod_cidrs) > 1):
-            # The registry's address table holds IPv4 only (schema 1).
-            raise config.fail("the routed model's own IPAM allocates IPv4 only for now",
-                              "give an IPv4 'podCIDR', or use a delegated 'ipam' plugin")
         rslices = None
         if common.ipam is None:
-            assert isinstance(v4, ipaddress.IPv4Network)
-            rslices = parse_slices(raw, v4)
-            if rslices.per_host_prefix is not None:
+            if isinstance(v4, ipaddress.IPv4Network):
+                rslices = parse_slices(raw, v4)
+            elif any(raw.get(k) is not None for k in ("rangeStart", "rangeEnd")):
+                raise config.fail("'rangeStart'/'rangeEnd' need an IPv4 'podCIDR'")
+            if rslices is not None and rslices.per_host_prefix is not None:
                 raise config.fail("'perHostPrefix' belongs to the l2 model",
                                   "a routed host allocates from its whole 'podCIDR'")
         return Network(common, rsettings, rslices, peers)
@@ -130,18 +129,16 @@ def ipam(network: Network, request: Request, host_address: Callable[[], Any]) ->
 
 def _routed_ipam(network: Network, settings: routed.RoutedSettings,
                  request: Request) -> Ipam:
-    """A routed host allocates from its own pod CIDR, without coordination: the
-    CIDR is this host's alone. The gateway (first address) is never handed out."""
-    cidr = settings.pod_cidr(4) or settings.pod_cidrs[0]
+    """A routed host allocates from its own pod CIDRs, without coordination: they
+    are this host's alone. The gateways (first addresses) are never handed out."""
     if network.config.ipam is not None:
-        return DelegatedIpam(request, network.config.raw, cidr.prefixlen)
-    assert isinstance(cidr, ipaddress.IPv4Network)
+        first = settings.pod_cidr(4) or settings.pod_cidrs[0]
+        return DelegatedIpam(request, network.config.raw, first.prefixlen)
     slices = network.slices or SliceSettings()
-    gateway = cidr.network_address + 1
-    first = slices.range_start if slices.range_start is not None else gateway + 1
-    last = slices.range_end if slices.range_end is not None \
-        else cidr.broadcast_address - 1
-    return SliceIpam(AddressPool(subnet=cidr, gateway=gateway, first=first, last=last))
+    pools = tuple(
+        CidrPool.of(cidr, slices.range_start, slices.range_end) if cidr.version == 4
+        else CidrPool.of(cidr) for cidr in settings.pod_cidrs)
+    return CidrIpam(pools)
 
 
 def control_plane(network: Network) -> ControlPlane:

@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from .routed_lab import Lab, fdb, ip, neighbours, ping, routes_of
+from .conftest import Host
+from .routed_lab import HOSTS, Lab, fdb, ip, neighbours, ping, routes_of
 
 VXLAN_DEV = "xvmrv1"
 BRIDGE = "xvmrb1"
@@ -289,3 +290,73 @@ def test_docker_forward_drop_is_passed_through_docker_user(lab: Lab) -> None:
     for container in ("d-h1", "d-again"):
         assert h1.cni("DEL", lab.config("h1"), container, "").rc == 0
     assert iptables(h1.name, "-S") == docker_before
+
+
+V6 = {"h1": "fd00:250:0:1::/64", "h2": "fd00:250:0:2::/64", "h3": "fd00:250:0:3::/64"}
+
+
+def dual_config(lab: Lab, name: str, encap: str = "vxlan") -> dict[str, Any]:
+    peers = [dict(p, podCIDRs=[*p["podCIDRs"], V6[p["name"]]]) for p in lab.peers()]
+    return lab.config(name, encap=encap, podCIDR=[HOSTS[name][2], V6[name]],
+                      clusterCIDR=["10.250.0.0/16", "fd00:250::/56"], ipMasq=True,
+                      controlPlane={"type": "static", "peers": peers})
+
+
+def ping6(host: Host, pod: str, target: str) -> bool:
+    # A fresh IPv6 address is tentative for a moment (duplicate address detection).
+    for _ in range(10):
+        if ping(host, pod, target):
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def test_dual_stack_pods_over_vxlan_across_a_router(lab: Lab) -> None:
+    lab.build()
+    results = {}
+    for n in lab.hosts:
+        host = lab.hosts[n]
+        pod = host.new_pod()
+        results[n] = (pod, host.add(dual_config(lab, n), f"ds-{n}", pod))
+    result = results["h1"][1]
+    assert [ip_["address"] for ip_ in result["ips"]] == ["10.250.1.2/24",
+                                                         "fd00:250:0:1::2/64"]
+    assert {(r["dst"], r["gw"]) for r in result["routes"]} == {
+        ("0.0.0.0/0", "10.250.1.1"), ("::/0", "fd00:250:0:1::1")}
+    for src, dst in (("h1", "h3"), ("h3", "h2"), ("h2", "h1")):
+        host, pod = lab.hosts[src], results[src][0]
+        v4, v6 = (a["address"].split("/")[0] for a in results[dst][1]["ips"])
+        assert ping(host, pod, v4), f"{src} -> {dst} {v4}"
+        assert ping6(host, pod, v6), f"{src} -> {dst} {v6}"
+    h1 = lab.hosts["h1"].name
+    v6_routes = json.loads(ip("-6", "-j", "-n", h1, "route", "show", "proto", "202"))
+    assert sorted(r["dst"] for r in v6_routes) == ["fd00:250:0:2::/64", "fd00:250:0:3::/64"]
+    assert len(neighbours(h1, VXLAN_DEV)) == 4      # one per family and remote host
+    assert len(fdb(h1, VXLAN_DEV)) == 2             # one per remote host
+
+
+def test_ipv6_underlay_clamps_the_mtu(lab: Lab) -> None:
+    lab.build(("h1", "h2"), router=False)
+    v6_underlay = {"h1": "fd00:31::11", "h2": "fd00:31::12"}
+    for n, address in v6_underlay.items():
+        ip("-n", lab.hosts[n].name, "addr", "flush", "dev", "eth0", "scope", "global")
+        ip("-n", lab.hosts[n].name, "addr", "add", f"{address}/64", "dev", "eth0", "nodad")
+    peers = [{"name": n, "address": a, "podCIDRs": [HOSTS[n][2]]}
+             for n, a in v6_underlay.items()]
+    pods = {}
+    for n in lab.hosts:
+        conf = lab.config(n, controlPlane={"type": "static", "peers": peers})
+        host = lab.hosts[n]
+        pod = host.new_pod()
+        pods[n] = (pod, host.add(conf, f"u6-{n}", pod))
+    pod_link = json.loads(ip("-j", "-n", os.path.basename(pods["h1"][0]), "link", "show",
+                             "eth0"))[0]
+    assert pod_link["mtu"] == 1500 - 70
+    target = pods["h2"][1]["ips"][0]["address"].split("/")[0]
+    assert ping(lab.hosts["h1"], pods["h1"][0], target)
+    # A full-size packet (no fragmentation allowed) crosses the tunnel.
+    res = lab.hosts["h1"].in_ns(pods["h1"][0], "ping", "-c", "1", "-W", "2", "-M", "do",
+                                "-s", str(1430 - 28), target)
+    assert res.returncode == 0, res.stdout
+    entries = fdb(lab.hosts["h1"].name, VXLAN_DEV)
+    assert [e["dst"] for e in entries] == ["fd00:31::12"]

@@ -384,15 +384,19 @@ class RoutedModel:
                                                     wanted_mac, [a.ip for a in addresses],
                                                     keep_port=True))
             self._admit(pod, pair.container_mac, addresses)
-        first = addresses[0].version if addresses else 4
+        gateways: dict[int, IPAddress] = {v: gw for v in sorted({a.version for a in addresses})
+                     if (gw := self.gateway(v)) is not None}
         return Plugged(
             interfaces=[Interface(s.bridge_name, s.bridge_mac, mtu=mtu),
                         Interface(pod.host_ifname, pair.host_mac, mtu=mtu),
                         Interface(pod.ifname, pair.container_mac, sandbox=pod.netns,
                                   mtu=mtu)],
             container_index=CONTAINER_INTERFACE_INDEX,
-            gateway=self.gateway(first),
+            # One gateway serves every address only with one family; with both, the
+            # per-family gateways are in the routes (and in ``gateways``).
+            gateway=next(iter(gateways.values())) if len(gateways) == 1 else None,
             routes=self.container_routes(addresses),
+            gateways=gateways,
         )
 
     def _admit(self, pod: Pod, mac: str, addresses: list[IPInterface]) -> None:
