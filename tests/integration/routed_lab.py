@@ -14,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import shutil
+import signal
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Any
 from xvmcni.lab import plumbing, simhost
 from xvmcni.lab.names import netns_path
 
-from .conftest import Host
+from .conftest import Host, stop_agent
 
 CLUSTER = "10.250.0.0/16"
 HOSTS = {  # name: (switch, address, pod CIDR)
@@ -74,6 +75,7 @@ class Lab:
             if router:
                 gw = ROUTER[sw].split("/")[0]
                 ip("-n", netns, "route", "add", "default", "via", gw)
+            (self.tmp / n).mkdir(parents=True, exist_ok=True)
             self.hosts[n] = Host(sim=sim, data_dir=self.tmp / n / "data")
         if router:
             self._router()
@@ -98,6 +100,8 @@ class Lab:
         sysctl(netns, "net.ipv4.ip_forward", "1")
 
     def destroy(self) -> None:
+        for host in self.hosts.values():
+            stop_agent(host, signal.SIGKILL)
         simhost.remove_all(list(reversed(self.made)))
         for host in self.hosts.values():
             simhost.remove_all(host.pods)
@@ -118,6 +122,8 @@ class Lab:
             "encap": encap, "dataDir": str(host.data_dir),
             "controlPlane": {"type": "static", "peers": self.peers(peers)},
         }
+        if host.agent_socket:
+            conf["agentSocket"] = host.agent_socket
         conf.update(extra)
         return {k: v for k, v in conf.items() if v is not None}
 

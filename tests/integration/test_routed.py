@@ -14,7 +14,9 @@ from typing import Any
 
 import pytest
 
-from .conftest import Host
+from xvmcni import plugin_file
+
+from .conftest import Host, agent_op, start_agent
 from .routed_lab import HOSTS, Lab, fdb, ip, neighbours, ping, routes_of
 
 VXLAN_DEV = "xvmrv1"
@@ -360,3 +362,18 @@ def test_ipv6_underlay_clamps_the_mtu(lab: Lab) -> None:
     assert res.returncode == 0, res.stdout
     entries = fdb(lab.hosts["h1"].name, VXLAN_DEV)
     assert [e["dst"] for e in entries] == ["fd00:31::12"]
+
+
+def test_routed_through_the_agent(lab: Lab, tmp_path: Path) -> None:
+    """The thin plugin and xvm-cnid serve the routed model as they serve l2."""
+    lab.build(("h1", "h2"), router=False)
+    h1 = lab.hosts["h1"]
+    h1.plugin = str(plugin_file.write(tmp_path / "bin" / "xvm-cni"))
+    start_agent(h1)
+    pods = {n: lab.add_pod(n, lab.config(n, encap="auto"), f"ag-{n}") for n in lab.hosts}
+    assert ping(h1, pods["h1"][0], pods["h2"][1])
+    assert [r["dst"] for r in routes_of(h1.name)] == ["10.250.2.0/24"]
+    assert h1.cni("DEL", lab.config("h1", encap="auto"), "ag-h1", pods["h1"][0]).rc == 0
+    assert routes_of(h1.name) == [] and BRIDGE not in h1.links()
+    served = sum(agent_op(h1, "status")["agent"]["requests"].values())
+    assert served == h1.calls == 2
