@@ -377,3 +377,14 @@ def test_routed_through_the_agent(lab: Lab, tmp_path: Path) -> None:
     assert routes_of(h1.name) == [] and BRIDGE not in h1.links()
     served = sum(agent_op(h1, "status")["agent"]["requests"].values())
     assert served == h1.calls == 2
+
+
+def test_del_succeeds_after_the_host_interface_vanished(lab: Lab) -> None:
+    lab.build(("h1", "h2"), router=False)
+    h1 = lab.hosts["h1"]
+    conf = lab.config("h1", encap="auto")
+    pod, _ = lab.add_pod("h1", conf, "gone1")
+    ip("-n", h1.name, "link", "del", "eth0")
+    res = h1.cni("DEL", conf, "gone1", pod)
+    assert res.rc == 0, res.stdout
+    assert BRIDGE not in h1.links() and VXLAN_DEV not in h1.links()

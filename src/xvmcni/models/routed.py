@@ -469,7 +469,11 @@ class RoutedModel:
                  s.vxlan_name, s.bridge_name)
         # Routes via the underlay are not taken away with our devices: ours go first
         # (the VXLAN device takes its neighbours, FDB entries and routes with it).
-        self._converge([])
+        try:
+            self._converge([])
+        except DataplaneError as exc:
+            # hostInterface gone: the kernel took its routes with it. DEL must succeed.
+            log.warning("network %s: not removing peer routes: %s", s.network, exc)
         remove_owned(self.ipr, s.network, [s.vxlan_name, s.bridge_name])
         self._bridge_index = None
         self._drop_tables()
