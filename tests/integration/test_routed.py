@@ -14,7 +14,9 @@ from typing import Any
 
 import pytest
 
-from xvmcni import plugin_file
+from xvmcni import networks, plugin_file
+from xvmcni.lab import plumbing
+from xvmcni.runtime import Runtime
 
 from .conftest import Host, agent_op, start_agent
 from .routed_lab import HOSTS, Lab, fdb, ip, neighbours, ping, routes_of
@@ -137,15 +139,27 @@ def test_rerunning_join_with_the_same_peers_changes_nothing(lab: Lab) -> None:
     conf = lab.config("h1")
     lab.add_pod("h1", conf, "s1")
     h1 = lab.hosts["h1"].name
+    # Strict reverse-path filtering really is on in the lab's hosts.
+    assert ip("netns", "exec", h1, "sysctl", "-n", "net.ipv4.conf.all.rp_filter").strip() \
+        == "1"
     state = (routes_of(h1), neighbours(h1, VXLAN_DEV), fdb(h1, VXLAN_DEV))
+    # The monitors print every change, deletion and re-creation of a route, neighbour
+    # or FDB entry (stdbuf: they must not hold lines back when stopped).
     monitors = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                  text=True)
-                for argv in (["ip", "-n", h1, "monitor", "route", "neigh"],
-                             ["bridge", "-n", h1, "monitor", "fdb"])]
+                for argv in (["stdbuf", "-oL", "ip", "-n", h1, "monitor", "route", "neigh"],
+                             ["stdbuf", "-oL", "bridge", "-n", h1, "monitor", "fdb"])]
     try:
         time.sleep(0.5)  # let the monitors subscribe (not a timing assertion)
         lab.add_pod("h1", conf, "s2")
         lab.hosts["h1"].cni("DEL", conf, "s2", "")
+        # A restarted agent: a fresh model repairs the host and programs the peers.
+        network = networks.parse(conf)
+        assert network.static_peers is not None
+        with plumbing.inside(lab.hosts["h1"].path), \
+                networks.open_model(network, Runtime.in_process()) as model:
+            model.repair([])
+            model.on_peers(list(network.static_peers))
         time.sleep(0.3)
     finally:
         for mon in monitors:
