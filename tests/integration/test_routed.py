@@ -16,6 +16,7 @@ import pytest
 
 from xvmcni import networks, plugin_file
 from xvmcni.lab import plumbing
+from xvmcni.models.routed import RoutedModel
 from xvmcni.runtime import Runtime
 
 from .conftest import Host, agent_op, start_agent
@@ -160,6 +161,8 @@ def test_rerunning_join_with_the_same_peers_changes_nothing(lab: Lab) -> None:
                 networks.open_model(network, Runtime.in_process()) as model:
             model.repair([])
             model.on_peers(list(network.static_peers))
+            assert isinstance(model, RoutedModel)
+            me = model.me("h1")
         time.sleep(0.3)
     finally:
         for mon in monitors:
@@ -168,6 +171,11 @@ def test_rerunning_join_with_the_same_peers_changes_nothing(lab: Lab) -> None:
               if VXLAN_DEV in line or "proto 202" in line]
     assert events == []
     assert (routes_of(h1), neighbours(h1, VXLAN_DEV), fdb(h1, VXLAN_DEV)) == state
+    # What this host would publish is its VXLAN device's real MAC (and every peer
+    # derives the same: test_vxlan_pods_reach_each_other_across_a_router).
+    vxlan = json.loads(ip("-j", "-n", h1, "link", "show", VXLAN_DEV))[0]
+    assert (str(me.underlay), me.vtep_mac, me.pod_cidrs) == \
+        ("172.31.1.11", vxlan["address"], ("10.250.1.0/24",))
 
 
 def test_the_last_pod_takes_everything_with_it(lab: Lab) -> None:

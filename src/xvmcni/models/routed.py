@@ -627,6 +627,13 @@ class RoutedModel:
                      len(want.routes), len(todo.add_routes), len(todo.del_routes))
         return todo
 
+    def me(self, name: str) -> Peer:
+        """This host as its peers must know it (what a control plane publishes)."""
+        address = self.underlay_address()
+        return Peer(name=name, underlay=address,
+                    vtep_mac=vtep_mac(self.settings.network, address),
+                    pod_cidrs=tuple(str(c) for c in self.settings.pod_cidrs))
+
     def describe(self) -> dict[str, Any]:
         s = self.settings
         return {"model": KIND, "bridge": s.bridge_name, "encap": s.encap,
