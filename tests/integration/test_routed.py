@@ -410,3 +410,22 @@ def test_del_succeeds_after_the_host_interface_vanished(lab: Lab) -> None:
     res = h1.cni("DEL", conf, "gone1", pod)
     assert res.rc == 0, res.stdout
     assert BRIDGE not in h1.links() and VXLAN_DEV not in h1.links()
+
+
+def test_check_and_gc(lab: Lab) -> None:
+    lab.build(("h1", "h2"), router=False)
+    h1 = lab.hosts["h1"]
+    conf = lab.config("h1", encap="auto")
+    pod = h1.new_pod()
+    result = h1.add(conf, "ck1", pod)
+    assert h1.cni("CHECK", {**conf, "prevResult": result}, "ck1", pod).rc == 0
+    # The host side broken: CHECK says what is wrong.
+    ip("-n", h1.name, "link", "set", BRIDGE, "down")
+    broken = h1.cni("CHECK", {**conf, "prevResult": result}, "ck1", pod)
+    assert broken.rc == 1 and broken.out is not None and broken.out["code"] == 105
+    assert f"bridge {BRIDGE} is down" in broken.out["details"]
+    ip("-n", h1.name, "link", "set", BRIDGE, "up")
+    # GC with no valid attachment: the pod and then the host side go.
+    gc = {**conf, "cniVersion": "1.1.0", "cni.dev/valid-attachments": []}
+    assert h1.cni("GC", gc, "", "").rc == 0
+    assert BRIDGE not in h1.links() and routes_of(h1.name) == []
