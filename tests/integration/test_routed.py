@@ -122,11 +122,13 @@ def test_routes_of_other_protocols_are_never_touched(lab: Lab) -> None:
     ip("-n", h1, "addr", "add", "172.31.5.1/24", "dev", "other0")
     ip("-n", h1, "link", "set", "other0", "up")
     ip("-n", h1, "route", "add", "10.250.8.0/24", "via", "172.31.5.2", "proto", "202")
+    # And one with our number on the underlay outside clusterCIDR (another instance's).
+    ip("-n", h1, "route", "add", "10.99.0.0/24", "via", "172.31.1.202", "proto", "202")
     before = sorted(ip("-n", h1, "route", "show").splitlines())
     conf = lab.config("h1", encap="none", peers=("h1", "h2"))
     pod, _ = lab.add_pod("h1", conf, "p1")
     # h2's CIDR is routed by someone else: left alone, and nothing of ours added.
-    assert [r["dev"] for r in routes_of(h1)] == ["other0"]
+    assert sorted(r["dst"] for r in routes_of(h1)) == ["10.250.8.0/24", "10.99.0.0/24"]
     assert "10.250.2.0/24 via 172.31.1.200 dev eth0 proto static" in ip("-n", h1, "route")
     assert lab.hosts["h1"].cni("DEL", conf, "p1", pod).rc == 0
     after = sorted(ip("-n", h1, "route", "show").splitlines())

@@ -594,6 +594,11 @@ class RoutedModel:
             neighbours = routes.permanent_neighbours(self.ipr, local.vxlan_index)
             fdb = routes.permanent_fdb(self.ipr, local.vxlan_index)
         ours, foreign = routes.main_routes(self.ipr, s.route_protocol, oifs)
+        # With a clusterCIDR, a route of our protocol outside it is not this network's
+        # (another instance that shares the number, e.g. seed 001's multi-networking).
+        outside = [r for r in ours if not self._in_cluster(r.dst)]
+        ours = [r for r in ours if self._in_cluster(r.dst)]
+        foreign |= {r.dst for r in outside}
         todo = routed_peers.plan(want, ours, neighbours, fdb, foreign)
         for why in want.skipped:
             log.warning("network %s: peer left out: %s", s.network, why)
@@ -633,6 +638,10 @@ class RoutedModel:
         return Peer(name=name, underlay=address,
                     vtep_mac=vtep_mac(self.settings.network, address),
                     pod_cidrs=tuple(str(c) for c in self.settings.pod_cidrs))
+
+    def _in_cluster(self, dst: IPNetwork) -> bool:
+        cluster = self.settings.cluster_cidr(dst.version)
+        return cluster is None or dst.subnet_of(cluster)  # type: ignore[arg-type]
 
     def describe(self) -> dict[str, Any]:
         s = self.settings
