@@ -397,6 +397,19 @@ def test_routed_through_the_agent(lab: Lab, tmp_path: Path) -> None:
     pods = {n: lab.add_pod(n, lab.config(n, encap="auto"), f"ag-{n}") for n in lab.hosts}
     assert ping(h1, pods["h1"][0], pods["h2"][1])
     assert [r["dst"] for r in routes_of(h1.name)] == ["10.250.2.0/24"]
+    # Damage: the pod's host veth and the peer route vanish. The agent's reconcile
+    # re-plugs the pod and reprograms the peer.
+    veth = next(name for name, link in h1.links().items()
+                if link.get("ifalias", "").startswith("xvm-cni:routed-net:ag-h1"))
+    ip("-n", h1.name, "link", "del", veth)
+    ip("-n", h1.name, "route", "del", "10.250.2.0/24", "proto", "202")
+    assert not ping(h1, pods["h1"][0], pods["h2"][1], count=1)
+    report = agent_op(h1, "gc")["networks"]
+    assert [n["replugged"] for n in report] == [["ag-h1/eth0"]], report
+    assert ping(h1, pods["h1"][0], pods["h2"][1])
+    assert [r["dst"] for r in routes_of(h1.name)] == ["10.250.2.0/24"]
+    status = agent_op(h1, "status")
+    assert "routed" in json.dumps(status), status
     assert h1.cni("DEL", lab.config("h1", encap="auto"), "ag-h1", pods["h1"][0]).rc == 0
     assert routes_of(h1.name) == [] and BRIDGE not in h1.links()
     served = sum(agent_op(h1, "status")["agent"]["requests"].values())
