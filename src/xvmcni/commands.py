@@ -36,7 +36,7 @@ from xvmcni.errors import (
     CniError,
 )
 from xvmcni.ipam.base import Ipam
-from xvmcni.models.base import NetworkModel, Pod
+from xvmcni.models.base import IPAddress, NetworkModel, Pod
 from xvmcni.networks import Network
 from xvmcni.runtime import LOCK_TIMEOUT, REGISTRY_FILE, Runtime
 from xvmcni.state import netstate
@@ -138,8 +138,9 @@ def _attempt(what: str, step: Callable[..., object], *args: Any) -> None:
 
 # --- static requests -----------------------------------------------------------------
 
-def requested_addresses(request: Request, network: Network) -> list[ipaddress.IPv4Address]:
-    """Static addresses from CNI_ARGS ``IP=`` or the ``ips`` capability."""
+def requested_addresses(request: Request, network: Network) -> list[IPAddress]:
+    """Static addresses from CNI_ARGS ``IP=`` or the ``ips`` capability (the IPAM
+    judges them: how many per family, and where they may lie)."""
     raw: list[str] = []
     if request.args.get("IP"):
         raw.extend(part for part in request.args["IP"].split(",") if part)
@@ -157,15 +158,7 @@ def requested_addresses(request: Request, network: Network) -> list[ipaddress.IP
         except ValueError as exc:
             raise CniError(INVALID_CONFIG,
                            f"requested IP {shown(text)} is not an address") from exc
-        if not isinstance(addr, ipaddress.IPv4Address):
-            raise CniError(INVALID_CONFIG,
-                           f"requested IP {shown(text)} is IPv6; this network is IPv4")
         out.append(addr)
-    if len(out) > 1:
-        # One interface, one address per family; the l2 model carries IPv4 only.
-        raise CniError(INVALID_CONFIG,
-                       f"{len(out)} addresses requested: at most one IPv4 address per "
-                       "container interface", ", ".join(map(str, out[:8])))
     return out
 
 
@@ -203,7 +196,7 @@ def _add(call: Call) -> dict[str, Any]:
 
 
 def _add_locked(call: Call, model: NetworkModel, ipam: Ipam, pod_ns: Any, pod: Pod,
-                registry: AttachmentRegistry, requested: list[ipaddress.IPv4Address],
+                registry: AttachmentRegistry, requested: list[IPAddress],
                 mac: str) -> dict[str, Any]:
     request = call.request
     _name_rebuilt(registry, model, call.pod_key)
@@ -248,7 +241,8 @@ def _add_locked(call: Call, model: NetworkModel, ipam: Ipam, pod_ns: Any, pod: P
              ", ".join(map(str, attachment.addresses)), pod.host_ifname)
     result = Result(
         interfaces=plugged.interfaces,
-        ips=[IPConfig(addr, plugged.gateway, plugged.container_index)
+        ips=[IPConfig(addr, plugged.gateways.get(addr.version, plugged.gateway),
+                      plugged.container_index)
              for addr in attachment.addresses],
         routes=plugged.routes,
         dns=dict(call.network.config.dns or ipam.dns()),
@@ -287,7 +281,7 @@ def _check(call: Call) -> None:
             raise CniError(UNKNOWN_CONTAINER,
                            f"no attachment {request.container_id}/{request.ifname} "
                            f"on network {call.network.name}")
-        expected = [ipaddress.IPv4Interface(ip.address) for ip in _container_ips(prev, request)]
+        expected = [ip.address for ip in _container_ips(prev, request)]
         found: list[str] = []
         if sorted(map(str, expected)) != sorted(map(str, record.addresses)):
             found.append(f"prevResult addresses {[str(a) for a in expected]} differ from the "
@@ -305,11 +299,11 @@ def _check(call: Call) -> None:
 
 
 def _container_ips(prev: Result, request: Request) -> list[IPConfig]:
-    """prevResult's IPv4 addresses that belong to our container interface."""
+    """prevResult's addresses that belong to our container interface."""
     mine = {i for i, iface in enumerate(prev.interfaces)
             if iface.name == request.ifname and iface.sandbox}
-    return [ip for ip in prev.ips if ip.address.version == 4
-            and (ip.interface is None or not mine or ip.interface in mine)]
+    return [ip for ip in prev.ips
+            if (ip.interface is None or not mine or ip.interface in mine)]
 
 
 # --- GC ------------------------------------------------------------------------------

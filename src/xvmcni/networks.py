@@ -18,32 +18,47 @@ from typing import Any
 from xvmcni import config
 from xvmcni.cni.request import Request
 from xvmcni.config import NetworkConfig
-from xvmcni.controlplane.base import ControlPlane
+from xvmcni.controlplane import static
+from xvmcni.controlplane.base import ControlPlane, Peer
 from xvmcni.controlplane.multicast import MulticastControlPlane
 from xvmcni.dataplane import names
 from xvmcni.ipam.base import Ipam
+from xvmcni.ipam.cidr import CidrIpam, CidrPool
 from xvmcni.ipam.delegated import DelegatedIpam
 from xvmcni.ipam.pool import AddressPool, pool_for_host
 from xvmcni.ipam.slices import SliceIpam, SliceSettings
 from xvmcni.ipam.slices import parse_settings as parse_slices
-from xvmcni.models import l2
+from xvmcni.models import l2, routed
 from xvmcni.models.base import NetworkModel
 from xvmcni.runtime import Runtime
 
-MODELS = ("l2",)
-CONTROL_PLANES: dict[str, Callable[[], ControlPlane]] = {"multicast": MulticastControlPlane}
+MODELS = ("l2", "routed")
+# Each control plane is built from its "controlPlane" section (validated by parse).
+CONTROL_PLANES: dict[str, Callable[[dict[str, Any]], ControlPlane]] = {
+    "multicast": lambda section: MulticastControlPlane(),
+    static.KIND: lambda section: static.StaticControlPlane(static.parse_peers(section)),
+}
+# Fields that make a configuration without "model" a routed one (seed 003, bvcni).
+_ROUTED_HINTS = ("podCIDR", "podcidr")
 
 
 @dataclass(frozen=True)
 class Network:
     config: NetworkConfig
-    l2: l2.L2Settings
+    settings: l2.L2Settings | routed.RoutedSettings
     # Our own allocator's settings; None when a delegated IPAM plugin chooses.
     slices: SliceSettings | None
+    # Peers written in the configuration (controlPlane type "static"), else None.
+    static_peers: tuple[Peer, ...] | None = None
 
     @property
     def name(self) -> str:
         return self.config.name
+
+    @property
+    def l2(self) -> l2.L2Settings:
+        assert isinstance(self.settings, l2.L2Settings), "not an l2 network"
+        return self.settings
 
     @property
     def state_dir(self) -> Path:
@@ -53,27 +68,52 @@ class Network:
 def parse(raw: dict[str, Any]) -> Network:
     """Validate a whole network configuration; CniError(7) naming the bad field."""
     common = config.parse(raw)
+    if "model" not in raw and "subnet" not in raw \
+            and any(raw.get(k) is not None for k in _ROUTED_HINTS):
+        common.model = routed.KIND  # a pod CIDR per host and no shared subnet
     if common.model not in MODELS:
         raise config.fail(f"'model' {common.model!r} is not a network model of xvm-cni",
                           "known models: " + ", ".join(MODELS))
     if common.control_plane not in CONTROL_PLANES:
         raise config.fail(f"controlPlane type {common.control_plane!r} is not available",
                           "known: " + ", ".join(CONTROL_PLANES))
+    peers = None
+    if common.control_plane == static.KIND:
+        peers = tuple(static.parse_peers(config.get(raw, "controlPlane", dict)))
+    if common.model == routed.KIND:
+        rsettings = routed.parse_settings(raw, common.name)
+        v4 = rsettings.pod_cidr(4)
+        rslices = None
+        if common.ipam is None:
+            if isinstance(v4, ipaddress.IPv4Network):
+                rslices = parse_slices(raw, v4)
+            elif any(raw.get(k) is not None for k in ("rangeStart", "rangeEnd")):
+                raise config.fail("'rangeStart'/'rangeEnd' need an IPv4 'podCIDR'")
+            if rslices is not None and rslices.per_host_prefix is not None:
+                raise config.fail("'perHostPrefix' belongs to the l2 model",
+                                  "a routed host allocates from its whole 'podCIDR'")
+        return Network(common, rsettings, rslices, peers)
     settings = l2.parse_settings(raw, common.name)
     slices = None if common.ipam is not None else parse_slices(raw, settings.subnet)
-    return Network(common, settings, slices)
+    return Network(common, settings, slices, peers)
 
 
 @contextlib.contextmanager
 def open_model(network: Network, runtime: Runtime) -> Iterator[NetworkModel]:
     """The network's model for one request, holding the host's netlink socket."""
     with runtime.host_rtnl() as ipr:
-        yield l2.L2Model(network.l2, ipr, runtime.reaper, runtime.hostif_cache)
+        if isinstance(network.settings, routed.RoutedSettings):
+            peers = list(network.static_peers) if network.static_peers is not None else None
+            yield routed.RoutedModel(network.settings, ipr, runtime.reaper, peers)
+        else:
+            yield l2.L2Model(network.settings, ipr, runtime.reaper, runtime.hostif_cache)
 
 
 def ipam(network: Network, request: Request, host_address: Callable[[], Any]) -> Ipam:
     """The network's IPAM for ``request``. ``host_address`` gives this host's underlay
     address when the allocator needs it (our per-host slices); DEL never asks."""
+    if isinstance(network.settings, routed.RoutedSettings):
+        return _routed_ipam(network, network.settings, request)
     if network.config.ipam is not None:
         return DelegatedIpam(request, network.config.raw, network.l2.subnet.prefixlen)
     settings = network.slices or SliceSettings()
@@ -108,5 +148,20 @@ def reserved_mac(network: Network, mac: str) -> str:
     return ""
 
 
+def _routed_ipam(network: Network, settings: routed.RoutedSettings,
+                 request: Request) -> Ipam:
+    """A routed host allocates from its own pod CIDRs, without coordination: they
+    are this host's alone. The gateways (first addresses) are never handed out."""
+    if network.config.ipam is not None:
+        first = settings.pod_cidr(4) or settings.pod_cidrs[0]
+        return DelegatedIpam(request, network.config.raw, first.prefixlen)
+    slices = network.slices or SliceSettings()
+    pools = tuple(
+        CidrPool.of(cidr, slices.range_start, slices.range_end) if cidr.version == 4
+        else CidrPool.of(cidr) for cidr in settings.pod_cidrs)
+    return CidrIpam(pools)
+
+
 def control_plane(network: Network) -> ControlPlane:
-    return CONTROL_PLANES[network.config.control_plane]()
+    section = config.get(network.config.raw, "controlPlane", dict, {})
+    return CONTROL_PLANES[network.config.control_plane](section)

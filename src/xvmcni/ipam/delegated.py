@@ -28,7 +28,7 @@ from xvmcni.errors import (
     CniError,
 )
 from xvmcni.ipam.base import Usage
-from xvmcni.state.attachments import Attachment, AttachmentRegistry, Given
+from xvmcni.state.attachments import Attachment, AttachmentRegistry, Given, IPAddress
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ class DelegatedIpam:
         self._dns: dict[str, Any] = {}
 
     def allocate(self, registry: AttachmentRegistry, record: Attachment,
-                 requested: list[ipaddress.IPv4Address]) -> tuple[Attachment, bool]:
+                 requested: list[IPAddress]) -> tuple[Attachment, bool]:
         existing = registry.get(record.container_id, record.ifname)
         if existing is not None:
             return existing, False
@@ -136,7 +136,7 @@ class DelegatedIpam:
             self._del(record.container_id, record.ifname)
             raise
 
-    def validate(self, requested: list[ipaddress.IPv4Address]) -> None:
+    def validate(self, requested: list[IPAddress]) -> None:
         return None  # the delegated plugin judges CNI_ARGS IP= itself
 
     def release(self, registry: AttachmentRegistry, container_id: str,

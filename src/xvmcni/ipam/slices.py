@@ -22,7 +22,13 @@ from xvmcni.errors import (
 )
 from xvmcni.ipam.base import Usage
 from xvmcni.ipam.pool import AddressPool
-from xvmcni.state.attachments import AddressBook, Attachment, AttachmentRegistry
+from xvmcni.state.attachments import (
+    AddressBook,
+    Attachment,
+    AttachmentRegistry,
+    IPAddress,
+    IPInterface,
+)
 
 # Registry note: the last address handed out, so allocation goes round robin and a
 # just-released address is not reused at once (as host-local does).
@@ -94,14 +100,15 @@ class SliceAllocator:
     prefixlen: int | None = None
     static_ips: str = STATIC_POOL
 
-    def choose(self, book: AddressBook) -> list[ipaddress.IPv4Interface]:
+    def choose(self, book: AddressBook) -> list[IPInterface]:
         plen = self.prefixlen if self.prefixlen is not None else self.pool.subnet.prefixlen
         if self.requested:
             chosen = self._check_requested(book)
         else:
             chosen = [self._next_free(book)]
             book.set_note(LAST_ALLOCATED, str(int(chosen[0])))
-        return [ipaddress.IPv4Interface((a, plen)) for a in chosen]
+        out: list[IPInterface] = [ipaddress.IPv4Interface((a, plen)) for a in chosen]
+        return out
 
     def _check_requested(self, book: AddressBook) -> list[ipaddress.IPv4Address]:
         self.validate()
@@ -165,6 +172,18 @@ class SliceAllocator:
             "(perHostPrefix, rangeStart/rangeEnd)")
 
 
+def _ipv4_only(requested: list[IPAddress]) -> tuple[ipaddress.IPv4Address, ...]:
+    """This IPAM's networks are IPv4, with one address per container interface."""
+    for addr in requested:
+        if not isinstance(addr, ipaddress.IPv4Address):
+            raise CniError(INVALID_CONFIG, f"requested IP {addr} is IPv6; this network is IPv4")
+    if len(requested) > 1:
+        raise CniError(INVALID_CONFIG,
+                       f"{len(requested)} addresses requested: at most one IPv4 address per "
+                       "container interface", ", ".join(map(str, requested[:8])))
+    return tuple(a for a in requested if isinstance(a, ipaddress.IPv4Address))
+
+
 class SliceIpam:
     """The built-in IPAM over one host's pool.
 
@@ -186,12 +205,13 @@ class SliceIpam:
         return self._pool
 
     def allocate(self, registry: AttachmentRegistry, record: Attachment,
-                 requested: list[ipaddress.IPv4Address]) -> tuple[Attachment, bool]:
-        return registry.attach(record, SliceAllocator(self.pool, tuple(requested),
+                 requested: list[IPAddress]) -> tuple[Attachment, bool]:
+        return registry.attach(record, SliceAllocator(self.pool, _ipv4_only(requested),
                                                       static_ips=self.static_ips))
 
-    def validate(self, requested: list[ipaddress.IPv4Address]) -> None:
-        SliceAllocator(self.pool, tuple(requested), static_ips=self.static_ips).validate()
+    def validate(self, requested: list[IPAddress]) -> None:
+        SliceAllocator(self.pool, _ipv4_only(requested),
+                       static_ips=self.static_ips).validate()
 
     def release(self, registry: AttachmentRegistry, container_id: str,
                 ifname: str) -> Attachment | None:

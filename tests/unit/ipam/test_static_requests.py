@@ -42,8 +42,18 @@ def refused(fn: Any, *a: Any) -> CniError:
     ("", {"ips": ["10.244.11.5/16", "10.244.11.6/16"]}),
 ])
 def test_at_most_one_address(args: str, runtime: dict[str, Any]) -> None:
-    err = refused(commands.requested_addresses, *req(args, **runtime))
+    request, network = req(args, **runtime)
+    requested = commands.requested_addresses(request, network)
+    slices = networks.ipam(network, request, lambda: ipaddress.IPv4Address("172.30.0.11"))
+    err = refused(slices.validate, requested)
     assert "at most one" in err.msg
+
+
+def test_an_ipv6_address_is_refused_by_an_ipv4_network() -> None:
+    request, network = req("IP=fd00::5")
+    slices = networks.ipam(network, request, lambda: ipaddress.IPv4Address("172.30.0.11"))
+    err = refused(slices.validate, commands.requested_addresses(request, network))
+    assert "IPv6" in err.msg
 
 
 @pytest.mark.parametrize("item", [167772165, None, ["10.244.11.5"], True])
@@ -161,7 +171,7 @@ def test_a_v1_file_is_upgraded_in_place(tmp_path: Path) -> None:
     conn.execute("PRAGMA user_version = 1")
     conn.commit()
     conn.close()
-    assert SCHEMA_VERSION == 2
+    assert SCHEMA_VERSION == 3
     with AttachmentRegistry(path) as reg:
         old = reg.get("old", "eth0")
         assert old is not None
@@ -173,7 +183,7 @@ def test_a_v1_file_is_upgraded_in_place(tmp_path: Path) -> None:
             reg.attach(Attachment("dup", "eth0", mac="02:aa:bb:cc:dd:02"),
                        Given((ipv4("10.244.11.11/16"),)))
     check = sqlite3.connect(path)
-    assert check.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     check.close()
     # Opening an upgraded file again changes nothing.
     with AttachmentRegistry(path) as reg:
