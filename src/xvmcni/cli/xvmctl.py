@@ -87,7 +87,8 @@ def cmd_lab_up(args: argparse.Namespace) -> int:
     progress = _stderr_progress(args.name)
     try:
         lab = build.lab_up(args.name, args.hosts, args.pods, plugin=args.plugin,
-                            progress=progress, agent=not args.no_agent)
+                            progress=progress, agent=not args.no_agent, model=args.model,
+                            encap=args.encap, underlay=args.underlay)
     except LabError as exc:
         return _error(exc)
     progress(f"pinging {len(lab.pods)} pods pairwise and their gateway, then full-size "
@@ -320,6 +321,14 @@ def add_lab(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                     help="no xvm-cnid in the hosts: the plugin does every ADD in-process "
                          "(default: one agent per host, pods attached through the thin "
                          "plugin that hands each ADD to its host's agent)")
+    up.add_argument("--model", choices=["l2", "routed"], default="l2",
+                    help="network model: l2 (one subnet over VXLAN, the default) or routed "
+                         "(a pod CIDR per host, static peers)")
+    up.add_argument("--encap", choices=["vxlan", "none", "auto"], default="vxlan",
+                    help="routed model: how remote pod CIDRs are reached (default: vxlan)")
+    up.add_argument("--underlay", choices=["flat", "routed"], default="flat",
+                    help="flat: one underlay subnet; routed: two subnets behind a router "
+                         "that carries no multicast (default: flat)")
     up.set_defaults(func=cmd_lab_up)
 
     down = lab_sub.add_parser("down", help="detach every pod (CNI DEL), remove everything")
