@@ -45,3 +45,25 @@ def test_multicast_does_not_cross_the_router(make_lab_name: Callable[[str], str]
         assert not matrix.cells[(a, b)].ok and not matrix.cells[(b, a)].ok
     finally:
         labmod.lab_down(name)
+
+
+@pytest.mark.parametrize("family", ["dual", "ipv6"])
+def test_routed_model_dual_stack_and_ipv6(make_lab_name: Callable[[str], str],
+                                          family: str) -> None:
+    name = make_lab_name("f")
+    try:
+        lab = labmod.lab_up(name, hosts=2, pods=1, model="routed", underlay="routed",
+                            family=family)
+        wanted = [4, 6] if family == "dual" else [6]
+        assert probes.lab_families(lab) == wanted
+        for pod in lab.pods:
+            assert pod.families == wanted
+        for version in wanted:
+            matrix = probes.ping_matrix(lab, family=version)
+            assert matrix.family == version
+            assert matrix.total == 2 * 2  # the other pod and the gateway, each way
+            assert matrix.ok, matrix.failures()
+            mtu = probes.mtu_check(lab, family=version)
+            assert mtu is not None and mtu.ok, mtu
+    finally:
+        labmod.lab_down(name)

@@ -88,20 +88,23 @@ def cmd_lab_up(args: argparse.Namespace) -> int:
     try:
         lab = build.lab_up(args.name, args.hosts, args.pods, plugin=args.plugin,
                             progress=progress, agent=not args.no_agent, model=args.model,
-                            encap=args.encap, underlay=args.underlay)
+                            encap=args.encap, underlay=args.underlay, family=args.family)
     except LabError as exc:
         return _error(exc)
     progress(f"pinging {len(lab.pods)} pods pairwise and their gateway, then full-size "
              "packets between hosts")
-    matrix = probes.ping_matrix(lab)
-    mtu = probes.mtu_check(lab)
     style = status.style_for(sys.stdout)
     print()
     print(view.render_summary(lab, style))
-    print()
-    print(view.render_matrix(matrix, style))
-    if mtu is not None:
-        print(view.render_mtu(mtu, style))
+    all_ok = True
+    for family in probes.lab_families(lab) or [4]:
+        matrix = probes.ping_matrix(lab, family=family)
+        mtu = probes.mtu_check(lab, family=family)
+        print()
+        print(view.render_matrix(matrix, style))
+        if mtu is not None:
+            print(view.render_mtu(mtu, style))
+        all_ok = all_ok and matrix.ok and (mtu is None or mtu.ok)
     print()
     if lab.pods:
         hints = [(f"ip netns exec {lab.pods[0].netns} ip addr", "look inside a pod"),
@@ -117,7 +120,7 @@ def cmd_lab_up(args: argparse.Namespace) -> int:
         for i, (cmd, what) in enumerate(hints):
             lead = "  next: " if i == 0 else "        "
             print(lead + style.dim(f"{cmd.ljust(width)}  # {what}"))
-    return EXIT_OK if matrix.ok and (mtu is None or mtu.ok) else EXIT_UNREACHABLE
+    return EXIT_OK if all_ok else EXIT_UNREACHABLE
 
 
 def cmd_lab_down(args: argparse.Namespace) -> int:
@@ -326,6 +329,8 @@ def add_lab(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                          "(a pod CIDR per host, static peers)")
     up.add_argument("--encap", choices=["vxlan", "none", "auto"], default="vxlan",
                     help="routed model: how remote pod CIDRs are reached (default: vxlan)")
+    up.add_argument("--family", choices=["ipv4", "ipv6", "dual"], default="ipv4",
+                    help="routed model: the pods' address families (default: ipv4)")
     up.add_argument("--underlay", choices=["flat", "routed"], default="flat",
                     help="flat: one underlay subnet; routed: two subnets behind a router "
                          "that carries no multicast (default: flat)")

@@ -59,11 +59,12 @@ from xvmcni.lab.teardown import lab_down
 MODELS = ("l2", "routed")
 ENCAPS = ("vxlan", "none", "auto")
 UNDERLAYS = ("flat", "routed")
+FAMILIES = ("ipv4", "ipv6", "dual")
 
 
 def lab_up(name: str = DEFAULT_NAME, hosts: int = 3, pods: int = 2, plugin: str | None = None,
            progress: Progress = quiet, agent: bool = True, model: str = "l2",
-           encap: str = "vxlan", underlay: str = "flat") -> Lab:
+           encap: str = "vxlan", underlay: str = "flat", family: str = "ipv4") -> Lab:
     """Build the lab and attach every pod; on failure remove what this call made.
 
     ``agent``: start one ``xvm-cnid`` per host and, unless ``plugin`` names another
@@ -84,6 +85,11 @@ def lab_up(name: str = DEFAULT_NAME, hosts: int = 3, pods: int = 2, plugin: str 
         raise LabError(f"--encap {encap!r} is unknown", "use " + ", ".join(ENCAPS))
     if underlay not in UNDERLAYS:
         raise LabError(f"--underlay {underlay!r} is unknown", "use " + " or ".join(UNDERLAYS))
+    if family not in FAMILIES:
+        raise LabError(f"--family {family!r} is unknown", "use " + ", ".join(FAMILIES))
+    if family != "ipv4" and model != "routed":
+        raise LabError(f"--family {family} needs --model routed",
+                       "the l2 model carries IPv4 only")
     check_name(name)
     if not 1 <= hosts <= MAX_HOSTS:
         raise LabError(f"--hosts {hosts} is out of range", f"allowed: 1..{MAX_HOSTS}")
@@ -104,7 +110,7 @@ def lab_up(name: str = DEFAULT_NAME, hosts: int = 3, pods: int = 2, plugin: str 
 
     flavor = plugin_flavor(plugin_path)
     lab = Lab(name=name, plugin=plugin_path, flavor=flavor, agent=agent and flavor == "xvm",
-              model=model, encap=encap, underlay=underlay)
+              model=model, encap=encap, underlay=underlay, family=family)
     lab.state_dir.mkdir(parents=True, mode=0o700)
     state = StateFile(lab)
     state.save()
@@ -238,6 +244,10 @@ def result_fields(pod: Pod, result: dict[str, Any] | None, config: dict[str, Any
                           json.dumps(result)[:300])
     pod.address = str(ipaddress.ip_interface(ips[0]["address"]))
     pod.gateway = str(ips[0].get("gateway") or config.get("gateway") or "")
+    pod.addresses = [str(ipaddress.ip_interface(ip["address"])) for ip in ips
+                     if isinstance(ip, dict) and "address" in ip]
+    pod.gateways = [str(ip.get("gateway") or "") for ip in ips
+                    if isinstance(ip, dict) and "address" in ip]
     for iface in (result or {}).get("interfaces") or []:
         if isinstance(iface, dict) and iface.get("sandbox") and iface.get("name") == POD_IFNAME:
             pod.mac = str(iface.get("mac", ""))

@@ -111,6 +111,22 @@ class Pod:
     mac: str = ""
     mtu: int = 0
     attached: bool = False  # an ADD was started: DEL is owed at teardown
+    # Every address of the result (dual-stack: one per family), and their gateways.
+    addresses: list[str] = field(default_factory=list)
+    gateways: list[str] = field(default_factory=list)
+
+    def address_of(self, family: int) -> tuple[str, str] | None:
+        """(address, gateway) of family 4 or 6, without prefix; None if it has none."""
+        for i, text in enumerate(self.addresses or [self.address]):
+            addr = ipaddress.ip_interface(text).ip if text else None
+            if addr is not None and addr.version == family:
+                gateways = self.gateways or [self.gateway]
+                return str(addr), gateways[i] if i < len(gateways) else ""
+        return None
+
+    @property
+    def families(self) -> list[int]:
+        return [f for f in (4, 6) if self.address_of(f) is not None]
 
     @property
     def netns_path(self) -> str:
@@ -146,6 +162,7 @@ class Lab:
     model: str = "l2"                    # the network model the hosts' config uses
     encap: str = "vxlan"                 # routed model: vxlan | none | auto
     underlay: str = "flat"               # flat: one subnet; routed: two, behind a router
+    family: str = "ipv4"                 # routed model: ipv4 | ipv6 | dual pod addresses
 
     @property
     def state_dir(self) -> Path:
@@ -181,6 +198,7 @@ class Lab:
             agent=bool(data.get("agent", False)),
             model=str(data.get("model", "l2")), encap=str(data.get("encap", "vxlan")),
             underlay=str(data.get("underlay", "flat")),
+            family=str(data.get("family", "ipv4")),
         )
 
 

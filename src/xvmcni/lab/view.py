@@ -129,7 +129,8 @@ def _grid(rows: list[str], columns: list[str],
 def render_matrix(matrix: Matrix, style: Style, width: int | None = None) -> str:
     """Pod by pod when it fits ``width`` columns (the terminal's), else host by host
     with "reachable/total" per block of pairs."""
-    what = f"ICMP echo, {matrix.size} bytes" + (", DF set" if matrix.df else "")
+    what = (f"ICMP{'v6' if matrix.family == 6 else ''} echo, {matrix.size} bytes"
+            + (", DF set" if matrix.df else ""))
     lines = [style.bold("Reachability") + f"  ({what}; row = from, column = to)", ""]
     if width is None:
         # Never narrower than 80: a tiny or odd terminal still gets the pod grid.

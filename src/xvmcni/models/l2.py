@@ -20,7 +20,7 @@ from xvmcni.cni.names import interface_name_problem, shown
 from xvmcni.cni.result import Interface, Route
 from xvmcni.config import fail, get
 from xvmcni.controlplane.base import Peer
-from xvmcni.dataplane import antispoof, hostif, l2net, names, nft, ownership, sysctl, veth
+from xvmcni.dataplane import antispoof, hostif, l2net, names, ownership, podport, sysctl, veth
 from xvmcni.dataplane.errors import DataplaneError
 from xvmcni.dataplane.hostif import HostInterface, HostInterfaceCache
 from xvmcni.dataplane.netlink import IFF_UP, get_link, link_kind, rtnl
@@ -271,22 +271,8 @@ class L2Model:
         if self._bridge_index is None:
             self._bridge_index = l2net.ensure(self.ipr, spec, in_use=True)
         side = self._side(pod, spec.mtu, addresses, mac)
-        # The port is admitted before the veth exists (rules match names): there is no
-        # moment in which the pod could send as someone else. Without a MAC known yet
-        # (delegated IPAM plugs first), the port is registered and drops everything
-        # until its MAC is admitted right after creation.
-        wanted_mac = side.mac or veth.container_mac(side.addresses)
-        self._admit(pod, wanted_mac, addresses)
-        pair = veth.ensure(self.ipr, pod_ns.ipr, pod_ns.fd, pod.host_ifname,
-                           self._bridge_index, side)
-        if pair.container_mac.lower() != wanted_mac.lower():
-            # The interface kept another MAC (a repeated ADD, or the kernel chose one):
-            # admit what it really has, and only that.
-            if wanted_mac:
-                nft.run_batch(antispoof.evict_batch(self.guard_table, pod.host_ifname,
-                                                    wanted_mac, [a.ip for a in addresses],
-                                                    keep_port=True))
-            self._admit(pod, pair.container_mac, addresses)
+        pair = podport.plug(self.guard_table, self.ipr, pod_ns.ipr, pod_ns.fd,
+                            pod.host_ifname, self._bridge_index, side)
         return Plugged(
             interfaces=[Interface(spec.bridge, spec.gateway_mac, mtu=spec.mtu),
                         Interface(pod.host_ifname, pair.host_mac, mtu=spec.mtu),
@@ -298,18 +284,10 @@ class L2Model:
         )
 
     def _admit(self, pod: Pod, mac: str, addresses: list[IPInterface]) -> None:
-        try:
-            batch = antispoof.admit_batch(self.guard_table, pod.host_ifname, mac,
-                                          [a.ip for a in addresses])
-        except ValueError as exc:  # a MAC or address the filter cannot admit
-            raise DataplaneError(DataplaneError.INVALID, str(exc)) from exc
-        nft.run_batch(batch)
+        podport.admit(self.guard_table, pod.host_ifname, mac, addresses)
 
     def _evict(self, host_ifname: str) -> None:
-        recorded = antispoof.members(self.guard_table)
-        if recorded is not None and host_ifname in recorded.ports:
-            nft.run_batch(antispoof.evict_recorded_batch(self.guard_table, recorded,
-                                                         host_ifname))
+        podport.evict(self.guard_table, host_ifname)
 
     @property
     def guard_table(self) -> str:

@@ -27,7 +27,7 @@ from typing import Any
 from xvmcni.cni.result import Interface, Route
 from xvmcni.config import fail, get
 from xvmcni.controlplane.base import Peer
-from xvmcni.dataplane import antispoof, egress, names, nft, ownership, routes, sysctl, veth
+from xvmcni.dataplane import antispoof, egress, names, nft, ownership, podport, routes, sysctl, veth
 from xvmcni.dataplane.errors import DataplaneError
 from xvmcni.dataplane.netlink import IFF_UP, get_link, link_kind, rtnl
 from xvmcni.dataplane.netns import netns_gone, open_netns
@@ -374,16 +374,8 @@ class RoutedModel:
         if self._bridge_index is None:
             self._bridge_index = self._ready() or self._full_join(in_use=True)
         side = self._side(pod, mtu, addresses, mac)
-        wanted_mac = side.mac or veth.container_mac(side.addresses)
-        self._admit(pod, wanted_mac, addresses)
-        pair = veth.ensure(self.ipr, pod_ns.ipr, pod_ns.fd, pod.host_ifname,
-                           self._bridge_index, side)
-        if pair.container_mac.lower() != wanted_mac.lower():
-            if wanted_mac:
-                nft.run_batch(antispoof.evict_batch(self.guard_table, pod.host_ifname,
-                                                    wanted_mac, [a.ip for a in addresses],
-                                                    keep_port=True))
-            self._admit(pod, pair.container_mac, addresses)
+        pair = podport.plug(self.guard_table, self.ipr, pod_ns.ipr, pod_ns.fd,
+                            pod.host_ifname, self._bridge_index, side)
         gateways: dict[int, IPAddress] = {v: gw for v in sorted({a.version for a in addresses})
                      if (gw := self.gateway(v)) is not None}
         return Plugged(
@@ -400,18 +392,10 @@ class RoutedModel:
         )
 
     def _admit(self, pod: Pod, mac: str, addresses: list[IPInterface]) -> None:
-        try:
-            batch = antispoof.admit_batch(self.guard_table, pod.host_ifname, mac,
-                                          [a.ip for a in addresses])
-        except ValueError as exc:
-            raise DataplaneError(DataplaneError.INVALID, str(exc)) from exc
-        nft.run_batch(batch)
+        podport.admit(self.guard_table, pod.host_ifname, mac, addresses)
 
     def _evict(self, host_ifname: str) -> None:
-        recorded = antispoof.members(self.guard_table)
-        if recorded is not None and host_ifname in recorded.ports:
-            nft.run_batch(antispoof.evict_recorded_batch(self.guard_table, recorded,
-                                                         host_ifname))
+        podport.evict(self.guard_table, host_ifname)
 
     def unplug(self, pod: Pod, owned: bool) -> None:
         network = self.settings.network
