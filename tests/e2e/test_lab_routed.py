@@ -30,6 +30,15 @@ def test_routed_model_across_a_routed_underlay(make_lab_name: Callable[[str], st
         assert matrix.ok, matrix
         mtu = probes.mtu_check(lab)
         assert mtu is None or mtu.ok
+        # lab status shows each host's peers as its kernel has them programmed: one
+        # route per remote host; vxlan peers also one neighbour and one FDB entry.
+        peers = {p.host: p for p in labmod.lab_status(name).peers}
+        assert set(peers) == {"h1", "h2", "h3"}
+        for host, found in peers.items():
+            assert not found.error
+            assert len(found.routes) == 2, (host, found.routes)
+            tunnelled = 2 if encap == "vxlan" else (2 if host == "h2" else 1)
+            assert (found.neighbours, found.fdb) == (tunnelled, tunnelled), (host, found)
     finally:
         labmod.lab_down(name)
 
