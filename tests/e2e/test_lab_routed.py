@@ -5,12 +5,16 @@ the multicast l2 network cannot (the control that shows the router is real)."""
 from __future__ import annotations
 
 import os
+import threading
+import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from tests.support.pinging import PingRun, ping_continuously
 from xvmcni import lab as labmod
-from xvmcni.lab import probes
+from xvmcni.lab import plumbing, probes
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="lab tests need root")
 
@@ -74,5 +78,40 @@ def test_routed_model_dual_stack_and_ipv6(make_lab_name: Callable[[str], str],
             assert matrix.ok, matrix.failures()
             mtu = probes.mtu_check(lab, family=version)
             assert mtu is not None and mtu.ok, mtu
+    finally:
+        labmod.lab_down(name)
+
+
+def test_routed_agent_kill_loses_no_packet(make_lab_name: Callable[[str], str]) -> None:
+    """A pod on h1 pings a pod on h2 (behind the router, through the VXLAN device)
+    every 10 ms while h1's agent is killed (SIGKILL) and started again three times:
+    routes, neighbours and FDB entries stay, and the new agent's reconcile changes
+    nothing that works."""
+    name = make_lab_name("k")
+    try:
+        lab = labmod.lab_up(name, hosts=2, pods=1, model="routed", underlay="routed")
+        src, dst = (next(p for p in lab.pods if p.host == h) for h in ("h1", "h2"))
+        h1 = lab.host("h1")
+        links_before = {link.name: link.index for link in plumbing.links(h1.netns_path)}
+        peers_before = labmod.lab_status(name).peers
+        stop, run = threading.Event(), PingRun()
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pinger = pool.submit(ping_continuously, src, dst.ip, stop, run)
+            try:
+                deadline = time.monotonic() + 10
+                while run.received < 20 and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                assert run.received >= 20 and not run.lost, run
+                for _ in range(3):
+                    labmod.agent_restart(name, "h1", kill=True)
+                    time.sleep(0.3)
+            finally:
+                stop.set()
+            pinger.result(timeout=30)
+        assert run.lost == [], run.lost[:5]
+        assert run.sent == run.received > 60
+        assert {link.name: link.index for link in plumbing.links(h1.netns_path)} \
+            == links_before
+        assert labmod.lab_status(name).peers == peers_before
     finally:
         labmod.lab_down(name)
