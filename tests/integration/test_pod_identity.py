@@ -6,6 +6,8 @@ test_antispoof.py."""
 
 from __future__ import annotations
 
+import time
+
 from xvmcni.dataplane import antispoof, nft
 from xvmcni.dataplane.ownership import guard_table_name
 from xvmcni.lab.plumbing import inside
@@ -65,10 +67,16 @@ def test_a_pod_sends_only_as_itself(host: Host) -> None:
     assert members is not None
     assert {a["interfaces"][1]["name"], b["interfaces"][1]["name"]} <= set(members.ports)
     assert host.cni("DEL", conf, "idA", pod_a).rc == 0
-    with inside(host.path):
-        members = antispoof.members(GUARD)
-    assert members is not None
-    assert a["interfaces"][1]["name"] not in members.ports
+    # The agent evicts with its veth reaper, off the request path (within ~50 ms).
+    deadline = time.monotonic() + 5
+    while True:
+        with inside(host.path):
+            members = antispoof.members(GUARD)
+        assert members is not None
+        if a["interfaces"][1]["name"] not in members.ports:
+            break
+        assert time.monotonic() < deadline, "the DEL'd pod's port was never evicted"
+        time.sleep(0.02)
     assert host.cni("DEL", conf, "idB", pod_b).rc == 0
     assert f"bridge {GUARD}" not in host.nft_tables()
 
@@ -87,3 +95,25 @@ def test_check_sees_a_pod_that_is_not_admitted(host: Host) -> None:
     assert broken.rc == 1 and broken.out is not None and broken.out["code"] == 105
     assert "not admitted" in broken.out.get("details", "")
     assert host.cni("DEL", conf, "idC", pod).rc == 0
+
+
+def test_a_readd_right_after_del_stays_admitted(host: Host) -> None:
+    """The agent's reaper evicts a DEL'd port in its next batch; a re-ADD of the same
+    container and interface in between (podman restart) must keep its admission."""
+    conf = host.config()
+    pod, peer = host.new_pod(), host.new_pod()
+    host.add(conf, "idP", peer)
+    first = host.add(conf, "idR", pod)
+    assert host.cni("DEL", conf, "idR", pod).rc == 0
+    again = host.add(conf, "idR", pod)
+    port = again["interfaces"][1]["name"]
+    assert port == first["interfaces"][1]["name"]
+    time.sleep(0.5)  # several reaper batch windows
+    with inside(host.path):
+        members = antispoof.members(GUARD)
+    assert members is not None and port in members.ports
+    assert members.port(port).macs, "the re-added pod's MAC was evicted"
+    peer_ip = addr(host.add(conf, "idP", peer))
+    assert ping(host, pod, peer_ip)
+    for container, netns in (("idR", pod), ("idP", peer)):
+        assert host.cni("DEL", conf, container, netns).rc == 0

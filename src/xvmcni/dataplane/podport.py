@@ -7,10 +7,17 @@ matters and is easy to get wrong, so it lives here once.
 
 from __future__ import annotations
 
+import logging
+import os
 from typing import Any
 
-from xvmcni.dataplane import antispoof, nft, veth
+from xvmcni.dataplane import antispoof, nft, ownership, veth
 from xvmcni.dataplane.errors import DataplaneError
+from xvmcni.dataplane.netlink import get_link, rtnl
+from xvmcni.dataplane.netns import netns_gone, open_netns
+from xvmcni.dataplane.reaper import VethReaper
+
+log = logging.getLogger(__name__)
 
 
 def admit(table: str, host_ifname: str, mac: str,
@@ -33,10 +40,13 @@ def evict(table: str, host_ifname: str) -> None:
 
 
 def plug(table: str, host_ipr: Any, pod_ipr: Any, pod_fd: int, host_ifname: str,
-         bridge_index: int, side: veth.ContainerSide) -> veth.VethPair:
+         bridge_index: int, side: veth.ContainerSide,
+         reaper: VethReaper | None = None) -> veth.VethPair:
     """Admit the port before its veth exists (rules match names: there is no moment
     in which the pod could send as someone else), create or adopt the veth, and
     admit the MAC it really has if that is not the one expected."""
+    if reaper is not None:
+        reaper.settle(table, host_ifname)  # an eviction queued by an earlier DEL
     wanted = side.mac or veth.container_mac(side.addresses)
     admit(table, host_ifname, wanted, side.addresses)
     pair = veth.ensure(host_ipr, pod_ipr, pod_fd, host_ifname, bridge_index, side)
@@ -49,3 +59,40 @@ def plug(table: str, host_ipr: Any, pod_ipr: Any, pod_fd: int, host_ifname: str,
                                                 keep_port=True))
         admit(table, host_ifname, pair.container_mac, side.addresses)
     return pair
+
+
+def unplug(table: str, host_ipr: Any, reaper: VethReaper | None, network: str,
+           host_ifname: str, ifname: str, netns: str, owned: bool) -> None:
+    """Remove a pod's port: its veth (retired for the reaper in the agent) and its
+    anti-spoofing elements; gone already is success. A device without our mark is
+    this attachment's only when we hold its record (``owned``: made by an earlier
+    xvm-cni); one with another network's mark never is."""
+    if reaper is not None:
+        link = get_link(host_ipr, host_ifname)
+        mark = ownership.owner(link)
+        if link is not None and (mark.network == network if mark else owned) \
+                and reaper.retire(host_ipr, host_ifname):
+            reaper.evict_later(table, host_ifname)
+            return  # down and queued: the reaper deletes the pair off the request path
+    outcome = veth.remove_host_end(host_ipr, host_ifname, network, owned)
+    if outcome == veth.FOREIGN:
+        log.warning("not removing %s: it does not belong to network %s", host_ifname,
+                    network)
+        return
+    evict(table, host_ifname)
+    if outcome == veth.REMOVED or not owned or not netns:
+        return  # the container end went with the host end (or is not ours to touch)
+    # The host end is gone but a container end may remain (an interrupted ADD).
+    try:
+        if netns_gone(netns):
+            return
+        fd = open_netns(netns)
+    except OSError as exc:
+        log.warning("cannot tell whether %s still exists (%s): leaving its interfaces "
+                    "alone", netns, exc)
+        return
+    try:
+        with rtnl(fd) as pod_ipr:
+            veth.remove_container_end(pod_ipr, ifname)
+    finally:
+        os.close(fd)

@@ -18,6 +18,8 @@ from typing import Any
 
 from pyroute2.netlink.exceptions import NetlinkError
 
+from xvmcni.dataplane import antispoof, nft
+from xvmcni.dataplane.errors import DataplaneError
 from xvmcni.dataplane.netlink import delete_link, kernel_error, rtnl
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,9 @@ class VethReaper:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="veth-reaper", daemon=True)
+        # (anti-spoofing table, port) whose elements go once the veth is gone: a retired
+        # port sends nothing, and reading the table to evict it costs a DEL milliseconds.
+        self._evictions: set[tuple[str, str]] = set()
 
     def start(self) -> None:
         self._thread.start()
@@ -68,6 +73,20 @@ class VethReaper:
         self._wake.set()
         return True
 
+    def evict_later(self, table: str, port: str) -> None:
+        """Queue the port's anti-spoofing elements for removal with the next batch."""
+        with reap_lock:
+            self._evictions.add((table, port))
+        self._wake.set()
+
+    def settle(self, table: str, port: str) -> None:
+        """Remove the port's queued elements now: its name is wanted again, and a
+        late eviction would take the new pod's admission away."""
+        with reap_lock:
+            if (table, port) in self._evictions:
+                self._evictions.discard((table, port))
+                _evict({(table, port)})
+
     def _loop(self) -> None:
         with rtnl() as ipr:  # created in this thread: the agent's host netns
             while not self._stop.is_set():
@@ -78,11 +97,31 @@ class VethReaper:
                 self._reap(ipr)
             self._reap(ipr)  # leave nothing retired behind on a clean stop
 
-    @staticmethod
-    def _reap(ipr: Any) -> None:
+    def _reap(self, ipr: Any) -> None:
         with reap_lock:
             try:
                 ipr.link("del", group=RETIRED_GROUP)
             except NetlinkError as exc:
                 if exc.code not in (errno.ENODEV, errno.EINVAL):
                     log.error("deleting retired veths failed: %s", exc)
+            pending, self._evictions = self._evictions, set()
+            try:
+                _evict(pending)
+            except DataplaneError as exc:
+                log.error("removing anti-spoofing elements of %d ports failed: %s",
+                          len(pending), exc)
+
+
+def _evict(ports: set[tuple[str, str]]) -> None:
+    """One table read and one transaction per table for all of ``ports``."""
+    by_table: dict[str, list[str]] = {}
+    for table, port in ports:
+        by_table.setdefault(table, []).append(port)
+    for table, names in by_table.items():
+        recorded = antispoof.members(table)
+        if recorded is None:
+            continue
+        batch = [cmd for port in names if port in recorded.ports
+                 for cmd in antispoof.evict_recorded_batch(table, recorded, port)]
+        if batch:
+            nft.run_batch(batch)

@@ -24,7 +24,7 @@ from xvmcni.dataplane import antispoof, hostif, l2net, names, ownership, podport
 from xvmcni.dataplane.errors import DataplaneError
 from xvmcni.dataplane.hostif import HostInterface, HostInterfaceCache
 from xvmcni.dataplane.netlink import IFF_UP, get_link, link_kind, rtnl
-from xvmcni.dataplane.netns import netns_gone, open_netns
+from xvmcni.dataplane.netns import open_netns
 from xvmcni.dataplane.reaper import VethReaper
 from xvmcni.models.base import IPInterface, Plugged, Pod
 
@@ -272,7 +272,7 @@ class L2Model:
             self._bridge_index = l2net.ensure(self.ipr, spec, in_use=True)
         side = self._side(pod, spec.mtu, addresses, mac)
         pair = podport.plug(self.guard_table, self.ipr, pod_ns.ipr, pod_ns.fd,
-                            pod.host_ifname, self._bridge_index, side)
+                            pod.host_ifname, self._bridge_index, side, self._reaper)
         return Plugged(
             interfaces=[Interface(spec.bridge, spec.gateway_mac, mtu=spec.mtu),
                         Interface(pod.host_ifname, pair.host_mac, mtu=spec.mtu),
@@ -294,34 +294,8 @@ class L2Model:
         return ownership.guard_table_name(self.settings.network)
 
     def unplug(self, pod: Pod, owned: bool) -> None:
-        network = self.settings.network
-        # A device without our mark is this attachment's only when we hold its record
-        # (made by an earlier xvm-cni); one with another network's mark never is.
-        if self._reaper is not None:
-            link = get_link(self.ipr, pod.host_ifname)
-            mark = ownership.owner(link)
-            if link is not None and (mark.network == network if mark else owned) \
-                    and self._reaper.retire(self.ipr, pod.host_ifname):
-                self._evict(pod.host_ifname)
-                return  # down and queued: the agent deletes the pair off the request path
-        outcome = veth.remove_host_end(self.ipr, pod.host_ifname, network, owned)
-        if outcome == veth.FOREIGN:
-            log.warning("not removing %s: it does not belong to network %s",
-                        pod.host_ifname, network)
-            return
-        self._evict(pod.host_ifname)
-        if outcome == veth.REMOVED or not owned or not pod.netns:
-            return  # the container end went with the host end (or is not ours to touch)
-        # The host end is gone but a container end may remain (an interrupted ADD).
-        try:
-            if netns_gone(pod.netns):
-                return
-        except OSError as exc:
-            log.warning("cannot tell whether %s still exists (%s): leaving its "
-                        "interfaces alone", pod.netns, exc)
-            return
-        with self.enter(pod) as pod_ns:
-            veth.remove_container_end(pod_ns.ipr, pod.ifname)
+        podport.unplug(self.guard_table, self.ipr, self._reaper, self.settings.network,
+                       pod.host_ifname, pod.ifname, pod.netns, owned)
 
     def check(self, pod_ns: Any, pod: Pod, addresses: list[IPInterface],
               mac: str) -> list[str]:

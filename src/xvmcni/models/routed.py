@@ -30,7 +30,7 @@ from xvmcni.controlplane.base import Peer
 from xvmcni.dataplane import antispoof, egress, names, nft, ownership, podport, routes, sysctl, veth
 from xvmcni.dataplane.errors import DataplaneError
 from xvmcni.dataplane.netlink import IFF_UP, get_link, link_kind, rtnl
-from xvmcni.dataplane.netns import netns_gone, open_netns
+from xvmcni.dataplane.netns import open_netns
 from xvmcni.dataplane.reaper import VethReaper
 from xvmcni.dataplane.routednet import (
     VXLAN_OVERHEAD,
@@ -375,7 +375,7 @@ class RoutedModel:
             self._bridge_index = self._ready() or self._full_join(in_use=True)
         side = self._side(pod, mtu, addresses, mac)
         pair = podport.plug(self.guard_table, self.ipr, pod_ns.ipr, pod_ns.fd,
-                            pod.host_ifname, self._bridge_index, side)
+                            pod.host_ifname, self._bridge_index, side, self._reaper)
         gateways: dict[int, IPAddress] = {v: gw for v in sorted({a.version for a in addresses})
                      if (gw := self.gateway(v)) is not None}
         return Plugged(
@@ -398,31 +398,8 @@ class RoutedModel:
         podport.evict(self.guard_table, host_ifname)
 
     def unplug(self, pod: Pod, owned: bool) -> None:
-        network = self.settings.network
-        if self._reaper is not None:
-            link = get_link(self.ipr, pod.host_ifname)
-            mark = ownership.owner(link)
-            if link is not None and (mark.network == network if mark else owned) \
-                    and self._reaper.retire(self.ipr, pod.host_ifname):
-                self._evict(pod.host_ifname)
-                return
-        outcome = veth.remove_host_end(self.ipr, pod.host_ifname, network, owned)
-        if outcome == veth.FOREIGN:
-            log.warning("not removing %s: it does not belong to network %s",
-                        pod.host_ifname, network)
-            return
-        self._evict(pod.host_ifname)
-        if outcome == veth.REMOVED or not owned or not pod.netns:
-            return
-        try:
-            if netns_gone(pod.netns):
-                return
-        except OSError as exc:
-            log.warning("cannot tell whether %s still exists (%s): leaving its "
-                        "interfaces alone", pod.netns, exc)
-            return
-        with self.enter(pod) as pod_ns:
-            veth.remove_container_end(pod_ns.ipr, pod.ifname)
+        podport.unplug(self.guard_table, self.ipr, self._reaper, self.settings.network,
+                       pod.host_ifname, pod.ifname, pod.netns, owned)
 
     def check(self, pod_ns: Any, pod: Pod, addresses: list[IPInterface],
               mac: str) -> list[str]:
