@@ -51,7 +51,11 @@ class VethReaper:
         self._thread = threading.Thread(target=self._loop, name="veth-reaper", daemon=True)
         # (anti-spoofing table, port) whose elements go once the veth is gone: a retired
         # port sends nothing, and reading the table to evict it costs a DEL milliseconds.
+        # Their own locks, not reap_lock: a DEL must not wait for a group delete (an
+        # RCU grace period) just to queue an eviction.
         self._evictions: set[tuple[str, str]] = set()
+        self._pending_lock = threading.Lock()
+        self._evict_lock = threading.Lock()
 
     def start(self) -> None:
         self._thread.start()
@@ -75,17 +79,20 @@ class VethReaper:
 
     def evict_later(self, table: str, port: str) -> None:
         """Queue the port's anti-spoofing elements for removal with the next batch."""
-        with reap_lock:
+        with self._pending_lock:
             self._evictions.add((table, port))
         self._wake.set()
 
     def settle(self, table: str, port: str) -> None:
         """Remove the port's queued elements now: its name is wanted again, and a
-        late eviction would take the new pod's admission away."""
-        with reap_lock:
-            if (table, port) in self._evictions:
+        late eviction would take the new pod's admission away. Waits for a batch in
+        flight, which may hold this port."""
+        with self._evict_lock:
+            with self._pending_lock:
+                if (table, port) not in self._evictions:
+                    return
                 self._evictions.discard((table, port))
-                _evict({(table, port)})
+            _evict({(table, port)})
 
     def _loop(self) -> None:
         with rtnl() as ipr:  # created in this thread: the agent's host netns
@@ -104,7 +111,9 @@ class VethReaper:
             except NetlinkError as exc:
                 if exc.code not in (errno.ENODEV, errno.EINVAL):
                     log.error("deleting retired veths failed: %s", exc)
-            pending, self._evictions = self._evictions, set()
+        with self._evict_lock:
+            with self._pending_lock:
+                pending, self._evictions = self._evictions, set()
             try:
                 _evict(pending)
             except DataplaneError as exc:
