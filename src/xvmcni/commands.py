@@ -103,7 +103,8 @@ def _locked_registry(call: Call) -> Iterator[AttachmentRegistry]:
 
 
 def _ipam(call: Call, model: NetworkModel) -> Ipam:
-    return networks.ipam(call.network, call.request, model.underlay_address)
+    return networks.ipam(call.network, call.request, model.underlay_address,
+                         call.runtime.control_planes)
 
 
 def _leave_if_unused(model: NetworkModel, registry: AttachmentRegistry,

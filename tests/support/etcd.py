@@ -62,7 +62,7 @@ class EtcdServer:
     def start(self, timeout: float = 20.0) -> None:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(self.argv(), stdout=log, stderr=log,
-                                         preexec_fn=_die_with_parent)  # noqa: PLW1509
+                                         preexec_fn=_die_with_parent)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -162,7 +162,7 @@ class Rig:
             yield FakeModel(self.log, self.fail, self.problems)
 
         monkeypatch.setattr(networks, "open_model", open_model)
-        monkeypatch.setattr(networks, "ipam", lambda network, request, address:
+        monkeypatch.setattr(networks, "ipam", lambda network, request, address, planes=None:
                             FakeIpam(self.log, self.fail, self.needs_interface))
 
     def config(self, **extra: Any) -> dict[str, Any]:

@@ -42,7 +42,7 @@ BACKOFF_FIRST = 0.2
 BACKOFF_CAP = 5.0
 
 
-class ClaimsExhausted(Exception):
+class ClaimsExhausted(LookupError):
     """Every candidate is held by some host."""
 
 

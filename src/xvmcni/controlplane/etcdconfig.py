@@ -102,7 +102,7 @@ def parse(section: dict[str, Any]) -> EtcdSettings:
         raise fail("controlPlane 'endpoints' mixes http:// and https://")
 
     prefix = get(section, "prefix", str, DEFAULT_PREFIX)
-    if not prefix.startswith("/") or prefix.endswith("/") and prefix != "/" \
+    if not prefix.startswith("/") or (prefix.endswith("/") and prefix != "/") \
             or any(c.isspace() for c in prefix):
         raise fail(f"controlPlane 'prefix' {prefix!r} must start with '/', not end with "
                    "one, and hold no spaces")

@@ -152,10 +152,8 @@ def _change(event: Any) -> Change:
 
 def _describe(exc: BaseException) -> str:
     code = getattr(exc, "code", None)
-    if callable(code):
-        try:
-            details = exc.details() if hasattr(exc, "details") else ""  # type: ignore[attr-defined]
-            return f"{code().name}: {details}"
-        except Exception:  # a half-built RpcError; its class name says enough
-            return type(exc).__name__
+    details = getattr(exc, "details", None)
+    if callable(code) and callable(details):
+        name = getattr(code(), "name", str(code()))
+        return f"{name}: {details()}"
     return str(exc) or type(exc).__name__
