@@ -100,6 +100,9 @@ class FakeModel:
     def on_peers(self, peers: list[Any]) -> None:
         return None
 
+    def local_peer(self, name: str) -> Any:
+        return None
+
     def describe(self) -> dict[str, Any]:
         return {"model": "fake"}
 

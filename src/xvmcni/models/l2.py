@@ -31,6 +31,7 @@ from xvmcni.dataplane.hostif import HostInterface, HostInterfaceCache
 from xvmcni.dataplane.netlink import IFF_UP, get_link, link_kind, rtnl
 from xvmcni.dataplane.netns import netns_gone, open_netns
 from xvmcni.dataplane.reaper import VethReaper
+from xvmcni.ipam import blocks
 from xvmcni.models.base import IPInterface, Plugged, Pod
 
 log = logging.getLogger(__name__)
@@ -470,6 +471,17 @@ class L2Model:
         if changed is not None and (changed[0] or changed[1]):
             log.info("%s flood list: added %s, removed %s", s.network,
                      ", ".join(changed[0]) or "-", ", ".join(changed[1]) or "-")
+
+    def local_peer(self, name: str) -> Peer | None:
+        s = self.settings
+        vxlan = get_link(self.ipr, s.vxlan_name)
+        if vxlan is None or not ownership.owned_by(vxlan, s.network):
+            return None  # not joined: nobody should flood to us yet
+        cidrs: tuple[str, ...] = ()
+        if self._state_dir is not None:
+            cidrs = tuple(str(b).replace("_", "/") for b in blocks.read_claims(self._state_dir))
+        return Peer(name=name, underlay=self.host().address,
+                    vtep_mac=str(vxlan.get("IFLA_ADDRESS", "")), pod_cidrs=cidrs)
 
     def describe(self) -> dict[str, Any]:
         s = self.settings
