@@ -15,6 +15,7 @@ import ipaddress
 import json
 import logging
 import os
+import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,7 +81,7 @@ def candidates(subnet: ipaddress.IPv4Network, prefix: int, host: str,
     (blocks it held before), then all from a start derived from the host name, so
     hosts starting together do not all race for block 0."""
     blocks = [block_key(b) for b in subnet.subnets(new_prefix=prefix)]
-    start = int.from_bytes(host.encode()[:8].ljust(8, b"\0"), "big") % len(blocks)
+    start = zlib.crc32(host.encode()) % len(blocks)
     ordered = blocks[start:] + blocks[:start]
     return [b for b in prefer if b in blocks] + [b for b in ordered if b not in prefer]
 
