@@ -128,15 +128,19 @@ def test_a_compacted_watch_revision_makes_a_full_list(
 def test_claims_are_kept_across_restarts_and_handed_back_after_the_grace_period(
         etcd: EtcdServer, planes: list[EtcdControlPlane]) -> None:
     a = plane(planes, etcd, "a", reclaimAfter=3)
-    assert a.claim("blocks", ["x", "y"]) == "x"
-    a.publish(peer("a", 1))  # its keeper refreshes the grace lease too
+    assert a.claim("blocks", ["x", "y"]) == "x"  # a is up (not joined): it keeps x alive
     b = plane(planes, etcd, "b", reclaimAfter=3)
     assert b.claim("blocks", ["x", "y"]) == "y"
     with pytest.raises(ClaimsExhausted):
         b.claim("blocks", ["x", "y"])
-    time.sleep(4)  # past the grace period: a refreshed, b (no keeper) did not
+    b.close()  # b goes away
+    planes.remove(b)
+    assert plane(planes, etcd, "b", reclaimAfter=3).owned("blocks") == ["y"]  # a restart
+    planes.pop().close()
+    time.sleep(4)  # past the grace period: a refreshed, b is gone
     assert plane(planes, etcd, "a", reclaimAfter=3).owned("blocks") == ["x"]
     assert plane(planes, etcd, "b", reclaimAfter=3).owned("blocks") == []
+    assert plane(planes, etcd, "c", reclaimAfter=3).claim("blocks", ["x", "y"]) == "y"
 
 
 def _race(endpoint: str, network: str, me: str, barrier: object,

@@ -128,11 +128,19 @@ class EtcdControlPlane:
         with self._lock:
             changed = me != self._record
             self._record = me
-            first = not any(t.name.startswith("etcd-keeper") for t in self._threads)
-        if first:
-            self._start("keeper", self._keep)
+        self._ensure_keeper()
         if changed:
             self._wake.set()
+
+    def _ensure_keeper(self) -> None:
+        """The keeper runs once there is a record or a claim to keep alive."""
+        with self._lock:
+            if any(t.name.startswith("etcd-keeper") for t in self._threads):
+                return
+            thread = threading.Thread(target=self._keep, name=f"etcd-keeper-{self.network}",
+                                      daemon=True)
+            self._threads.append(thread)
+        thread.start()
 
     def unpublish(self) -> None:
         """Remove this host's record now (the host left the network)."""
@@ -162,6 +170,7 @@ class EtcdControlPlane:
             self._wake.clear()
 
     def _keep_once(self, published: Peer | None) -> Peer | None:
+        self._refresh_claims()
         with self._lock:
             record, lease = self._record, self._lease
         if record is None:
@@ -176,12 +185,18 @@ class EtcdControlPlane:
             self.store.put(self.hosts_prefix + self.me, encode_peer(record), lease=lease)
         with self._lock:
             self._lease = lease
+        return record
+
+    def _refresh_claims(self) -> None:
+        """Keep the grace leases of this host's claims alive (whether or not the host
+        has joined: a host that is up keeps its blocks)."""
+        with self._lock:
             graces = sorted(self._grace)
         for grace in graces:
             if self.store.refresh(grace) <= 0:
+                log.warning("%s: a claim lease of this host had expired", self.network)
                 with self._lock:
                     self._grace.discard(grace)
-        return record
 
     # --- peers -----------------------------------------------------------------------
 
@@ -294,6 +309,8 @@ class EtcdControlPlane:
         mine = [e for e in entries if _owner(e) == self.me]
         with self._lock:
             self._grace.update(e.lease for e in mine if e.lease)
+        if mine:
+            self._ensure_keeper()
         return sorted(e.key[len(self.claims_prefix(kind)):] for e in mine)
 
     def claim(self, kind: str, candidates: Iterable[str]) -> str:
@@ -321,6 +338,7 @@ class EtcdControlPlane:
         lease = self.store.grant(self.settings.reclaim_after)
         with self._lock:
             self._grace.add(lease)
+        self._ensure_keeper()
         return lease
 
     # --- lifecycle -------------------------------------------------------------------
