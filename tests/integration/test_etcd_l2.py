@@ -262,3 +262,17 @@ def test_l2_over_etcd_across_a_router(lab: RoutedLab) -> None:
     boot_agent(hosts[1])
     expect_flood_lists(hosts, hosts, timeout=15)
     assert pings(hosts[1], pods[1], addresses[2])
+
+    # Host 1 leaves (its last containers go): its record is withdrawn at once.
+    conf = network(hosts[0], lab.etcd)
+    for container, pod in (("et0", pods[0]), ("et-extra", extra)):
+        assert hosts[0].cni("DEL", conf, container, pod).rc == 0
+    expect_flood_lists(hosts, hosts[1:], timeout=TTL)
+    # It joins again with its agent down: the in-process ADD programs the flood list
+    # from the agent's cached peer set, and the others learn its pod from its floods.
+    stop_agent(hosts[0])
+    again = hosts[0].new_pod()
+    rejoined = hosts[0].add(conf, "et-again", again)
+    assert flood_list(hosts[0]) == sorted(underlay(h) for h in hosts[1:])
+    assert pings(hosts[0], again, addresses[2])
+    assert pod_address(rejoined) != addresses[1]
