@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.etcd import EtcdServer, running_etcd
+from tests.support.etcd import EtcdServer, make_tls, running_etcd
 from xvmcni.controlplane import etcdconfig
 from xvmcni.controlplane.base import Peer
 from xvmcni.controlplane.etcd import ClaimsExhausted, EtcdControlPlane
@@ -172,3 +172,21 @@ def test_two_processes_racing_for_the_last_block_exactly_one_wins(etcd: EtcdServ
         assert got == ["exhausted", "last"]
         owner = etcd.ctl("get", f"/xvm-cni/race{round_}/blocks/last", "--print-value-only")
         assert owner.count('"host"') == 1
+
+
+def test_mutual_tls(tmp_path: Path, planes: list[EtcdControlPlane]) -> None:
+    tls = make_tls(tmp_path / "tls")
+    with running_etcd(tmp_path, tls=tls) as server:
+        assert server.endpoint.startswith("https://")
+        cp = {"caFile": str(tls.ca), "certFile": str(tls.client_cert),
+              "keyFile": str(tls.client_key)}
+        a, b = plane(planes, server, "a", **cp), plane(planes, server, "b", **cp)
+        b.watch(lambda _: None)
+        a.publish(peer("a", 1))
+        wait_for(lambda: names(b.peers()) == ["a"], 10, "a at b over TLS")
+        assert a.claim("blocks", ["x"]) == "x"
+        # Without a client certificate etcd refuses us: the record never arrives.
+        anonymous = plane(planes, server, "c", caFile=str(tls.ca))
+        anonymous.publish(peer("c", 3))
+        time.sleep(2)
+        assert names(b.peers()) == ["a"]

