@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,9 @@ from xvmcni.state.locks import network_lock
 log = logging.getLogger(__name__)
 
 SYNC_INTERVAL = 5.0
+# How often the network list is read again from the config and data dirs without a
+# nudge (it parses every config: not on every tick).
+RESCAN_INTERVAL = 30.0
 
 
 class _Tracked:
@@ -61,6 +65,9 @@ class PeerSync:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        self._rescan = True
+        self._scanned = 0.0
+        self._wanted: dict[Path, Network] = {}
 
     def start(self) -> None:
         """In the background: etcd being slow or away must not delay serving ADDs."""
@@ -69,6 +76,7 @@ class PeerSync:
         self._thread.start()
 
     def nudge(self) -> None:
+        self._rescan = True
         self._wake.set()
 
     def stop(self) -> None:
@@ -95,8 +103,15 @@ class PeerSync:
 
     # --- one pass --------------------------------------------------------------------
 
+    def _networks(self) -> dict[Path, Network]:
+        if self._rescan or time.monotonic() - self._scanned >= RESCAN_INTERVAL:
+            self._rescan = False
+            self._scanned = time.monotonic()
+            self._wanted = {n.state_dir: n for n in self._known() if n.etcd is not None}
+        return self._wanted
+
     def sync(self) -> None:
-        wanted = {n.state_dir: n for n in self._known() if n.etcd is not None}
+        wanted = self._networks()
         with self._lock:
             for state_dir in list(self._tracked):
                 item = self._tracked[state_dir]

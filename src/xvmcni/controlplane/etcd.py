@@ -157,15 +157,24 @@ class EtcdControlPlane:
     def _keep(self) -> None:
         backoff = Backoff()
         published: Peer | None = None
+        failing = False
         while not self._stop.is_set():
             try:
                 published = self._keep_once(published)
                 backoff.reset()
                 wait = self.settings.ttl / 3
+                if failing:
+                    log.info("%s: etcd reachable again; this host's record is kept",
+                             self.network)
+                failing = False
             except EtcdUnavailable as exc:
                 wait = min(backoff.next(), self.settings.ttl / 3)
-                log.warning("%s: etcd unavailable while keeping this host's record: %s; "
-                            "retrying in %.1fs", self.network, exc, wait)
+                # Said once per outage; the retries go to debug.
+                log.log(logging.DEBUG if failing else logging.WARNING,
+                        "%s: etcd unavailable while keeping this host's record: %s; "
+                        "retrying every %.1fs at most", self.network, exc,
+                        self.settings.ttl / 3)
+                failing = True
             self._wake.wait(wait)
             self._wake.clear()
 
@@ -231,8 +240,9 @@ class EtcdControlPlane:
                 need_list = True
             except EtcdUnavailable as exc:
                 delay = backoff.next()
-                log.warning("%s: etcd watch down (%s); peers kept as last known, retrying "
-                            "in %.1fs", self.network, exc, delay)
+                log.log(logging.WARNING if delay == BACKOFF_FIRST else logging.DEBUG,
+                        "%s: etcd watch down (%s); peers kept as last known, retrying "
+                        "in %.1fs", self.network, exc, delay)
                 self._stop.wait(delay)
             if watch_id is not None:
                 self._cancel(watch_id)
