@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
-# sudo ./demo.sh — a three-host lab (network namespaces on this machine), two pods per
-# host on one VXLAN network, then a connectivity check; the lab is always torn down.
+# sudo ./demo.sh          — a three-host lab (network namespaces on this machine), two pods
+#                            per host on one VXLAN network (seed 000), then a connectivity
+#                            check; the lab is always torn down.
+# sudo ./demo.sh routed   — the same with the routed model (a pod CIDR per host, routes
+#                            over VXLAN) on a routed underlay: hosts in two subnets behind a
+#                            router that carries no multicast.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")"
@@ -13,6 +17,12 @@ fi
 ./scripts/bootstrap.sh
 
 lab=xvmdemo
+mode=${1:-l2}
+case "$mode" in
+    l2) lab_args=() ;;
+    routed) lab=xvmdemort; lab_args=(--model routed --encap vxlan --underlay routed) ;;
+    *) echo "demo.sh: unknown demo '$mode' (use: l2, routed)" >&2; exit 2 ;;
+esac
 teardown() {
     echo "demo: tearing down lab $lab"
     .venv/bin/xvmctl lab down --name "$lab" || echo "demo: warning: lab down failed" >&2
@@ -20,7 +30,7 @@ teardown() {
 trap teardown EXIT
 
 rc=0
-.venv/bin/xvmctl lab up --hosts 3 --pods 2 --name "$lab" || rc=$?
+.venv/bin/xvmctl lab up --hosts 3 --pods 2 --name "$lab" "${lab_args[@]}" || rc=$?
 if [[ $rc -eq 0 ]]; then
     echo "demo: OK"
 else

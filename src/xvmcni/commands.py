@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from xvmcni import logsetup, networks
+from xvmcni.cni.names import shown
 from xvmcni.cni.request import Request
 from xvmcni.cni.result import IPConfig, Result, version_tuple
 from xvmcni.dataplane.errors import DataplaneError
@@ -35,7 +36,7 @@ from xvmcni.errors import (
     CniError,
 )
 from xvmcni.ipam.base import Ipam
-from xvmcni.models.base import NetworkModel, Pod
+from xvmcni.models.base import IPAddress, NetworkModel, Pod
 from xvmcni.networks import Network
 from xvmcni.runtime import LOCK_TIMEOUT, REGISTRY_FILE, Runtime
 from xvmcni.state import netstate
@@ -102,6 +103,18 @@ def _locked_registry(call: Call) -> Iterator[AttachmentRegistry]:
         yield registry
 
 
+def _name_rebuilt(registry: AttachmentRegistry, model: NetworkModel,
+                  key: tuple[str, str]) -> None:
+    """An attachment ``xvmctl ipam rebuild`` recorded without its container ID gets the
+    real one when the runtime names the container that owns its device."""
+    if registry.get(*key) is not None:
+        return
+    unnamed = registry.unnamed(model.host_ifname(*key))
+    if unnamed is not None:
+        log.info("attachment on %s is %s/%s", unnamed.host_ifname, key[0][:12], key[1])
+        registry.rename(unnamed.key, key)
+
+
 def _ipam(call: Call, model: NetworkModel) -> Ipam:
     return networks.ipam(call.network, call.request, model.underlay_address,
                          call.runtime.control_planes)
@@ -120,28 +133,32 @@ def _attempt(what: str, step: Callable[..., object], *args: Any) -> None:
     leak what the caller cannot see); the caller gets the original error."""
     try:
         step(*args)
-    except Exception:
+    except Exception:  # logged here; the caller gets the original error instead
         log.exception("rollback after failed ADD: could not %s", what)
 
 
 # --- static requests -----------------------------------------------------------------
 
-def requested_addresses(request: Request, network: Network) -> list[ipaddress.IPv4Address]:
-    """Static addresses from CNI_ARGS ``IP=`` or the ``ips`` capability."""
+def requested_addresses(request: Request, network: Network) -> list[IPAddress]:
+    """Static addresses from CNI_ARGS ``IP=`` or the ``ips`` capability (the IPAM
+    judges them: how many per family, and where they may lie)."""
     raw: list[str] = []
     if request.args.get("IP"):
         raw.extend(part for part in request.args["IP"].split(",") if part)
     caps = network.config.runtime_config.get("ips")
     if isinstance(caps, list):
-        raw.extend(str(item) for item in caps)
+        for item in caps:
+            if not isinstance(item, str):
+                raise CniError(INVALID_CONFIG, "runtimeConfig.ips must hold addresses in "
+                               f"strings, got {shown(item)}")
+            raw.append(item)
     out = []
     for text in raw:
         try:
             addr = ipaddress.ip_interface(text.strip()).ip
         except ValueError as exc:
-            raise CniError(INVALID_CONFIG, f"requested IP {text!r} is not an address") from exc
-        if not isinstance(addr, ipaddress.IPv4Address):
-            raise CniError(INVALID_CONFIG, f"requested IP {text!r} is IPv6; this network is IPv4")
+            raise CniError(INVALID_CONFIG,
+                           f"requested IP {shown(text)} is not an address") from exc
         out.append(addr)
     return out
 
@@ -156,7 +173,11 @@ def requested_mac(request: Request, network: Network) -> str:
         raise CniError(INVALID_CONFIG, f"requested MAC {mac!r} is not a MAC address")
     if mac and int(parts[0], 16) & 1:
         raise CniError(INVALID_CONFIG, f"requested MAC {mac!r} is a multicast address")
-    return mac.lower()
+    mac = mac.lower()
+    why = networks.reserved_mac(network, mac) if mac else ""
+    if why:
+        raise CniError(INVALID_CONFIG, f"requested MAC {mac} is reserved: {why}")
+    return mac
 
 
 # --- ADD -----------------------------------------------------------------------------
@@ -167,23 +188,34 @@ def _add(call: Call) -> dict[str, Any]:
     request = call.request
     with networks.open_model(call.network, call.runtime) as model:
         model.prepare()  # e.g. a missing hostInterface fails here, before any change
+        ipam = _ipam(call, model)
+        ipam.validate(requested)  # e.g. an address in another host's pool
         pod = Pod(request.container_id, request.ifname, request.netns,
                   model.host_ifname(*call.pod_key))
         with model.enter(pod) as pod_ns, _locked_registry(call) as registry:
-            return _add_locked(call, model, _ipam(call, model), pod_ns, pod, registry,
-                               requested, mac)
+            return _add_locked(call, model, ipam, pod_ns, pod, registry, requested, mac)
 
 
 def _add_locked(call: Call, model: NetworkModel, ipam: Ipam, pod_ns: Any, pod: Pod,
-                registry: AttachmentRegistry, requested: list[ipaddress.IPv4Address],
+                registry: AttachmentRegistry, requested: list[IPAddress],
                 mac: str) -> dict[str, Any]:
     request = call.request
+    _name_rebuilt(registry, model, call.pod_key)
     existing = registry.get(*call.pod_key)
+    if mac and existing is None:
+        # Under the network's lock: no other ADD can take the MAC before we record it.
+        holder = registry.mac_holder(mac)
+        if holder is not None:
+            raise CniError(INVALID_CONFIG,
+                           f"requested MAC {mac} is held by container {holder[0]} "
+                           f"({holder[1]}) of network {call.network.name} on this host",
+                           "two interfaces with one MAC on a bridge steal each other's "
+                           "frames")
     # In use: some container (this one too, on a repeated ADD) relies on the host side,
     # so nothing of it may be recreated, and a failure must not take it away.
     in_use = registry.count() > 0
     record = Attachment(container_id=request.container_id, ifname=request.ifname,
-                        netns=request.netns, host_ifname=pod.host_ifname)
+                        netns=request.netns, host_ifname=pod.host_ifname, mac=mac)
     with contextlib.ExitStack() as undo:
         if not in_use and netstate.remember(call.network.state_dir, call.network.config.raw):
             undo.callback(_attempt, "forget the network", netstate.forget,
@@ -210,7 +242,8 @@ def _add_locked(call: Call, model: NetworkModel, ipam: Ipam, pod_ns: Any, pod: P
              ", ".join(map(str, attachment.addresses)), pod.host_ifname)
     result = Result(
         interfaces=plugged.interfaces,
-        ips=[IPConfig(addr, plugged.gateway, plugged.container_index)
+        ips=[IPConfig(addr, plugged.gateways.get(addr.version, plugged.gateway),
+                      plugged.container_index)
              for addr in attachment.addresses],
         routes=plugged.routes,
         dns=dict(call.network.config.dns or ipam.dns()),
@@ -224,6 +257,7 @@ def _del(call: Call) -> None:
     request = call.request
     with networks.open_model(call.network, call.runtime) as model, \
             _locked_registry(call) as registry:
+        _name_rebuilt(registry, model, call.pod_key)
         record = registry.get(*call.pod_key)
         host_ifname = (record.host_ifname if record is not None and record.host_ifname
                        else model.host_ifname(*call.pod_key))
@@ -248,7 +282,7 @@ def _check(call: Call) -> None:
             raise CniError(UNKNOWN_CONTAINER,
                            f"no attachment {request.container_id}/{request.ifname} "
                            f"on network {call.network.name}")
-        expected = [ipaddress.IPv4Interface(ip.address) for ip in _container_ips(prev, request)]
+        expected = [ip.address for ip in _container_ips(prev, request)]
         found: list[str] = []
         if sorted(map(str, expected)) != sorted(map(str, record.addresses)):
             found.append(f"prevResult addresses {[str(a) for a in expected]} differ from the "
@@ -266,11 +300,11 @@ def _check(call: Call) -> None:
 
 
 def _container_ips(prev: Result, request: Request) -> list[IPConfig]:
-    """prevResult's IPv4 addresses that belong to our container interface."""
+    """prevResult's addresses that belong to our container interface."""
     mine = {i for i, iface in enumerate(prev.interfaces)
             if iface.name == request.ifname and iface.sandbox}
-    return [ip for ip in prev.ips if ip.address.version == 4
-            and (ip.interface is None or not mine or ip.interface in mine)]
+    return [ip for ip in prev.ips
+            if (ip.interface is None or not mine or ip.interface in mine)]
 
 
 # --- GC ------------------------------------------------------------------------------
@@ -303,6 +337,8 @@ def _gc(call: Call) -> None:
     valid = valid_attachments(call.network.config.raw)
     with networks.open_model(call.network, call.runtime) as model, \
             _locked_registry(call) as registry:
+        for key in valid:
+            _name_rebuilt(registry, model, key)
         stale = _ipam(call, model).gc(registry, valid)
         for gone in stale:
             log.info("GC: releasing %s/%s %s", gone.container_id[:12], gone.ifname,

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from xvmcni.cni import wire
+from xvmcni.cni.names import shown
 from xvmcni.cni.result import Result, check_version
 from xvmcni.cni.wire import timeout_problem
 from xvmcni.errors import INVALID_CONFIG, CniError
@@ -22,7 +23,12 @@ DEFAULT_DATA_DIR = Path(wire.DEFAULT_DATA_DIR)
 DEFAULT_MODEL = "l2"
 DEFAULT_CONTROL_PLANE = "multicast"
 LOG_LEVELS = ("debug", "info", "warning", "error")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
+# The network name becomes part of derived names: the state directory (a path
+# component, 255 bytes), the nftables table name (256) and the host veth's alias
+# "xvm-cni:<network>:<containerID>:<ifname>" (IFALIASZ, 256 bytes with a 64-character
+# container ID). 64 leaves each of them room.
+NAME_MAX = 64
 
 
 @dataclass
@@ -68,8 +74,7 @@ def get(raw: dict[str, Any], key: str, kind: type | tuple[type, ...], default: A
 
 
 def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return shown(value)
 
 
 def _kind_name(kind: type | tuple[type, ...]) -> str:
@@ -86,8 +91,14 @@ def parse(raw: dict[str, Any]) -> NetworkConfig:
     name = get(raw, "name", str)
     if not name:
         raise fail("'name' is required")
-    if not _NAME_RE.match(name):
-        raise fail(f"'name' {name!r} may hold only letters, digits, '_', '.' and '-'")
+    # fullmatch: with match() and "$", a trailing newline would pass.
+    if not _NAME_RE.fullmatch(name):
+        raise fail(f"'name' {_short(name)} may hold only letters, digits, '_', '.' and '-', "
+                   "and must begin with a letter or digit")
+    if len(name) > NAME_MAX:
+        raise fail(f"'name' is {len(name)} characters long; at most {NAME_MAX} are allowed",
+                   "it becomes part of the state directory, nftables table and device "
+                   "alias names")
 
     model = get(raw, "model", str, DEFAULT_MODEL)
     control_plane = _control_plane(raw)
@@ -114,15 +125,28 @@ def parse(raw: dict[str, Any]) -> NetworkConfig:
         name=name,
         model=model,
         control_plane=control_plane,
-        data_dir=Path(get(raw, "dataDir", str, str(DEFAULT_DATA_DIR))),
+        data_dir=Path(_absolute_path(raw, "dataDir") or DEFAULT_DATA_DIR),
         dns=get(raw, "dns", dict, {}),
-        log_file=get(raw, "logFile", str, ""),
+        log_file=_absolute_path(raw, "logFile"),
         log_level=log_level,
         ipam=ipam,
         prev_result=Result.from_dict(prev) if prev is not None else None,
         runtime_config=get(raw, "runtimeConfig", dict, {}),
         raw=raw,
     )
+
+
+def _absolute_path(raw: dict[str, Any], key: str) -> str:
+    """An absolute path, or '' when absent. A relative one would depend on the directory
+    the runtime happens to start the plugin in (and the agent in another)."""
+    text: str = get(raw, key, str, "")
+    if not text:
+        return ""
+    if "\0" in text:
+        raise fail(f"{key!r} contains a NUL character")
+    if not text.startswith("/"):
+        raise fail(f"{key!r} {_short(text)} must be an absolute path")
+    return text
 
 
 def _control_plane(raw: dict[str, Any]) -> str:

@@ -18,38 +18,55 @@ from typing import Any
 from xvmcni import config
 from xvmcni.cni.request import Request
 from xvmcni.config import NetworkConfig
-from xvmcni.controlplane import etcdconfig
-from xvmcni.controlplane.base import ControlPlane
+from xvmcni.controlplane import etcdconfig, static
+from xvmcni.controlplane.base import ControlPlane, Peer
 from xvmcni.controlplane.etcdconfig import EtcdSettings
 from xvmcni.controlplane.multicast import MulticastControlPlane
+from xvmcni.dataplane import names
 from xvmcni.ipam import blocks
 from xvmcni.ipam.base import Ipam
 from xvmcni.ipam.blocks import BlockIpam, BlockSettings
+from xvmcni.ipam.cidr import CidrIpam, CidrPool
 from xvmcni.ipam.delegated import DelegatedIpam
 from xvmcni.ipam.pool import AddressPool, pool_for_host
 from xvmcni.ipam.slices import SliceIpam, SliceSettings
 from xvmcni.ipam.slices import parse_settings as parse_slices
-from xvmcni.models import l2
+from xvmcni.models import l2, routed
 from xvmcni.models.base import NetworkModel
 from xvmcni.runtime import Runtime
 
-MODELS = ("l2",)
+MODELS = ("l2", "routed")
+# Each control plane is built from its "controlPlane" section (validated by parse).
+CONTROL_PLANES: dict[str, Callable[[dict[str, Any]], ControlPlane]] = {
+    "multicast": lambda section: MulticastControlPlane(),
+    static.KIND: lambda section: static.StaticControlPlane(static.parse_peers(section)),
+    # Built from the parsed network (name, settings): see control_plane().
+    "etcd": lambda section: _no_section_factory("etcd"),
+}
+# Fields that make a configuration without "model" a routed one (seed 003, bvcni).
+_ROUTED_HINTS = ("podCIDR", "podcidr")
 
 
 @dataclass(frozen=True)
 class Network:
     config: NetworkConfig
-    l2: l2.L2Settings
-    # Our own allocator's settings; None when a delegated IPAM plugin chooses (or
-    # blocks claimed through the control plane do).
+    settings: l2.L2Settings | routed.RoutedSettings
+    # Our own allocator's settings; None when a delegated IPAM plugin chooses.
     slices: SliceSettings | None
-    # controlPlane etcd: its settings, and the IPAM blocks hosts claim through it.
+    # Peers written in the configuration (controlPlane type "static"), else None.
+    static_peers: tuple[Peer, ...] | None = None
+    # controlPlane etcd: its settings, and the IPAM blocks hosts claim through it (l2).
     etcd: EtcdSettings | None = None
     blocks: BlockSettings | None = None
 
     @property
     def name(self) -> str:
         return self.config.name
+
+    @property
+    def l2(self) -> l2.L2Settings:
+        assert isinstance(self.settings, l2.L2Settings), "not an l2 network"
+        return self.settings
 
     @property
     def state_dir(self) -> Path:
@@ -59,29 +76,58 @@ class Network:
 def parse(raw: dict[str, Any]) -> Network:
     """Validate a whole network configuration; CniError(7) naming the bad field."""
     common = config.parse(raw)
+    if "model" not in raw and "subnet" not in raw \
+            and any(raw.get(k) is not None for k in _ROUTED_HINTS):
+        common.model = routed.KIND  # a pod CIDR per host and no shared subnet
     if common.model not in MODELS:
         raise config.fail(f"'model' {common.model!r} is not a network model of xvm-cni",
                           "known models: " + ", ".join(MODELS))
     if common.control_plane not in CONTROL_PLANES:
         raise config.fail(f"controlPlane type {common.control_plane!r} is not available",
                           "known: " + ", ".join(CONTROL_PLANES))
+    peers = None
+    if common.control_plane == static.KIND:
+        peers = tuple(static.parse_peers(config.get(raw, "controlPlane", dict)))
     if common.control_plane == "etcd":
-        etcd = etcdconfig.parse(raw["controlPlane"])
-        settings = l2.parse_settings(raw, common.name, unicast=True)
-        claimed = None if common.ipam is not None else blocks.parse_settings(raw,
-                                                                               settings.subnet)
-        return Network(common, settings, None, etcd, claimed)
+        return _parse_etcd(raw, common)
+    if common.model == routed.KIND:
+        rsettings = routed.parse_settings(raw, common.name)
+        v4 = rsettings.pod_cidr(4)
+        rslices = None
+        if common.ipam is None:
+            if isinstance(v4, ipaddress.IPv4Network):
+                rslices = parse_slices(raw, v4)
+            elif any(raw.get(k) is not None for k in ("rangeStart", "rangeEnd")):
+                raise config.fail("'rangeStart'/'rangeEnd' need an IPv4 'podCIDR'")
+            if rslices is not None and rslices.per_host_prefix is not None:
+                raise config.fail("'perHostPrefix' belongs to the l2 model",
+                                  "a routed host allocates from its whole 'podCIDR'")
+        return Network(common, rsettings, rslices, peers)
     settings = l2.parse_settings(raw, common.name)
     slices = None if common.ipam is not None else parse_slices(raw, settings.subnet)
-    return Network(common, settings, slices)
+    return Network(common, settings, slices, peers)
+
+
+def _parse_etcd(raw: dict[str, Any], common: NetworkConfig) -> Network:
+    etcd = etcdconfig.parse(raw["controlPlane"])
+    if common.model != l2.KIND:
+        raise config.fail(f"controlPlane etcd is not connected to model {common.model!r} yet",
+                          "use it with model l2, or controlPlane static")
+    settings = l2.parse_settings(raw, common.name, unicast=True)
+    claimed = None if common.ipam is not None else blocks.parse_settings(raw, settings.subnet)
+    return Network(common, settings, None, None, etcd, claimed)
 
 
 @contextlib.contextmanager
 def open_model(network: Network, runtime: Runtime) -> Iterator[NetworkModel]:
     """The network's model for one request, holding the host's netlink socket."""
     with runtime.host_rtnl() as ipr:
-        yield l2.L2Model(network.l2, ipr, runtime.reaper, runtime.hostif_cache,
-                         network.state_dir)
+        if isinstance(network.settings, routed.RoutedSettings):
+            peers = list(network.static_peers) if network.static_peers is not None else None
+            yield routed.RoutedModel(network.settings, ipr, runtime.reaper, peers)
+        else:
+            yield l2.L2Model(network.settings, ipr, runtime.reaper, runtime.hostif_cache,
+                             network.state_dir)
 
 
 def ipam(network: Network, request: Request, host_address: Callable[[], Any],
@@ -89,6 +135,8 @@ def ipam(network: Network, request: Request, host_address: Callable[[], Any],
     """The network's IPAM for ``request``. ``host_address`` gives this host's underlay
     address when the allocator needs it (our per-host slices); DEL never asks.
     ``planes``: the agent's running control planes, reused to claim blocks."""
+    if isinstance(network.settings, routed.RoutedSettings):
+        return _routed_ipam(network, network.settings, request)
     if network.config.ipam is not None:
         return DelegatedIpam(request, network.config.raw, network.l2.subnet.prefixlen)
     if network.blocks is not None:
@@ -103,23 +151,53 @@ def ipam(network: Network, request: Request, host_address: Callable[[], Any],
                              settings.per_host_prefix, settings.range_start,
                              settings.range_end)
 
-    return SliceIpam(pool)
+    return SliceIpam(pool, settings.static_ips)
 
 
-def _etcd_plane(network: Network) -> ControlPlane:
-    from xvmcni.controlplane.etcd import EtcdControlPlane
-    assert network.etcd is not None
-    return EtcdControlPlane(network.etcd, network.name)
+def reserved_mac(network: Network, mac: str) -> str:
+    """Why no pod of ``network`` may ask for ``mac`` (lower case); '' when it may.
+
+    The anycast gateway's MAC is on every host's bridge; and ``0a:58:<address>`` is
+    the MAC a pod without a requested one gets for its address in the subnet, so
+    asking for it would collide with that pod, now or later.
+    """
+    if mac == "00:00:00:00:00:00":
+        return "the all-zero MAC is not a valid interface address"
+    if mac == names.gateway_mac(network.l2.vxlan_id):
+        return "it is the network's anycast gateway MAC"
+    octets = bytes(int(part, 16) for part in mac.split(":"))
+    if octets[:2] == b"\x0a\x58":
+        derived_for = ipaddress.IPv4Address(octets[2:])
+        if derived_for in network.l2.subnet:
+            return (f"0a:58:... MACs are what pods without a requested MAC get; this one "
+                    f"belongs to address {derived_for}")
+    return ""
 
 
-CONTROL_PLANES: dict[str, Callable[[Network], ControlPlane]] = {
-    "multicast": lambda _: MulticastControlPlane(),
-    "etcd": _etcd_plane,
-}
+def _routed_ipam(network: Network, settings: routed.RoutedSettings,
+                 request: Request) -> Ipam:
+    """A routed host allocates from its own pod CIDRs, without coordination: they
+    are this host's alone. The gateways (first addresses) are never handed out."""
+    if network.config.ipam is not None:
+        first = settings.pod_cidr(4) or settings.pod_cidrs[0]
+        return DelegatedIpam(request, network.config.raw, first.prefixlen)
+    slices = network.slices or SliceSettings()
+    pools = tuple(
+        CidrPool.of(cidr, slices.range_start, slices.range_end) if cidr.version == 4
+        else CidrPool.of(cidr) for cidr in settings.pod_cidrs)
+    return CidrIpam(pools)
+
+
+def _no_section_factory(kind: str) -> ControlPlane:
+    raise AssertionError(f"control plane {kind} is built by control_plane(network)")
 
 
 def control_plane(network: Network) -> ControlPlane:
-    return CONTROL_PLANES[network.config.control_plane](network)
+    if network.etcd is not None:
+        from xvmcni.controlplane.etcd import EtcdControlPlane  # imports no client yet
+        return EtcdControlPlane(network.etcd, network.name)
+    section = config.get(network.config.raw, "controlPlane", dict, {})
+    return CONTROL_PLANES[network.config.control_plane](section)
 
 
 def hold_blocks(network: Network, plane: Any, need_new: bool = False) -> list[str]:

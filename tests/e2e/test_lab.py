@@ -24,16 +24,16 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
+from tests.support.pinging import PingRun, ping_continuously
 from xvmcni import lab as labmod
 from xvmcni.cli import status as statusmod
 from xvmcni.lab import plumbing, view
-from xvmcni.lab.icmp import echo, probe
+from xvmcni.lab.icmp import probe
 
 # Marked root and e2e by tests/conftest.py, as everything under tests/e2e.
 pytestmark = pytest.mark.skipif(os.geteuid() != 0,
@@ -583,42 +583,6 @@ def test_agent_metrics_endpoint_inside_a_host(lab3x2: labmod.Lab) -> None:
     assert samples['xvmcni_ipam_pool_addresses{network="xvm-network"}'] == 254
     assert samples['xvmcni_cni_request_seconds_count{command="ADD"}'] == 2
     assert "# TYPE xvmcni_cni_errors_total counter" in text
-
-
-@dataclass
-class PingRun:
-    """A continuous ping: one ICMP echo every ``interval`` s, each waiting up to 1 s."""
-
-    sent: int = 0
-    received: int = 0
-    sent_at: list[float] = field(default_factory=list)
-    lost: list[tuple[float, str]] = field(default_factory=list)   # (when sent, why)
-    max_rtt_ms: float = 0.0
-
-
-def ping_continuously(src: labmod.Pod, dst_ip: str, stop: threading.Event, run: PingRun,
-                      interval: float = 0.01) -> None:
-    """From inside ``src``'s namespace (this thread only) until ``stop`` is set."""
-    def loop() -> None:
-        next_at = time.monotonic()
-        while not stop.is_set():
-            sent_at = time.monotonic()
-            reply = echo(dst_ip, timeout=1.0, tries=1)
-            run.sent += 1
-            run.sent_at.append(sent_at)
-            if reply.ok:
-                run.received += 1
-                run.max_rtt_ms = max(run.max_rtt_ms, reply.rtt_ms or 0.0)
-            else:
-                run.lost.append((sent_at, reply.error or "no reply"))
-            next_at += interval
-            delay = next_at - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            else:
-                next_at = time.monotonic()  # late (a lost reply's timeout): no burst
-
-    in_netns(src.netns_path, loop)
 
 
 def record_result(name: str, figure: dict[str, Any]) -> None:

@@ -111,7 +111,7 @@ def test_dhcp_ipam_leases_through_the_container_interface(host: Host, dhcp_daemo
     """The dhcp plugin asks for a lease *through* the container's interface, so the
     interface must be plugged before IPAM runs. The DHCP server is another pod on the
     same L2 network (busybox udhcpd)."""
-    plain = host.config()
+    plain = host.config(staticIPs="subnet")
     server_pod = host.new_pod()
     host.add(plain, "dhcpsrv", server_pod, args="IP=10.244.70.1")
     conf_file = host.data_dir.parent / "udhcpd.conf"

@@ -73,7 +73,7 @@ def test_del_tolerates_vanished_netns_missing_interface_and_released_address(
 
 
 def test_static_ip_from_cni_args(host: Host) -> None:
-    conf = host.config()
+    conf = host.config(staticIPs="subnet")
     pod, pod2 = host.new_pod(), host.new_pod()
     result = host.add(conf, "st", pod, args="IgnoreUnknown=1;K8S_POD_NAME=x;IP=10.244.77.7")
     assert result["ips"][0]["address"] == "10.244.77.7/16"
@@ -105,7 +105,8 @@ def test_gc_releases_what_is_not_valid(host: Host) -> None:
 
 
 def test_status_reports_missing_interface_and_exhausted_range(host: Host) -> None:
-    conf = host.config("1.1.0", rangeStart="10.244.9.1", rangeEnd="10.244.9.2")
+    conf = host.config("1.1.0", rangeStart="10.244.9.1", rangeEnd="10.244.9.2",
+                       staticIPs="subnet")
     assert host.cni("STATUS", conf, "", "", "").rc == 0
     pods = [host.new_pod() for _ in range(2)]
     # A static address outside the range does not use the range up (spec 1.1: STATUS

@@ -72,7 +72,7 @@ def test_conflist_entry_with_runtime_config(host: Host) -> None:
     """As libcni hands a conflist entry: name/cniVersion injected, runtimeConfig with
     the ips and mac capabilities, no prevResult for the first plugin."""
     pod = host.new_pod()
-    conf = host.config("1.0.0", capabilities={"ips": True, "mac": True},
+    conf = host.config("1.0.0", capabilities={"ips": True, "mac": True}, staticIPs="subnet",
                        runtimeConfig={"ips": ["10.244.200.7/16"], "mac": "02:aa:bb:cc:dd:01"})
     result = host.add(conf, "rc1", pod)
     assert result["ips"][0]["address"] == "10.244.200.7/16"

@@ -127,6 +127,9 @@ class FakeIpam:
                                         SUBNET.prefixlen))
         return registry.attach(record, Given((addr,)))
 
+    def validate(self, requested: list[Any]) -> None:
+        return None
+
     def release(self, registry: AttachmentRegistry, container_id: str,
                 ifname: str) -> Attachment | None:
         self._step("release")

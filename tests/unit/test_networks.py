@@ -208,7 +208,7 @@ def test_agent_fields_accepted() -> None:
 
 
 @pytest.mark.parametrize(("changes", "fragment"), [
-    ({"model": "routed"}, "model"),
+    ({"model": "mesh"}, "model"),
     ({"model": 3}, "model"),
     ({"controlPlane": {"type": "etcd"}}, "controlPlane"),
     ({"controlPlane": "multicast"}, "controlPlane"),

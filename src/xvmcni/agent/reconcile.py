@@ -121,6 +121,9 @@ def reconcile(network: Network, runtime: Runtime,
         report.error = str(err)
     except DataplaneError as err:
         report.error = str(to_cni(err))
+    except Exception as exc:  # a bug in one network must not stop the rest (logged)
+        log.exception("reconcile %s failed unexpectedly", network.name)
+        report.error = f"internal error: {exc!r}"
     if report.error:
         log.error("reconcile %s: %s", network.name, report.error)
     return report

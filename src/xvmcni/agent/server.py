@@ -190,6 +190,9 @@ class Agent:
             row["ready"], row["reason"] = False, str(err)
         except DataplaneError as err:
             row["ready"], row["reason"] = False, str(err)
+        except Exception as exc:  # one network must not break status or /metrics (logged)
+            log.exception("reading network %s for status failed", network.name)
+            row["ready"], row["reason"] = False, f"internal error: {exc!r}"
         return row
 
     def status(self) -> dict[str, Any]:

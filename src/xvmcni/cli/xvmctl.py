@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from xvmcni.cli import status
+from xvmcni.config import DEFAULT_DATA_DIR
 from xvmcni.lab.model import PluginError
 from xvmcni.lab.names import DEFAULT_NAME, LabError, check_name, lab_dir
 
@@ -84,20 +87,24 @@ def cmd_lab_up(args: argparse.Namespace) -> int:
     progress = _stderr_progress(args.name)
     try:
         lab = build.lab_up(args.name, args.hosts, args.pods, plugin=args.plugin,
-                            progress=progress, agent=not args.no_agent)
+                            progress=progress, agent=not args.no_agent, model=args.model,
+                            encap=args.encap, underlay=args.underlay, family=args.family)
     except LabError as exc:
         return _error(exc)
     progress(f"pinging {len(lab.pods)} pods pairwise and their gateway, then full-size "
              "packets between hosts")
-    matrix = probes.ping_matrix(lab)
-    mtu = probes.mtu_check(lab)
     style = status.style_for(sys.stdout)
     print()
     print(view.render_summary(lab, style))
-    print()
-    print(view.render_matrix(matrix, style))
-    if mtu is not None:
-        print(view.render_mtu(mtu, style))
+    all_ok = True
+    for family in probes.lab_families(lab) or [4]:
+        matrix = probes.ping_matrix(lab, family=family)
+        mtu = probes.mtu_check(lab, family=family)
+        print()
+        print(view.render_matrix(matrix, style))
+        if mtu is not None:
+            print(view.render_mtu(mtu, style))
+        all_ok = all_ok and matrix.ok and (mtu is None or mtu.ok)
     print()
     if lab.pods:
         hints = [(f"ip netns exec {lab.pods[0].netns} ip addr", "look inside a pod"),
@@ -113,7 +120,7 @@ def cmd_lab_up(args: argparse.Namespace) -> int:
         for i, (cmd, what) in enumerate(hints):
             lead = "  next: " if i == 0 else "        "
             print(lead + style.dim(f"{cmd.ljust(width)}  # {what}"))
-    return EXIT_OK if matrix.ok and (mtu is None or mtu.ok) else EXIT_UNREACHABLE
+    return EXIT_OK if all_ok else EXIT_UNREACHABLE
 
 
 def cmd_lab_down(args: argparse.Namespace) -> int:
@@ -246,6 +253,49 @@ def add_agent_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     gc.set_defaults(func=cmd_gc)
 
 
+def cmd_ipam_rebuild(args: argparse.Namespace) -> int:
+    from xvmcni.cli import ipam_rebuild
+    from xvmcni.errors import CniError
+
+    style = status.style_for(sys.stderr)
+    if os.geteuid() != 0:
+        print(style.red("error: ") + "xvmctl ipam rebuild needs root (it reads every "
+              "network namespace of the host)", file=sys.stderr)
+        return EXIT_FAIL
+    try:
+        report = ipam_rebuild.rebuild(args.network, Path(args.data_dir), force=args.force)
+    except (ipam_rebuild.RebuildError, CniError) as exc:
+        print(style.red("error: ") + str(exc), file=sys.stderr)
+        return EXIT_FAIL
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2, sort_keys=True))
+    else:
+        print(ipam_rebuild.render(report))
+    return EXIT_OK
+
+
+def add_ipam(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    ipam = sub.add_parser("ipam", help="the per-network address registry (ipam.db)")
+    ipam_sub = ipam.add_subparsers(dest="ipam_command", metavar="{rebuild}", required=True)
+    rebuild = ipam_sub.add_parser(
+        "rebuild", help="rebuild a damaged ipam.db from the live host",
+        description="Recreate <data-dir>/<network>/ipam.db from the host-side veths on the "
+                    "network's bridge and their containers' interfaces (addresses, "
+                    "namespace, interface name; the container ID where the device's "
+                    "alias names it). The old file is kept as ipam.db.corrupt-<time>. Run "
+                    "as root on the host, in its network namespace.",
+        epilog="exit status: 0 rebuilt, 1 failed (nothing was changed unless it says so)")
+    rebuild.add_argument("--network", required=True, metavar="NAME",
+                         help="the network's name (its state directory under --data-dir)")
+    rebuild.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), metavar="DIR",
+                         help="the network's dataDir (default: %(default)s)")
+    rebuild.add_argument("--force", action="store_true",
+                         help="replace a registry that still reads fine (kept as "
+                              "ipam.db.old-<time>)")
+    rebuild.add_argument("--json", action="store_true", help="print the report as JSON")
+    rebuild.set_defaults(func=cmd_ipam_rebuild)
+
+
 def add_lab(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     lab = sub.add_parser(
         "lab", help="a multi-host cluster simulated with network namespaces",
@@ -274,6 +324,16 @@ def add_lab(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                     help="no xvm-cnid in the hosts: the plugin does every ADD in-process "
                          "(default: one agent per host, pods attached through the thin "
                          "plugin that hands each ADD to its host's agent)")
+    up.add_argument("--model", choices=["l2", "routed"], default="l2",
+                    help="network model: l2 (one subnet over VXLAN, the default) or routed "
+                         "(a pod CIDR per host, static peers)")
+    up.add_argument("--encap", choices=["vxlan", "none", "auto"], default="vxlan",
+                    help="routed model: how remote pod CIDRs are reached (default: vxlan)")
+    up.add_argument("--family", choices=["ipv4", "ipv6", "dual"], default="ipv4",
+                    help="routed model: the pods' address families (default: ipv4)")
+    up.add_argument("--underlay", choices=["flat", "routed"], default="flat",
+                    help="flat: one underlay subnet; routed: two subnets behind a router "
+                         "that carries no multicast (default: flat)")
     up.set_defaults(func=cmd_lab_up)
 
     down = lab_sub.add_parser("down", help="detach every pod (CNI DEL), remove everything")
@@ -306,6 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="Operate xvm-cni networks.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     add_agent_commands(sub)
+    add_ipam(sub)
     add_lab(sub)
     return parser
 

@@ -7,18 +7,17 @@ in-process or be shipped to the node agent as JSON. Stdlib only.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from xvmcni.cni import wire
+from xvmcni.cni.names import interface_name_problem
 from xvmcni.errors import DECODE_FAILURE, INVALID_CONFIG, INVALID_ENV, CniError
 
 COMMANDS = wire.COMMANDS
 # Commands that act on one attachment and so need the container's identity.
 ATTACHMENT_COMMANDS = ("ADD", "DEL", "CHECK")
 IFNAME_MAX = 15  # IFNAMSIZ - 1
-_IFNAME_RE = re.compile(r"^[^\s/:]+$")
 
 
 @dataclass
@@ -112,12 +111,12 @@ def validate_environment(request: Request) -> None:
         raise CniError(INVALID_ENV, "CNI_CONTAINERID is not set")
     if not request.ifname:
         raise CniError(INVALID_ENV, "CNI_IFNAME is not set")
-    if len(request.ifname) > IFNAME_MAX or not _IFNAME_RE.match(request.ifname) \
-            or request.ifname in (".", ".."):
+    why = interface_name_problem(request.ifname)
+    if why:
         raise CniError(
             INVALID_ENV,
-            f"CNI_IFNAME {request.ifname!r} is not a valid interface name",
-            f"at most {IFNAME_MAX} characters, no whitespace, '/' or ':'",
+            f"CNI_IFNAME {request.ifname!r} is not a valid interface name: {why}",
+            f"at most {IFNAME_MAX} bytes, no whitespace, '/', ':' or '%', not '.' or '..'",
         )
     # DEL must work with an empty netns (the runtime may have lost it already).
     if request.command != "DEL" and not request.netns:

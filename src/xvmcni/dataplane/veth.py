@@ -51,11 +51,16 @@ def _peer_of(host_link: Any, container_link: Any) -> bool:
 
 def container_mac(addresses: list[IPInterface]) -> str:
     """0a:58 + the IPv4 address: the Kubernetes convention, unique because addresses
-    are, and readable in any ARP or FDB table."""
+    are, and readable in any ARP or FDB table. An IPv6-only pod gets 0a:58 + the
+    last 32 bits of its address: unique among the pods of one host's pod CIDR, the
+    only place the MAC is seen. '' without an address (the kernel then picks one)."""
     v4 = next((a.ip for a in addresses if a.version == 4), None)
-    if v4 is None:
+    if v4 is not None:
+        return "0a:58:" + ":".join(f"{b:02x}" for b in v4.packed)
+    v6 = next((a.ip for a in addresses if a.version == 6), None)
+    if v6 is None:
         return ""
-    return "0a:58:" + ":".join(f"{b:02x}" for b in v4.packed)
+    return "0a:58:" + ":".join(f"{b:02x}" for b in v6.packed[-4:])
 
 
 def ensure(host_ipr: Any, pod_ipr: Any, pod_fd: int, host_name: str, bridge_index: int,

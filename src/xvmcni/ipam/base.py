@@ -9,11 +9,10 @@ own per-host slice allocator (``slices``) or an external CNI IPAM plugin
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from xvmcni.state.attachments import Attachment, AttachmentRegistry
+from xvmcni.state.attachments import Attachment, AttachmentRegistry, IPAddress
 
 
 @dataclass(frozen=True)
@@ -32,9 +31,14 @@ class Ipam(Protocol):
     needs_interface: bool
 
     def allocate(self, registry: AttachmentRegistry, record: Attachment,
-                 requested: list[ipaddress.IPv4Address]) -> tuple[Attachment, bool]:
+                 requested: list[IPAddress]) -> tuple[Attachment, bool]:
         """Record ``record`` with its addresses; (attachment, created). An existing
         record is returned unchanged with created False."""
+        ...
+
+    def validate(self, requested: list[IPAddress]) -> None:
+        """Raise CniError when the requested addresses can never be given here (outside
+        what this IPAM hands out, reserved, repeated); called before the host changes."""
         ...
 
     def release(self, registry: AttachmentRegistry, container_id: str,

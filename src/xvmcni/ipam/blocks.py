@@ -22,11 +22,17 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from xvmcni.config import fail, get
-from xvmcni.errors import ADDRESS_EXHAUSTED, TRY_AGAIN_LATER, CniError
+from xvmcni.errors import ADDRESS_EXHAUSTED, INVALID_CONFIG, TRY_AGAIN_LATER, CniError
 from xvmcni.ipam.base import Usage
 from xvmcni.ipam.pool import AddressPool
-from xvmcni.ipam.slices import SliceAllocator
-from xvmcni.state.attachments import AddressBook, Attachment, AttachmentRegistry
+from xvmcni.ipam.slices import STATIC_SUBNET, SliceAllocator, _ipv4_only
+from xvmcni.state.attachments import (
+    AddressBook,
+    Attachment,
+    AttachmentRegistry,
+    IPAddress,
+    IPInterface,
+)
 
 log = logging.getLogger(__name__)
 
@@ -114,9 +120,11 @@ class BlocksAllocator:
     subnet_pool: AddressPool
     requested: tuple[ipaddress.IPv4Address, ...] = ()
 
-    def choose(self, book: AddressBook) -> list[ipaddress.IPv4Interface]:
+    def choose(self, book: AddressBook) -> list[IPInterface]:
         if self.requested:
-            return SliceAllocator(self.subnet_pool, self.requested).choose(book)
+            self.validate()
+            return SliceAllocator(self.subnet_pool, self.requested,
+                                  static_ips=STATIC_SUBNET).choose(book)
         for pool in self.pools:
             try:
                 return SliceAllocator(pool).choose(book)
@@ -125,6 +133,18 @@ class BlocksAllocator:
                     raise
         raise CniError(ADDRESS_EXHAUSTED, "every address block this host holds is full",
                        ", ".join(f"{p.first}-{p.last}" for p in self.pools) or "no blocks")
+
+    def validate(self) -> None:
+        """A requested address must be valid in the subnet and lie in one of this host's
+        blocks: any other block is another host's to hand out (a duplicate address on
+        the shared L2)."""
+        SliceAllocator(self.subnet_pool, self.requested, static_ips=STATIC_SUBNET).validate()
+        for addr in self.requested:
+            if not any(p.first <= addr <= p.last for p in self.pools):
+                raise CniError(INVALID_CONFIG,
+                               f"requested address {addr} is outside this host's address "
+                               "blocks", ", ".join(f"{p.first}-{p.last}" for p in self.pools)
+                               or "this host holds no block yet")
 
 
 class BlockIpam:
@@ -154,14 +174,20 @@ class BlockIpam:
                 out.append(self._pool(block))
         return tuple(out)
 
+    def _whole(self) -> AddressPool:
+        return AddressPool(self.subnet, self.gateway, self.subnet.network_address,
+                           self.subnet.broadcast_address)
+
+    def validate(self, requested: list[IPAddress]) -> None:
+        BlocksAllocator(self.pools(), self._whole(), _ipv4_only(requested)).validate()
+
     def allocate(self, registry: AttachmentRegistry, record: Attachment,
-                 requested: list[ipaddress.IPv4Address]) -> tuple[Attachment, bool]:
-        whole = AddressPool(self.subnet, self.gateway, self.subnet.network_address,
-                            self.subnet.broadcast_address)
+                 requested: list[IPAddress]) -> tuple[Attachment, bool]:
+        whole = self._whole()
         known = read_claims(self.state_dir)
         try:
             return registry.attach(record, BlocksAllocator(self.pools(known), whole,
-                                                           tuple(requested)))
+                                                           _ipv4_only(requested)))
         except CniError as err:
             if err.code != ADDRESS_EXHAUSTED or requested:
                 raise

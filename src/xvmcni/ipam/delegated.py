@@ -23,11 +23,12 @@ from xvmcni.errors import (
     INCOMPATIBLE_VERSION,
     INVALID_CONFIG,
     INVALID_ENV,
+    LIMITED_CONNECTIVITY,
     NOT_AVAILABLE,
     CniError,
 )
 from xvmcni.ipam.base import Usage
-from xvmcni.state.attachments import Attachment, AttachmentRegistry, Given
+from xvmcni.state.attachments import Attachment, AttachmentRegistry, Given, IPAddress
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,7 @@ class DelegatedIpam:
         self._dns: dict[str, Any] = {}
 
     def allocate(self, registry: AttachmentRegistry, record: Attachment,
-                 requested: list[ipaddress.IPv4Address]) -> tuple[Attachment, bool]:
+                 requested: list[IPAddress]) -> tuple[Attachment, bool]:
         existing = registry.get(record.container_id, record.ifname)
         if existing is not None:
             return existing, False
@@ -134,6 +135,9 @@ class DelegatedIpam:
         except BaseException:
             self._del(record.container_id, record.ifname)
             raise
+
+    def validate(self, requested: list[IPAddress]) -> None:
+        return None  # the delegated plugin judges CNI_ARGS IP= itself
 
     def release(self, registry: AttachmentRegistry, container_id: str,
                 ifname: str) -> Attachment | None:
@@ -154,7 +158,13 @@ class DelegatedIpam:
         self.forget(stale)
         # The spec (1.1, GC): a plugin MUST pass GC on to its delegated plugins, so
         # they drop what they hold for attachments we never recorded.
-        invoke(self.request, "GC", self.config)
+        try:
+            invoke(self.request, "GC", self.config)
+        except CniError as err:
+            if not self._predates_1_1(err):
+                raise
+            log.info("IPAM plugin predates CNI 1.1 and cannot GC (%s); released %d stale "
+                     "attachment(s) with DEL", err, len(stale))
         return stale
 
     def check(self) -> None:
@@ -175,10 +185,26 @@ class DelegatedIpam:
         try:
             invoke(self.request, "STATUS", self.config)
         except CniError as err:
-            if _predates_status(err):
+            if self._predates_1_1(err):
                 return  # a plugin older than CNI 1.1 cannot say more than "present"
             raise CniError(NOT_AVAILABLE, f"IPAM plugin {plugin_type} is not ready: "
                            f"{err.msg}", err.details) from err
+
+    def _predates_1_1(self, err: CniError) -> bool:
+        """True when the plugin's failure of a CNI 1.1 command (STATUS, GC) means "I do
+        not know it": what it says, or, when that is unclear, its own VERSION answer.
+        (Debian 12's host-local 1.1.1 answers STATUS without a container ID with code 3
+        "missing containerID": it checks the environment before the command.)"""
+        if _predates_status(err):
+            return True
+        if err.plugin_code in (NOT_AVAILABLE, LIMITED_CONNECTIVITY):
+            return False  # a STATUS answer: it knows the command
+        try:
+            answer = invoke(self.request, "VERSION", self.config)
+        except CniError:
+            return False  # cannot tell: the failure stands
+        versions = answer.get("supportedVersions") if answer else None
+        return isinstance(versions, list) and "1.1.0" not in versions
 
     def _del(self, container_id: str, ifname: str) -> None:
         sub = dataclasses.replace(self.request, container_id=container_id, ifname=ifname)

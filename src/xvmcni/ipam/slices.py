@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from xvmcni.cni.names import shown
 from xvmcni.errors import (
     ADDRESS_EXHAUSTED,
     ADDRESS_IN_USE,
@@ -21,11 +22,25 @@ from xvmcni.errors import (
 )
 from xvmcni.ipam.base import Usage
 from xvmcni.ipam.pool import AddressPool
-from xvmcni.state.attachments import AddressBook, Attachment, AttachmentRegistry
+from xvmcni.state.attachments import (
+    AddressBook,
+    Attachment,
+    AttachmentRegistry,
+    IPAddress,
+    IPInterface,
+)
 
 # Registry note: the last address handed out, so allocation goes round robin and a
 # just-released address is not reused at once (as host-local does).
 LAST_ALLOCATED = "last_allocated"
+
+
+# Where a requested (static) address may lie: "pool" (default), only in this host's
+# own slice or range, which no other host hands out; "subnet", anywhere in the subnet,
+# for operators who keep statics apart from every host's pool themselves.
+STATIC_POOL = "pool"
+STATIC_SUBNET = "subnet"
+STATIC_SCOPES = (STATIC_POOL, STATIC_SUBNET)
 
 
 @dataclass(frozen=True)
@@ -35,6 +50,7 @@ class SliceSettings:
     range_start: ipaddress.IPv4Address | None = None
     range_end: ipaddress.IPv4Address | None = None
     per_host_prefix: int | None = None
+    static_ips: str = STATIC_POOL
 
 
 def parse_settings(raw: dict[str, Any], subnet: ipaddress.IPv4Network) -> SliceSettings:
@@ -61,9 +77,17 @@ def parse_settings(raw: dict[str, Any], subnet: ipaddress.IPv4Network) -> SliceS
             raise CniError(INVALID_CONFIG, "'perHostPrefix' must be a whole number")
         if not subnet.prefixlen <= prefix <= 30:
             raise CniError(INVALID_CONFIG,
-                           f"'perHostPrefix' {prefix} must lie between the subnet's prefix "
-                           f"/{subnet.prefixlen} and /30")
-    return SliceSettings(start, end, prefix)
+                           f"'perHostPrefix' {shown(prefix)} must lie between the subnet's "
+                           f"prefix /{subnet.prefixlen} and /30")
+    static_ips = raw.get("staticIPs", STATIC_POOL)
+    if static_ips is None:
+        static_ips = STATIC_POOL
+    if static_ips not in STATIC_SCOPES:
+        raise CniError(INVALID_CONFIG, f"'staticIPs' {shown(static_ips)} must be "
+                       f"\"{STATIC_POOL}\" or \"{STATIC_SUBNET}\"",
+                       "where a requested address may lie: this host's pool (default), "
+                       "or anywhere in the subnet")
+    return SliceSettings(start, end, prefix, static_ips)
 
 
 @dataclass(frozen=True)
@@ -74,17 +98,31 @@ class SliceAllocator:
     pool: AddressPool
     requested: tuple[ipaddress.IPv4Address, ...] = ()
     prefixlen: int | None = None
+    static_ips: str = STATIC_POOL
 
-    def choose(self, book: AddressBook) -> list[ipaddress.IPv4Interface]:
+    def choose(self, book: AddressBook) -> list[IPInterface]:
         plen = self.prefixlen if self.prefixlen is not None else self.pool.subnet.prefixlen
         if self.requested:
             chosen = self._check_requested(book)
         else:
             chosen = [self._next_free(book)]
             book.set_note(LAST_ALLOCATED, str(int(chosen[0])))
-        return [ipaddress.IPv4Interface((a, plen)) for a in chosen]
+        out: list[IPInterface] = [ipaddress.IPv4Interface((a, plen)) for a in chosen]
+        return out
 
     def _check_requested(self, book: AddressBook) -> list[ipaddress.IPv4Address]:
+        self.validate()
+        for addr in self.requested:
+            holder = book.holder(addr)
+            if holder is not None:
+                raise CniError(ADDRESS_IN_USE,
+                               f"requested address {addr} is in use by container "
+                               f"{holder[0]} ({holder[1]})")
+        return list(self.requested)
+
+    def validate(self) -> None:
+        """Refuse requested addresses no registry state could make valid: outside the
+        subnet (or this host's pool), reserved, or repeated."""
         pool = self.pool
         reserved = pool.reserved()
         seen: set[ipaddress.IPv4Address] = set()
@@ -101,13 +139,16 @@ class SliceAllocator:
                                "it can never be given to a container")
             if addr in seen:
                 raise CniError(INVALID_CONFIG, f"address {addr} is requested twice")
+            if self.static_ips == STATIC_POOL and addr not in pool:
+                # Another host's pool may hold it: it would hand it out again, a
+                # duplicate address on the shared L2.
+                raise CniError(INVALID_CONFIG,
+                               f"requested address {addr} is outside this host's pool "
+                               f"{pool.first}-{pool.last}",
+                               "another host may hand it out; set \"staticIPs\": "
+                               "\"subnet\" to allow any address of the subnet if you keep "
+                               "static addresses out of every host's pool yourself")
             seen.add(addr)
-            holder = book.holder(addr)
-            if holder is not None:
-                raise CniError(ADDRESS_IN_USE,
-                               f"requested address {addr} is in use by container "
-                               f"{holder[0]} ({holder[1]})")
-        return list(self.requested)
 
     def _next_free(self, book: AddressBook) -> ipaddress.IPv4Address:
         pool = self.pool
@@ -131,6 +172,18 @@ class SliceAllocator:
             "(perHostPrefix, rangeStart/rangeEnd)")
 
 
+def _ipv4_only(requested: list[IPAddress]) -> tuple[ipaddress.IPv4Address, ...]:
+    """This IPAM's networks are IPv4, with one address per container interface."""
+    for addr in requested:
+        if not isinstance(addr, ipaddress.IPv4Address):
+            raise CniError(INVALID_CONFIG, f"requested IP {addr} is IPv6; this network is IPv4")
+    if len(requested) > 1:
+        raise CniError(INVALID_CONFIG,
+                       f"{len(requested)} addresses requested: at most one IPv4 address per "
+                       "container interface", ", ".join(map(str, requested[:8])))
+    return tuple(a for a in requested if isinstance(a, ipaddress.IPv4Address))
+
+
 class SliceIpam:
     """The built-in IPAM over one host's pool.
 
@@ -140,8 +193,10 @@ class SliceIpam:
 
     needs_interface = False
 
-    def __init__(self, pool: AddressPool | Callable[[], AddressPool]) -> None:
+    def __init__(self, pool: AddressPool | Callable[[], AddressPool],
+                 static_ips: str = STATIC_POOL) -> None:
         self._pool = pool
+        self.static_ips = static_ips
 
     @property
     def pool(self) -> AddressPool:
@@ -150,8 +205,13 @@ class SliceIpam:
         return self._pool
 
     def allocate(self, registry: AttachmentRegistry, record: Attachment,
-                 requested: list[ipaddress.IPv4Address]) -> tuple[Attachment, bool]:
-        return registry.attach(record, SliceAllocator(self.pool, tuple(requested)))
+                 requested: list[IPAddress]) -> tuple[Attachment, bool]:
+        return registry.attach(record, SliceAllocator(self.pool, _ipv4_only(requested),
+                                                      static_ips=self.static_ips))
+
+    def validate(self, requested: list[IPAddress]) -> None:
+        SliceAllocator(self.pool, _ipv4_only(requested),
+                       static_ips=self.static_ips).validate()
 
     def release(self, registry: AttachmentRegistry, container_id: str,
                 ifname: str) -> Attachment | None:

@@ -11,6 +11,7 @@ import json
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ from xvmcni.lab.model import (
     MAX_HOSTS,
     MAX_PODS,
     POD_IFNAME,
+    SECOND_UNDERLAY,
+    UNDERLAY,
     UNDERLAY_MTU,
     Host,
     Lab,
@@ -32,8 +35,17 @@ from xvmcni.lab.model import (
     new_host,
     new_pod,
     quiet,
+    router_address,
 )
-from xvmcni.lab.names import DEFAULT_NAME, PLUGIN_DIR, LabError, check_name, lab_dir
+from xvmcni.lab.names import (
+    DEFAULT_NAME,
+    PLUGIN_DIR,
+    LabError,
+    check_name,
+    lab_dir,
+    router_netns,
+    second_switch_netns,
+)
 from xvmcni.lab.plugin import (
     config_file_name,
     find_plugin,
@@ -44,9 +56,15 @@ from xvmcni.lab.plugin import (
 from xvmcni.lab.status import lab_netns
 from xvmcni.lab.teardown import lab_down
 
+MODELS = ("l2", "routed")
+ENCAPS = ("vxlan", "none", "auto")
+UNDERLAYS = ("flat", "routed")
+FAMILIES = ("ipv4", "ipv6", "dual")
+
 
 def lab_up(name: str = DEFAULT_NAME, hosts: int = 3, pods: int = 2, plugin: str | None = None,
-           progress: Progress = quiet, agent: bool = True) -> Lab:
+           progress: Progress = quiet, agent: bool = True, model: str = "l2",
+           encap: str = "vxlan", underlay: str = "flat", family: str = "ipv4") -> Lab:
     """Build the lab and attach every pod; on failure remove what this call made.
 
     ``agent``: start one ``xvm-cnid`` per host and, unless ``plugin`` names another
@@ -54,8 +72,24 @@ def lab_up(name: str = DEFAULT_NAME, hosts: int = 3, pods: int = 2, plugin: str 
     every ADD to its host's agent. Without: ``plugin`` or the in-process xvm-cni.
     The reference ``bridge`` plugin never gets agents.
 
+    ``model``: the network model of the hosts' config (``l2``, or ``routed`` with a
+    pod CIDR per host, ``encap`` vxlan | none | auto, and every host listed as a
+    static peer). ``underlay``: ``flat`` (one subnet) or ``routed`` (odd hosts in
+    172.30.0.0/24, even ones in 172.30.1.0/24, behind a router carrying no multicast).
+
     Raises ``LabError`` (``PluginError`` when the plugin refused an ADD).
     """
+    if model not in MODELS:
+        raise LabError(f"--model {model!r} is not a lab model", "use " + " or ".join(MODELS))
+    if encap not in ENCAPS:
+        raise LabError(f"--encap {encap!r} is unknown", "use " + ", ".join(ENCAPS))
+    if underlay not in UNDERLAYS:
+        raise LabError(f"--underlay {underlay!r} is unknown", "use " + " or ".join(UNDERLAYS))
+    if family not in FAMILIES:
+        raise LabError(f"--family {family!r} is unknown", "use " + ", ".join(FAMILIES))
+    if family != "ipv4" and model != "routed":
+        raise LabError(f"--family {family} needs --model routed",
+                       "the l2 model carries IPv4 only")
     check_name(name)
     if not 1 <= hosts <= MAX_HOSTS:
         raise LabError(f"--hosts {hosts} is out of range", f"allowed: 1..{MAX_HOSTS}")
@@ -75,7 +109,8 @@ def lab_up(name: str = DEFAULT_NAME, hosts: int = 3, pods: int = 2, plugin: str 
                        f"remove them first: xvmctl lab down --name {name}")
 
     flavor = plugin_flavor(plugin_path)
-    lab = Lab(name=name, plugin=plugin_path, flavor=flavor, agent=agent and flavor == "xvm")
+    lab = Lab(name=name, plugin=plugin_path, flavor=flavor, agent=agent and flavor == "xvm",
+              model=model, encap=encap, underlay=underlay, family=family)
     lab.state_dir.mkdir(parents=True, mode=0o700)
     state = StateFile(lab)
     state.save()
@@ -106,22 +141,29 @@ def _build(lab: Lab, state: StateFile, hosts: int, pods: int, progress: Progress
         state.save()
 
     started = time.monotonic()
+    routed = lab.underlay == "routed"
     simhost.create_switch(lab.switch_netns, record)
     progress(f"switch  {lab.switch_netns}: bridge {plumbing.SWITCH_BRIDGE}, "
              "multicast snooping off")
+    if routed:
+        _build_router(lab, record, progress)
 
-    for i in range(1, hosts + 1):
-        host = new_host(lab.name, i)
+    # Every host's record first: a routed config lists all hosts as peers.
+    lab.hosts.extend(new_host(lab.name, i, routed) for i in range(1, hosts + 1))
+    for i, host in enumerate(lab.hosts, start=1):
         host_dir = lab.state_dir / host.name
         (host_dir / "data").mkdir(parents=True)
         config = host_config(lab, i, host_dir)
         host.config_path = str(host_dir / config_file_name(lab.flavor))
         host.data_dir = str(config.get("dataDir") or config["ipam"]["dataDir"])
         Path(host.config_path).write_text(json.dumps(config, indent=2) + "\n")
-        lab.hosts.append(host)
-        simhost.create_host(lab.switch_netns, host.netns, host.name, host.underlay,
-                            UNDERLAY_MTU, record)
-        progress(f"host    {host.netns}: eth0 {host.underlay} on switch port {host.name}, "
+        switch = _switch_of(lab, host)
+        simhost.create_host(switch, host.netns, host.name, host.underlay, UNDERLAY_MTU,
+                            record)
+        if routed:
+            subnet = ipaddress.IPv4Interface(host.underlay).network
+            plumbing.add_default_route(host.netns_path, router_address(subnet).ip)
+        progress(f"host    {host.netns}: eth0 {host.underlay} on {switch} port {host.name}, "
                  f"config {host.config_path}")
 
     if lab.agent:
@@ -141,6 +183,22 @@ def _build(lab: Lab, state: StateFile, hosts: int, pods: int, progress: Progress
     lab.phase = "up"
     state.save()
     progress(f"lab {lab.name} is up ({time.monotonic() - started:.1f} s)")
+
+
+def _switch_of(lab: Lab, host: Host) -> str:
+    if lab.underlay == "routed" and ipaddress.IPv4Interface(host.underlay) in SECOND_UNDERLAY:
+        return second_switch_netns(lab.name)
+    return lab.switch_netns
+
+
+def _build_router(lab: Lab, record: Callable[[str], None], progress: Progress) -> None:
+    second = second_switch_netns(lab.name)
+    simhost.create_switch(second, record)
+    legs = [(lab.switch_netns, "rt", str(router_address(UNDERLAY))),
+            (second, "rt", str(router_address(SECOND_UNDERLAY)))]
+    simhost.create_router(router_netns(lab.name), legs, record)
+    progress(f"router  {router_netns(lab.name)}: {legs[0][2]} on {lab.switch_netns}, "
+             f"{legs[1][2]} on {second}; forwards unicast, never multicast")
 
 
 def _attach_all(lab: Lab, state: StateFile, progress: Progress) -> None:
@@ -186,6 +244,10 @@ def result_fields(pod: Pod, result: dict[str, Any] | None, config: dict[str, Any
                           json.dumps(result)[:300])
     pod.address = str(ipaddress.ip_interface(ips[0]["address"]))
     pod.gateway = str(ips[0].get("gateway") or config.get("gateway") or "")
+    pod.addresses = [str(ipaddress.ip_interface(ip["address"])) for ip in ips
+                     if isinstance(ip, dict) and "address" in ip]
+    pod.gateways = [str(ip.get("gateway") or "") for ip in ips
+                    if isinstance(ip, dict) and "address" in ip]
     for iface in (result or {}).get("interfaces") or []:
         if isinstance(iface, dict) and iface.get("sandbox") and iface.get("name") == POD_IFNAME:
             pod.mac = str(iface.get("mac", ""))

@@ -34,6 +34,20 @@ DEFAULT_SIZE = 56  # payload bytes, as ping(8)
 # Linux values; the socket module has no names for them.
 IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)
 IP_PMTUDISC_DO = getattr(socket, "IP_PMTUDISC_DO", 2)
+IPV6_DONTFRAG = getattr(socket, "IPV6_DONTFRAG", 62)
+# ICMPv6 (RFC 4443): a raw ICMPv6 socket gets messages without the IPv6 header, and
+# the kernel fills in the checksum (it covers a pseudo-header we cannot see).
+ICMP6_DEST_UNREACH = 1
+ICMP6_PACKET_TOO_BIG = 2
+ICMP6_TIME_EXCEEDED = 3
+ICMP6_ECHO_REQUEST = 128
+ICMP6_ECHO_REPLY = 129
+IP6_HEADER = 40
+
+
+def ip_header_size(address: str) -> int:
+    """Bytes of IP header in front of an ICMP message to ``address``."""
+    return IP6_HEADER if ipaddress.ip_address(address).version == 6 else IP_HEADER
 
 
 @dataclass
@@ -75,6 +89,9 @@ def echo(dst: str, *, size: int = DEFAULT_SIZE, df: bool = False, timeout: float
     (IP_PMTUDISC_DO), so a packet larger than the path MTU fails instead of being
     fragmented, which is what an MTU test needs. Each try waits ``timeout`` seconds.
     """
+    if ipaddress.ip_address(dst).version == 6:
+        return _echo6(str(ipaddress.IPv6Address(dst)), size=size, df=df, timeout=timeout,
+                      tries=tries)
     addr = str(ipaddress.IPv4Address(dst))
     ident = secrets.randbits(16)
     token = secrets.token_bytes(8)
@@ -144,6 +161,76 @@ def _wait_reply(sock: socket.socket, addr: str, ident: int, seq: int, head: byte
             if (inner_dst == addr and q_kind == ICMP_ECHO_REQUEST
                     and q_ident == ident and 1 <= q_seq <= seq):
                 error = _describe(kind, code, src)
+
+
+def _echo6(addr: str, *, size: int, df: bool, timeout: float, tries: int) -> PingReply:
+    ident = secrets.randbits(16)
+    token = secrets.token_bytes(8)
+    payload = _payload(token, size)
+    last_error = "no reply"
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+    try:
+        if df:
+            sock.setsockopt(socket.IPPROTO_IPV6, IPV6_DONTFRAG, 1)
+        for attempt in range(1, tries + 1):
+            sent = time.monotonic()
+            request = struct.pack("!BBHHH", ICMP6_ECHO_REQUEST, 0, 0, ident, attempt) + payload
+            try:
+                sock.sendto(request, (addr, 0))
+            except OSError as exc:
+                if exc.errno == errno.EMSGSIZE:
+                    return PingReply(False, tries=attempt,
+                                     error=f"{size + ICMP_HEADER + IP6_HEADER} bytes exceed "
+                                           "the route's MTU (DF set)")
+                last_error = exc.strerror or str(exc)
+                time.sleep(min(timeout, 0.2))
+                continue
+            reply = _wait_reply6(sock, addr, ident, attempt, payload[:8], sent + timeout)
+            if reply is True:
+                return PingReply(True, (time.monotonic() - sent) * 1000.0, attempt)
+            if reply:
+                last_error = reply
+    finally:
+        sock.close()
+    return PingReply(False, tries=tries, error=last_error)
+
+
+def _wait_reply6(sock: socket.socket, addr: str, ident: int, seq: int, head: bytes,
+                 deadline: float) -> bool | str:
+    """As ``_wait_reply``, for ICMPv6 (no IP header in front of what we read)."""
+    error = ""
+    want = ipaddress.IPv6Address(addr)
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return error
+        ready, _, _ = select.select([sock], [], [], left)
+        if not ready:
+            return error
+        icmp, peer = sock.recvfrom(65535)
+        if len(icmp) < ICMP_HEADER:
+            continue
+        src = str(peer[0]).split("%")[0]
+        kind, code, _, r_ident, r_seq = struct.unpack("!BBHHH", icmp[:ICMP_HEADER])
+        if kind == ICMP6_ECHO_REPLY:
+            if (ipaddress.IPv6Address(src) == want and r_ident == ident and 1 <= r_seq <= seq
+                    and icmp[ICMP_HEADER:ICMP_HEADER + len(head)] == head):
+                return True
+        elif kind in (ICMP6_DEST_UNREACH, ICMP6_PACKET_TOO_BIG, ICMP6_TIME_EXCEEDED):
+            inner = icmp[ICMP_HEADER:]  # the offending packet: IPv6 header + our ICMPv6
+            if len(inner) < IP6_HEADER + ICMP_HEADER:
+                continue
+            inner_dst = ipaddress.IPv6Address(inner[24:40])
+            q_kind, _, _, q_ident, q_seq = struct.unpack(
+                "!BBHHH", inner[IP6_HEADER:IP6_HEADER + ICMP_HEADER])
+            if (inner_dst == want and q_kind == ICMP6_ECHO_REQUEST and q_ident == ident
+                    and 1 <= q_seq <= seq):
+                names = {ICMP6_PACKET_TOO_BIG: "packet too big",
+                         ICMP6_TIME_EXCEEDED: "time exceeded"}
+                unreach = {0: "no route", 1: "administratively prohibited",
+                           3: "address unreachable", 4: "port unreachable"}
+                what = names.get(kind) or unreach.get(code, f"unreachable code {code}")
+                error = f"{what} (from {src})"
 
 
 def _describe(kind: int, code: int, src: str) -> str:

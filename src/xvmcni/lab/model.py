@@ -29,6 +29,10 @@ from xvmcni.lab.names import (
 )
 
 UNDERLAY = ipaddress.IPv4Network("172.30.0.0/24")
+# A routed underlay's second subnet (even hosts), behind a router that carries no
+# multicast: what clouds and most data centres give hosts in different racks.
+SECOND_UNDERLAY = ipaddress.IPv4Network("172.30.1.0/24")
+ROUTER_OFFSET = 254
 HOST_OFFSET = 10  # host i gets .(10+i): .11, .12, ...
 UNDERLAY_MTU = 1500
 MAX_HOSTS = 200
@@ -67,11 +71,18 @@ class PluginError(LabError):
         return text
 
 
-def underlay_address(index: int) -> str:
-    """Host ``h<index>``'s eth0 address with prefix: h1 is 172.30.0.11/24."""
+def underlay_address(index: int, routed: bool = False) -> str:
+    """Host ``h<index>``'s eth0 address with prefix: h1 is 172.30.0.11/24. With a routed
+    underlay the even hosts live in the second subnet: h2 is 172.30.1.12/24."""
     if not 1 <= index <= MAX_HOSTS:
         raise ValueError(f"host index {index} out of 1..{MAX_HOSTS}")
-    return f"{UNDERLAY.network_address + HOST_OFFSET + index}/{UNDERLAY.prefixlen}"
+    subnet = SECOND_UNDERLAY if routed and index % 2 == 0 else UNDERLAY
+    return f"{subnet.network_address + HOST_OFFSET + index}/{subnet.prefixlen}"
+
+
+def router_address(subnet: ipaddress.IPv4Network) -> ipaddress.IPv4Interface:
+    """The routed underlay's router in ``subnet``: its .254."""
+    return ipaddress.IPv4Interface((subnet.network_address + ROUTER_OFFSET, subnet.prefixlen))
 
 
 @dataclass
@@ -100,6 +111,22 @@ class Pod:
     mac: str = ""
     mtu: int = 0
     attached: bool = False  # an ADD was started: DEL is owed at teardown
+    # Every address of the result (dual-stack: one per family), and their gateways.
+    addresses: list[str] = field(default_factory=list)
+    gateways: list[str] = field(default_factory=list)
+
+    def address_of(self, family: int) -> tuple[str, str] | None:
+        """(address, gateway) of family 4 or 6, without prefix; None if it has none."""
+        for i, text in enumerate(self.addresses or [self.address]):
+            addr = ipaddress.ip_interface(text).ip if text else None
+            if addr is not None and addr.version == family:
+                gateways = self.gateways or [self.gateway]
+                return str(addr), gateways[i] if i < len(gateways) else ""
+        return None
+
+    @property
+    def families(self) -> list[int]:
+        return [f for f in (4, 6) if self.address_of(f) is not None]
 
     @property
     def netns_path(self) -> str:
@@ -110,9 +137,10 @@ class Pod:
         return self.address.split("/")[0]
 
 
-def new_host(lab: str, index: int) -> Host:
+def new_host(lab: str, index: int, routed: bool = False) -> Host:
     host = f"h{index}"
-    return Host(name=host, netns=host_netns(lab, host), underlay=underlay_address(index))
+    return Host(name=host, netns=host_netns(lab, host),
+                underlay=underlay_address(index, routed))
 
 
 def new_pod(lab: str, host: str, index: int) -> Pod:
@@ -131,6 +159,10 @@ class Lab:
     phase: str = "creating"              # creating -> up
     netns_created: list[str] = field(default_factory=list)
     agent: bool = False                  # one xvm-cnid per host, or the plugin in-process
+    model: str = "l2"                    # the network model the hosts' config uses
+    encap: str = "vxlan"                 # routed model: vxlan | none | auto
+    underlay: str = "flat"               # flat: one subnet; routed: two, behind a router
+    family: str = "ipv4"                 # routed model: ipv4 | ipv6 | dual pod addresses
 
     @property
     def state_dir(self) -> Path:
@@ -164,6 +196,9 @@ class Lab:
             phase=data.get("phase", "creating"),
             netns_created=list(data.get("netns_created", [])),
             agent=bool(data.get("agent", False)),
+            model=str(data.get("model", "l2")), encap=str(data.get("encap", "vxlan")),
+            underlay=str(data.get("underlay", "flat")),
+            family=str(data.get("family", "ipv4")),
         )
 
 

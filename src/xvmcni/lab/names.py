@@ -19,7 +19,10 @@ PLUGIN_DIR = "bin"             # the thin plugin of agent mode: <lab>/bin/xvm-cn
 # Lower-case letters and digits only: a '-' in the lab name would make
 # "<name>-h1" of one lab look like a lab of its own to the prefix scan.
 NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,23}$")
-_ANY_LAB_NETNS = re.compile(r"^([a-z][a-z0-9]*)-(sw|h\d+(-p\d+)?)$")
+# The lab's own infrastructure: the underlay switch(es) and, with a routed underlay,
+# the router between the two underlay subnets.
+_INFRA = "sw|sw2|rt"
+_ANY_LAB_NETNS = re.compile(rf"^([a-z][a-z0-9]*)-({_INFRA}|h\d+(-p\d+)?)$")
 
 
 class LabError(Exception):
@@ -60,6 +63,16 @@ def switch_netns(name: str) -> str:
     return f"{name}-sw"
 
 
+def second_switch_netns(name: str) -> str:
+    """The second underlay subnet's switch (routed underlay)."""
+    return f"{name}-sw2"
+
+
+def router_netns(name: str) -> str:
+    """The router between the two underlay subnets (routed underlay)."""
+    return f"{name}-rt"
+
+
 def host_netns(name: str, host: str) -> str:
     return f"{name}-{host}"
 
@@ -70,7 +83,7 @@ def pod_netns(name: str, host: str, index: int) -> str:
 
 def is_lab_netns(name: str, netns: str) -> bool:
     """True when ``netns`` is the switch, a host or a pod of lab ``name``."""
-    return re.match(rf"^{re.escape(name)}-(sw|h\d+(-p\d+)?)$", netns) is not None
+    return re.match(rf"^{re.escape(name)}-({_INFRA}|h\d+(-p\d+)?)$", netns) is not None
 
 
 def split_netns(name: str, netns: str) -> tuple[str, str] | None:

@@ -65,10 +65,35 @@ def host_config(lab: Lab, index: int, host_dir: Path) -> dict[str, Any]:
                 "bridge": "br0", "isGateway": True,
                 "ipam": {"type": "host-local", "subnet": f"10.88.{index}.0/24",
                          "dataDir": data_dir}}
-    config = {**XVM_CONFIG, "dataDir": data_dir}
+    config = ({**XVM_CONFIG, "dataDir": data_dir} if lab.model == "l2"
+              else routed_config(lab, index, data_dir))
     if lab.agent:
         config["agentSocket"] = lab.agent_socket(host_dir.name)
     return config
+
+
+ROUTED_CLUSTER = {"ipv4": ["10.244.0.0/16"], "ipv6": ["fd00:10:244::/48"],
+                  "dual": ["10.244.0.0/16", "fd00:10:244::/48"]}
+
+
+def pod_cidrs(index: int, family: str = "ipv4") -> list[str]:
+    """Host ``h<index>``'s pod CIDRs in a routed lab: 10.244.<index>.0/24 and/or
+    fd00:10:244:<index>::/64."""
+    v4, v6 = f"10.244.{index}.0/24", f"fd00:10:244:{index:x}::/64"
+    return {"ipv4": [v4], "ipv6": [v6], "dual": [v4, v6]}[family]
+
+
+def routed_config(lab: Lab, index: int, data_dir: str) -> dict[str, Any]:
+    """The routed model with a static control plane: every host lists every host
+    (each skips its own entry), as an operator without etcd would write it."""
+    peers = [{"name": h.name, "address": h.underlay.split("/")[0],
+              "podCIDRs": pod_cidrs(int(h.name[1:]), lab.family)} for h in lab.hosts]
+    return {"cniVersion": "1.0.0", "name": "xvm-routed", "type": "xvm-cni",
+            "model": "routed", "hostInterface": "eth0",
+            "podCIDR": pod_cidrs(index, lab.family),
+            "clusterCIDR": ROUTED_CLUSTER[lab.family], "encap": lab.encap, "vxlanID": 10,
+            "mtu": 1500, "dataDir": data_dir,
+            "controlPlane": {"type": "static", "peers": peers}}
 
 
 def config_file_name(flavor: str) -> str:

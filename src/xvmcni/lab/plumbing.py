@@ -14,6 +14,7 @@ import ipaddress
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pyroute2 import IPRoute
@@ -140,8 +141,9 @@ def setup_switch(path: str) -> None:
 
 
 def connect_host(switch_path: str, host_path: str, port: str,
-                 address: ipaddress.IPv4Interface, mtu: int = 1500) -> None:
-    """Cable a host to the switch: veth ``port`` on the bridge, ``eth0`` in the host.
+                 address: ipaddress.IPv4Interface, mtu: int = 1500,
+                 ifname: str = "eth0") -> None:
+    """Cable a host to the switch: veth ``port`` on the bridge, ``ifname`` in the host.
 
     The peer is created directly inside the host namespace, so the link never
     exists in (or collides with a name in) any other namespace.
@@ -150,7 +152,7 @@ def connect_host(switch_path: str, host_path: str, port: str,
     try:
         with in_netns(switch_path) as ipr:
             ipr.link("add", ifname=port, kind="veth", mtu=mtu,
-                     peer={"ifname": "eth0", "net_ns_fd": host_fd, "mtu": mtu})
+                     peer={"ifname": ifname, "net_ns_fd": host_fd, "mtu": mtu})
             idx = _index(ipr, port)
             ipr.link("set", index=idx, master=_index(ipr, SWITCH_BRIDGE))
             ipr.link("set", index=idx, state="up")
@@ -158,9 +160,21 @@ def connect_host(switch_path: str, host_path: str, port: str,
         os.close(host_fd)
     with in_netns(host_path) as ipr:
         ipr.link("set", index=_index(ipr, "lo"), state="up")
-        eth0 = _index(ipr, "eth0")
-        ipr.addr("add", index=eth0, address=str(address.ip), prefixlen=address.network.prefixlen)
-        ipr.link("set", index=eth0, state="up")
+        eth = _index(ipr, ifname)
+        ipr.addr("add", index=eth, address=str(address.ip), prefixlen=address.network.prefixlen)
+        ipr.link("set", index=eth, state="up")
+
+
+def add_default_route(path: str, gateway: ipaddress.IPv4Address) -> None:
+    with in_netns(path) as ipr:
+        ipr.route("replace", dst="0.0.0.0/0", gateway=str(gateway))
+
+
+def enable_forwarding(path: str) -> None:
+    """IPv4 forwarding in the namespace, set explicitly: new namespaces inherit it
+    from the root namespace on some kernels and not on others."""
+    with inside(path):
+        Path("/proc/sys/net/ipv4/ip_forward").write_text("1")
 
 
 @dataclass

@@ -10,7 +10,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from xvmcni.lab.icmp import DEFAULT_SIZE, ICMP_HEADER, IP_HEADER, PingReply, probe
+from xvmcni.lab.icmp import DEFAULT_SIZE, ICMP_HEADER, IP6_HEADER, IP_HEADER, PingReply, probe
 from xvmcni.lab.model import Lab, Pod
 
 GATEWAY = "gateway"
@@ -27,6 +27,7 @@ class Matrix:
     size: int = DEFAULT_SIZE
     df: bool = False
     host_of: dict[str, str] = field(default_factory=dict)   # pod -> its host
+    family: int = 4
 
     @property
     def total(self) -> int:
@@ -45,24 +46,36 @@ class Matrix:
                 for (src, col), reply in sorted(self.cells.items()) if not reply.ok]
 
 
-def matrix_targets(pods: list[Pod]) -> dict[tuple[str, str], str]:
+def matrix_targets(pods: list[Pod], family: int = 4) -> dict[tuple[str, str], str]:
     """(source pod, column) -> address to probe: every other pod, and the source's
-    own gateway under the column ``gateway``."""
+    own gateway under the column ``gateway``, in address family ``family``."""
     targets: dict[tuple[str, str], str] = {}
     for src in pods:
+        mine = src.address_of(family)
+        if mine is None:
+            continue
         for dst in pods:
-            if dst is not src:
-                targets[(src.name, dst.name)] = dst.ip
-        if src.gateway:
-            targets[(src.name, GATEWAY)] = src.gateway
+            theirs = dst.address_of(family)
+            if dst is not src and theirs is not None:
+                targets[(src.name, dst.name)] = theirs[0]
+        if mine[1]:
+            targets[(src.name, GATEWAY)] = mine[1]
     return targets
 
 
+def lab_families(lab: Lab) -> list[int]:
+    """The address families the lab's pods got (4 first)."""
+    return sorted({f for p in lab.pods if p.address for f in p.families})
+
+
 def ping_matrix(lab: Lab, *, size: int = DEFAULT_SIZE, df: bool = False,
-                timeout: float = 1.0, tries: int = 3, workers: int = 32) -> Matrix:
-    """Every pod pings every other pod and its gateway, pairs in parallel threads."""
-    pods = [p for p in lab.pods if p.address]
-    targets = matrix_targets(pods)
+                timeout: float = 1.0, tries: int = 3, workers: int = 32,
+                family: int | None = None) -> Matrix:
+    """Every pod pings every other pod and its gateway, pairs in parallel threads, in
+    ``family`` (default: the first family the pods have)."""
+    family = family or next(iter(lab_families(lab)), 4)
+    pods = [p for p in lab.pods if p.address and p.address_of(family) is not None]
+    targets = matrix_targets(pods, family)
     paths = {p.name: p.netns_path for p in pods}
 
     def one(key: tuple[str, str]) -> PingReply:
@@ -75,7 +88,7 @@ def ping_matrix(lab: Lab, *, size: int = DEFAULT_SIZE, df: bool = False,
     columns = [p.name for p in pods] + ([GATEWAY] if any(p.gateway for p in pods) else [])
     return Matrix(rows=[p.name for p in pods], columns=columns, targets=targets,
                   cells=dict(zip(keys, replies, strict=True)), size=size, df=df,
-                  host_of={p.name: p.host for p in pods})
+                  host_of={p.name: p.host for p in pods}, family=family)
 
 
 @dataclass
@@ -101,18 +114,22 @@ def first_pods(lab: Lab) -> list[Pod]:
     return found
 
 
-def mtu_check(lab: Lab, *, timeout: float = 1.0, tries: int = 3) -> MtuCheck | None:
+def mtu_check(lab: Lab, *, timeout: float = 1.0, tries: int = 3,
+              family: int | None = None) -> MtuCheck | None:
     """None when there is nothing to check: fewer than two hosts with pods, or no
     pod MTU known."""
-    firsts = first_pods(lab)
+    family = family or next(iter(lab_families(lab)), 4)
+    firsts = [p for p in first_pods(lab) if p.address_of(family) is not None]
     mtu = min((p.mtu for p in firsts if p.mtu), default=0)
     if len(firsts) < 2 or not mtu:
         return None
     pairs = [(a, b) for a in firsts for b in firsts if a is not b]
-    payload = mtu - IP_HEADER - ICMP_HEADER
+    payload = mtu - (IP6_HEADER if family == 6 else IP_HEADER) - ICMP_HEADER
 
     def one(pair: tuple[Pod, Pod]) -> PingReply:
-        return probe(pair[0].netns_path, pair[1].ip, size=payload, df=True,
+        target = pair[1].address_of(family)
+        assert target is not None
+        return probe(pair[0].netns_path, target[0], size=payload, df=True,
                      timeout=timeout, tries=tries)
 
     with ThreadPoolExecutor(max_workers=min(32, len(pairs))) as pool:

@@ -83,6 +83,20 @@ def create_host(switch: str, netns: str, port: str, address: str = DEFAULT_ADDRE
     return SimHost(netns=netns, address=address, underlay=switch, port=port)
 
 
+def create_router(netns: str, legs: list[tuple[str, str, str]],
+                  record: Record = _ignore) -> str:
+    """A router namespace with one leg per ``(switch netns, port, address)``
+    (``eth0``, ``eth1``, ...) and IPv4 forwarding on. Linux does not route multicast,
+    so VXLAN flood-and-learn does not cross it: a lab's stand-in for hosts in
+    different racks or cloud subnets."""
+    path = _create(netns, record)
+    for i, (switch, port, address) in enumerate(legs):
+        plumbing.connect_host(netns_path(switch), path, port, ipaddress.IPv4Interface(address),
+                              ifname=f"eth{i}")
+    plumbing.enable_forwarding(path)
+    return path
+
+
 def standalone_host(prefix: str, address: str = DEFAULT_ADDRESS, mtu: int = DEFAULT_MTU,
                     record: Record = _ignore) -> SimHost:
     """A host alone on a private switch, both named ``unique_name(prefix...)``.

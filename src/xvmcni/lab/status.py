@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass, field
 
+from xvmcni.dataplane import ownership, routes
+from xvmcni.dataplane.netlink import link_kind
 from xvmcni.lab import plumbing
 from xvmcni.lab.agents import AgentHealth, agent_health
 from xvmcni.lab.model import Lab, load_state
@@ -20,12 +23,27 @@ from xvmcni.lab.names import (
     netns_path,
 )
 
+# The route protocol the lab's routed networks use (the model's default, as xcluster-cni).
+ROUTE_PROTOCOL = 202
+
 
 @dataclass
 class NsStatus:
     netns: str
     exists: bool
     links: list[plumbing.LinkInfo] = field(default_factory=list)
+    error: str = ""
+
+
+@dataclass
+class HostPeers:
+    """What a host's kernel holds for its peers (routed model): our routes, and the
+    permanent neighbour and FDB entries on our VXLAN devices."""
+
+    host: str
+    routes: list[str] = field(default_factory=list)   # "10.244.2.0/24 via 10.244.2.0"
+    neighbours: int = 0
+    fdb: int = 0
     error: str = ""
 
 
@@ -37,6 +55,7 @@ class LabStatus:
     namespaces: list[NsStatus] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
     agents: list[AgentHealth] = field(default_factory=list)
+    peers: list[HostPeers] = field(default_factory=list)
 
 
 def lab_netns(name: str) -> list[str]:
@@ -78,4 +97,29 @@ def lab_status(name: str) -> LabStatus:
     if lab_dir(name).is_dir():
         status.files = sorted(str(p) for p in lab_dir(name).rglob("*") if p.is_file())
     status.agents = agent_health(name, status.lab)
+    if status.lab is not None and status.lab.model == "routed":
+        present_hosts = [h for h in status.lab.hosts if h.netns in present]
+        status.peers = [programmed_peers(h.name, h.netns_path) for h in present_hosts]
     return status
+
+
+def programmed_peers(host: str, path: str) -> HostPeers:
+    """Read from the host's kernel: routes carrying our protocol number, and the
+    permanent neighbour/FDB entries of the VXLAN devices xvm-cni marked as its own."""
+    found = HostPeers(host)
+    try:
+        with plumbing.in_netns(path) as ipr:
+            vxlans = [link for link in ipr.get_links()
+                      if link_kind(link) == "vxlan" and ownership.owner(link) is not None]
+            indexes = {int(link["index"]) for link in vxlans}
+            for family in (socket.AF_INET, socket.AF_INET6):
+                for route in ipr.route("dump", family=family):
+                    if route["proto"] == ROUTE_PROTOCOL and route.get("RTA_GATEWAY"):
+                        found.routes.append(f"{route.get('RTA_DST')}/{route['dst_len']} "
+                                            f"via {route.get('RTA_GATEWAY')}")
+            for index in indexes:
+                found.neighbours += len(routes.permanent_neighbours(ipr, index))
+                found.fdb += len(routes.permanent_fdb(ipr, index))
+    except (plumbing.NetnsError, OSError) as exc:
+        found.error = str(exc)
+    return found

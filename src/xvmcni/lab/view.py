@@ -24,7 +24,7 @@ from xvmcni.lab.icmp import PingReply
 from xvmcni.lab.model import UNDERLAY, Lab
 from xvmcni.lab.names import AGENT_SOCKET, lab_dir
 from xvmcni.lab.probes import GATEWAY, Matrix, MtuCheck
-from xvmcni.lab.status import LabStatus
+from xvmcni.lab.status import HostPeers, LabStatus
 
 __all__ = ["Style", "render_agents", "render_matrix", "render_mode", "render_mtu",
            "render_status", "render_summary", "style_for"]
@@ -129,7 +129,8 @@ def _grid(rows: list[str], columns: list[str],
 def render_matrix(matrix: Matrix, style: Style, width: int | None = None) -> str:
     """Pod by pod when it fits ``width`` columns (the terminal's), else host by host
     with "reachable/total" per block of pairs."""
-    what = f"ICMP echo, {matrix.size} bytes" + (", DF set" if matrix.df else "")
+    what = (f"ICMP{'v6' if matrix.family == 6 else ''} echo, {matrix.size} bytes"
+            + (", DF set" if matrix.df else ""))
     lines = [style.bold("Reachability") + f"  ({what}; row = from, column = to)", ""]
     if width is None:
         # Never narrower than 80: a tiny or odd terminal still gets the pod grid.
@@ -234,6 +235,24 @@ def render_status(status: LabStatus, style: Style) -> str:
                     rows)
     if status.agents:
         lines += ["", render_agents(status.agents, style)]
+    if status.peers:
+        lines += ["", render_peers(status.peers, style)]
+    return "\n".join(lines)
+
+
+def render_peers(peers: list[HostPeers], style: Style) -> str:
+    """Per host, the peers as the kernel has them programmed (routed model)."""
+    rows = []
+    for host in peers:
+        if host.error:
+            rows.append([host.host, style.red(host.error), "", ""])
+            continue
+        first, *rest = host.routes or ["(none)"]
+        rows.append([host.host, first, str(host.neighbours), str(host.fdb)])
+        rows += [["", route, "", ""] for route in rest]
+    lines = [style.bold("Peers") + "  (programmed in each host's kernel: our routes, "
+             "permanent neighbour and FDB entries of our VXLAN devices)"]
+    lines += table(["HOST", "ROUTES (protocol 202)", "NEIGH", "FDB"], rows)
     return "\n".join(lines)
 
 

@@ -43,6 +43,9 @@ class Plugged:
     container_index: int
     gateway: IPAddress | None
     routes: list[Route] = field(default_factory=list)
+    # The gateway per address family (4, 6), for results with both families; a
+    # model with one family may leave it empty (``gateway`` says it all).
+    gateways: dict[int, IPAddress] = field(default_factory=dict)
 
 
 class NetworkModel(Protocol):

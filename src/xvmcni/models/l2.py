@@ -21,11 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from xvmcni.cni.names import interface_name_problem, shown
 from xvmcni.cni.result import Interface, Route
 from xvmcni.config import fail, get
 from xvmcni.controlplane import peercache
 from xvmcni.controlplane.base import Peer
-from xvmcni.dataplane import antispoof, hostif, l2net, names, nft, ownership, sysctl, veth
+from xvmcni.dataplane import antispoof, hostif, l2net, names, ownership, podport, sysctl, veth
 from xvmcni.dataplane.errors import DataplaneError
 from xvmcni.dataplane.hostif import HostInterface, HostInterfaceCache
 from xvmcni.dataplane.netlink import IFF_UP, get_link, link_kind, rtnl
@@ -119,10 +120,12 @@ def _routes(raw: dict[str, Any]) -> list[Route]:
     for item in get(raw, "routes", list, []):
         if not isinstance(item, dict) or not isinstance(item.get("dst"), str):
             raise fail("each entry of 'routes' needs a \"dst\" in CIDR notation",
-                       f"got {item!r}")
+                       f"got {shown(item)}")
         gw_text = item.get("gw")
         if gw_text is not None and not isinstance(gw_text, str):
-            raise fail(f"route {item['dst']!r}: \"gw\" must be an address in a string")
+            # Never converted: 167772161 is an address to ipaddress, not to the reader.
+            raise fail(f"route {shown(item['dst'])}: \"gw\" must be an address in a "
+                       f"string, got {shown(gw_text)}")
         try:
             dst = ipaddress.ip_network(item["dst"], strict=False)
             gw = ipaddress.ip_address(gw_text) if gw_text else None
@@ -138,11 +141,12 @@ def parse_settings(raw: dict[str, Any], network: str, unicast: bool = False) -> 
     if not host_interface:
         raise fail("'hostInterface' is required",
                    "the host interface that carries VXLAN traffic, e.g. \"eth0\"")
+    _check_ifname("hostInterface", host_interface)
     vxlan_id = get(raw, "vxlanID", int)
     if vxlan_id is None:
         raise fail("'vxlanID' is required", f"a VXLAN network identifier, 1..{VNI_MAX}")
     if not 1 <= vxlan_id <= VNI_MAX:
-        raise fail(f"'vxlanID' {vxlan_id} is out of range", f"allowed: 1..{VNI_MAX}")
+        raise fail(f"'vxlanID' {shown(vxlan_id)} is out of range", f"allowed: 1..{VNI_MAX}")
 
     subnet = _subnet(raw)
     gateway = _ipv4(raw, "gateway") or subnet.network_address + 1
@@ -151,10 +155,10 @@ def parse_settings(raw: dict[str, Any], network: str, unicast: bool = False) -> 
 
     mtu = get(raw, "mtu", int, DEFAULT_MTU)
     if not 576 <= mtu <= 65535:
-        raise fail(f"'mtu' {mtu} is out of range", "allowed: 576..65535")
+        raise fail(f"'mtu' {shown(mtu)} is out of range", "allowed: 576..65535")
     port = get(raw, "port", int, DEFAULT_PORT)
     if not 1 <= port <= 65535:
-        raise fail(f"'port' {port} is not a UDP port number")
+        raise fail(f"'port' {shown(port)} is not a UDP port number", "allowed: 1..65535")
     group = _ipv4(raw, "group") or DEFAULT_GROUP
     if not group.is_multicast:
         raise fail(f"'group' {group} is not a multicast address")
@@ -163,14 +167,20 @@ def parse_settings(raw: dict[str, Any], network: str, unicast: bool = False) -> 
                    "remove 'group', or the controlPlane section for multicast")
 
     bridge = get(raw, "bridge", str, "")
-    if len(bridge) > 15:
-        raise fail(f"'bridge' {bridge!r} is longer than 15 characters")
+    if bridge:
+        _check_ifname("bridge", bridge)
 
     return L2Settings(
         network=network, host_interface=host_interface, vxlan_id=vxlan_id, subnet=subnet,
         gateway=gateway, mtu=mtu, group=None if unicast else group, port=port,
         routes=_routes(raw),
         ip_masq=get(raw, "ipMasq", bool, False), bridge=bridge)
+
+
+def _check_ifname(key: str, name: str) -> None:
+    why = interface_name_problem(name)
+    if why:
+        raise fail(f"{key!r} {shown(name)} is not a valid interface name: {why}")
 
 
 @dataclass
@@ -288,22 +298,8 @@ class L2Model:
         if self._bridge_index is None:
             self._bridge_index = l2net.ensure(self.ipr, spec, in_use=True)
         side = self._side(pod, spec.mtu, addresses, mac)
-        # The port is admitted before the veth exists (rules match names): there is no
-        # moment in which the pod could send as someone else. Without a MAC known yet
-        # (delegated IPAM plugs first), the port is registered and drops everything
-        # until its MAC is admitted right after creation.
-        wanted_mac = side.mac or veth.container_mac(side.addresses)
-        self._admit(pod, wanted_mac, addresses)
-        pair = veth.ensure(self.ipr, pod_ns.ipr, pod_ns.fd, pod.host_ifname,
-                           self._bridge_index, side)
-        if pair.container_mac.lower() != wanted_mac.lower():
-            # The interface kept another MAC (a repeated ADD, or the kernel chose one):
-            # admit what it really has, and only that.
-            if wanted_mac:
-                nft.run_batch(antispoof.evict_batch(self.guard_table, pod.host_ifname,
-                                                    wanted_mac, [a.ip for a in addresses],
-                                                    keep_port=True))
-            self._admit(pod, pair.container_mac, addresses)
+        pair = podport.plug(self.guard_table, self.ipr, pod_ns.ipr, pod_ns.fd,
+                            pod.host_ifname, self._bridge_index, side)
         return Plugged(
             interfaces=[Interface(spec.bridge, spec.gateway_mac, mtu=spec.mtu),
                         Interface(pod.host_ifname, pair.host_mac, mtu=spec.mtu),
@@ -315,18 +311,10 @@ class L2Model:
         )
 
     def _admit(self, pod: Pod, mac: str, addresses: list[IPInterface]) -> None:
-        try:
-            batch = antispoof.admit_batch(self.guard_table, pod.host_ifname, mac,
-                                          [a.ip for a in addresses])
-        except ValueError as exc:  # a MAC or address the filter cannot admit
-            raise DataplaneError(DataplaneError.INVALID, str(exc)) from exc
-        nft.run_batch(batch)
+        podport.admit(self.guard_table, pod.host_ifname, mac, addresses)
 
     def _evict(self, host_ifname: str) -> None:
-        recorded = antispoof.members(self.guard_table)
-        if recorded is not None and host_ifname in recorded.ports:
-            nft.run_batch(antispoof.evict_recorded_batch(self.guard_table, recorded,
-                                                         host_ifname))
+        podport.evict(self.guard_table, host_ifname)
 
     @property
     def guard_table(self) -> str:

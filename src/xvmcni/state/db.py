@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from types import TracebackType
 
 from xvmcni.errors import IO_FAILURE, TRY_AGAIN_LATER, CniError
+
+# A schema migration step: turns a database of version N into version N + 1, inside
+# the transaction that then sets the new version (all or nothing).
+Migration = Callable[[sqlite3.Connection], None]
 
 # sqlite3 exports these names only from Python 3.11; we support 3.10.
 _SQLITE_BUSY = 5
@@ -44,12 +48,17 @@ class Database:
     - Any other sqlite failure, a damaged file included, is CniError(IO_FAILURE=5)
       naming the file, never an unexplained crash.
     - Creates the parent directory (mode 0700) and the schema if missing.
+    - Upgrades an older file in place: ``migrations[n]`` turns version n into n + 1;
+      the steps from the file's version up run in one write transaction, then the
+      schema statements (``IF NOT EXISTS``: new tables and indexes).
     """
 
     def __init__(self, path: Path, schema: Sequence[str], version: int,
-                 timeout: float = 10.0) -> None:
+                 timeout: float = 10.0,
+                 migrations: Mapping[int, Migration] | None = None) -> None:
         self.path = Path(path)
         self.timeout = timeout
+        self.migrations = dict(migrations or {})
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
@@ -97,6 +106,10 @@ class Database:
                                f"{found}; this xvm-cni understands up to {version}",
                                "a newer xvm-cni wrote it; upgrade this host's plugin")
             if found < version:
+                # 0 is a new file: the schema alone makes it current.
+                for step in range(found, version) if found > 0 else ():
+                    if step in self.migrations:
+                        self.migrations[step](conn)
                 for statement in schema:
                     conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {int(version)}")

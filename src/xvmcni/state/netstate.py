@@ -7,11 +7,14 @@ config directory or runtime they came from.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 from pathlib import Path
 from typing import Any
+
+from xvmcni.errors import IO_FAILURE, CniError
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +25,13 @@ _TRANSIENT = ("prevResult", "runtimeConfig", "args", "cni.dev/valid-attachments"
 
 
 def remember(state_dir: Path, raw: dict[str, Any]) -> bool:
-    """Write the config atomically, only when it changed; True when there was none."""
+    """Write the config durably, only when it changed; True when there was none.
+
+    Temp file, fsync, rename, fsync of the directory: after a power cut the file is
+    the old one or the new one, never empty or half written (the agent's reconcile
+    reads it to find the network). A failure is CniError(IO_FAILURE) naming the
+    file, and leaves no temp file behind.
+    """
     clean = {k: v for k, v in raw.items() if k not in _TRANSIENT}
     text = json.dumps(clean, indent=2, sort_keys=True)
     path = state_dir / CONFIG_FILE
@@ -32,10 +41,39 @@ def remember(state_dir: Path, raw: dict[str, Any]) -> bool:
         existed = True
     except FileNotFoundError:
         existed = False
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    except (OSError, ValueError) as exc:  # unreadable or not UTF-8: rewrite it
+        log.warning("rewriting unreadable %s: %s", path, exc)
+        existed = True
+    tmp = path.with_name(f".{CONFIG_FILE}.tmp{os.getpid()}")
+    try:
+        _write_synced(tmp, text.encode())
+        os.replace(tmp, path)
+        _fsync_dir(state_dir)
+    except OSError as exc:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise CniError(IO_FAILURE, f"cannot write {path}",
+                       exc.strerror or str(exc)) from exc
     return not existed
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def forget(state_dir: Path) -> None:
@@ -50,7 +88,12 @@ def remembered(data_dir: Path) -> list[dict[str, Any]]:
         return out
     for path in sorted(data_dir.glob(f"*/{CONFIG_FILE}")):
         try:
-            out.append(json.loads(path.read_text()))
-        except (OSError, ValueError) as exc:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError, RecursionError) as exc:
             log.warning("ignoring unreadable %s: %s", path, exc)
+            continue
+        if isinstance(data, dict):
+            out.append(data)
+        else:
+            log.warning("ignoring %s: not a network config object", path)
     return out

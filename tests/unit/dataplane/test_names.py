@@ -57,3 +57,16 @@ def test_an_overlong_mark_keeps_the_network() -> None:
 def test_foreign_aliases_are_not_ours(alias: str | None) -> None:
     assert ownership.parse_alias(alias) is None
     assert not ownership.owned_by({"IFLA_IFALIAS": alias} if alias else {}, "net")
+
+
+def test_container_macs_come_from_the_address() -> None:
+    from ipaddress import ip_interface
+
+    from xvmcni.dataplane.veth import container_mac
+
+    assert container_mac([ip_interface("10.244.11.5/16")]) == "0a:58:0a:f4:0b:05"
+    # Dual-stack: the IPv4 address names the MAC.
+    assert container_mac([ip_interface("fd00::1:2/64"),
+                          ip_interface("10.244.11.5/16")]) == "0a:58:0a:f4:0b:05"
+    assert container_mac([ip_interface("fd00:10:244:1::a:b/64")]) == "0a:58:00:0a:00:0b"
+    assert container_mac([]) == ""

@@ -114,3 +114,18 @@ def test_agent_views_render_without_a_lab() -> None:
     assert table[2].split()[:6] == ["h1", "11", "ok", "1h", "02m", "ADD"]
     assert table[3].split() == ["h2", "-", "NOT", "RUNNING", "-", "-", "-"]
     assert table[2].endswith("n1 14/14 (100.0%) NOT READY: full")
+
+
+def test_render_peers_lists_routes_and_counts() -> None:
+    from xvmcni.cli.status import Style
+    from xvmcni.lab.status import HostPeers
+    from xvmcni.lab.view import render_peers
+
+    text = render_peers([HostPeers("h1", ["10.244.2.0/24 via 10.244.2.0",
+                                          "10.244.3.0/24 via 172.30.0.13"], 1, 1),
+                         HostPeers("h2", error="netns gone")], Style(color=False))
+    lines = text.splitlines()
+    assert "h1" in lines[2] and "10.244.2.0/24 via 10.244.2.0" in lines[2]
+    assert lines[2].split()[-2:] == ["1", "1"]
+    assert "10.244.3.0/24 via 172.30.0.13" in lines[3]
+    assert "netns gone" in text

@@ -167,12 +167,31 @@ def test_idempotent_attach_returns_same_address(store: AttachmentRegistry,
     assert address_of(second_if) != address_of(first)
 
 
-def test_requested_static_address(store: AttachmentRegistry,
-        pool: AddressPool) -> None:
-    # Anywhere in the subnet, even outside this host's slice.
+def test_requested_static_address_outside_the_pool_is_refused(
+        store: AttachmentRegistry, pool: AddressPool) -> None:
+    # Another host's slice: that host would hand it out again (issue 7 item 7).
     want = a("10.244.200.9")
     assert want not in pool
-    stored, created = attach(store, pool, "c1", requested=[want])
+    with pytest.raises(CniError) as info:
+        attach(store, pool, "c1", requested=[want])
+    assert info.value.code == INVALID_CONFIG
+    assert "outside this host's pool" in info.value.msg and "staticIPs" in info.value.details
+    assert store.count() == 0
+
+
+def test_requested_static_address_in_the_pool(store: AttachmentRegistry,
+                                              pool: AddressPool) -> None:
+    stored, created = attach(store, pool, "c1", requested=[a("10.244.11.200")])
+    assert created and address_of(stored) == a("10.244.11.200")
+
+
+def test_requested_static_address_anywhere_in_the_subnet(store: AttachmentRegistry,
+        pool: AddressPool) -> None:
+    # "staticIPs": "subnet": anywhere in the subnet, even outside this host's slice.
+    want = a("10.244.200.9")
+    assert want not in pool
+    stored, created = store.attach(Attachment("c1", "eth0"),
+                                   SliceAllocator(pool, (want,), static_ips="subnet"))
     assert created
     assert stored.addresses == [IPv4Interface("10.244.200.9/16")]
     # A static allocation does not move the round-robin cursor off the pool.
@@ -212,7 +231,7 @@ def test_requested_address_invalid(store: AttachmentRegistry, pool: AddressPool,
 
 def test_several_requested_addresses_keep_their_order(store: AttachmentRegistry,
                                                       pool: AddressPool) -> None:
-    want = [a("10.244.9.9"), a("10.244.1.1"), a("10.244.5.5")]
+    want = [a("10.244.11.9"), a("10.244.11.1"), a("10.244.11.5")]
     stored, _ = attach(store, pool, "c1", requested=want)
     assert [i.ip for i in stored.addresses] == want
     got = store.get("c1", "eth0")
