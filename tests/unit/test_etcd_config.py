@@ -119,3 +119,16 @@ def test_no_etcd_client_is_imported_until_an_etcd_network_is_served() -> None:
             f"n.parse({SEED!r})\n"
             "assert not [m for m in sys.modules if m.startswith(('pyetcd', 'grpc'))]\n")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_requested_addresses_must_lie_in_this_hosts_blocks(tmp_path: Path) -> None:
+    blocks.write_claims(tmp_path, "me", ["10.244.0.64_26"])
+    ipam = BlockIpam(ipaddress.IPv4Network("10.244.0.0/16"),
+                     ipaddress.IPv4Address("10.244.0.1"), tmp_path, None)
+    ipam.validate([ipaddress.IPv4Address("10.244.0.70")])
+    for wrong, fragment in (("10.244.1.5", "outside this host's address blocks"),
+                            ("10.245.0.5", "outside subnet")):
+        with pytest.raises(CniError) as info:
+            ipam.validate([ipaddress.IPv4Address(wrong)])
+        assert info.value.code == INVALID_CONFIG
+        assert fragment in str(info.value)
