@@ -555,16 +555,11 @@ class RoutedModel:
         self._converge(peers)
 
     def local_peer(self, name: str) -> Peer | None:
-        """This host's record for a control plane that publishes one (etcd), once
-        the host side exists; the VTEP MAC only with encapsulation."""
-        s = self.settings
-        if get_link(self.ipr, s.bridge_name) is None:
+        """``me`` once the host side exists (the host joined), for the agent's peer
+        sync; None before."""
+        if get_link(self.ipr, self.settings.bridge_name) is None:
             return None
-        vxlan = get_link(self.ipr, s.vxlan_name) if self.encapsulates else None
-        mac = str(vxlan.get("IFLA_ADDRESS", "")) if vxlan is not None \
-            and ownership.owned_by(vxlan, s.network) else ""
-        return Peer(name=name, underlay=self.underlay().address.ip, vtep_mac=mac,
-                    pod_cidrs=tuple(str(c) for c in s.pod_cidrs))
+        return self.me(name)
 
     def local(self) -> routed_peers.Local:
         s = self.settings
