@@ -200,6 +200,15 @@ def control_plane(network: Network) -> ControlPlane:
     return CONTROL_PLANES[network.config.control_plane](section)
 
 
+def _own_etcd_plane(network: Network) -> Any:
+    """A one-off client for an ADD without the agent. It claims under the name the
+    agent wrote into claims.json (the agent's $XVM_CNI_HOSTNAME may not be in the
+    runtime's environment), else this host's own name."""
+    from xvmcni.controlplane.etcd import EtcdControlPlane
+    assert network.etcd is not None
+    return EtcdControlPlane(network.etcd, network.name, blocks.claims_host(network.state_dir))
+
+
 def hold_blocks(network: Network, plane: Any, need_new: bool = False) -> list[str]:
     """This host's IPAM blocks of ``network`` through its etcd control plane, written to
     its state dir; raises the control plane's errors."""
@@ -216,7 +225,7 @@ def _block_claimer(network: Network, planes: dict[Path, Any] | None) -> blocks.C
         from xvmcni.controlplane.etcd import ClaimsExhausted
         from xvmcni.controlplane.etcdstore import EtcdUnavailable
         shared = planes.get(network.state_dir) if planes is not None else None
-        plane = shared if shared is not None else control_plane(network)
+        plane = shared if shared is not None else _own_etcd_plane(network)
         try:
             return hold_blocks(network, plane, need_new=True)
         except EtcdUnavailable as exc:

@@ -103,6 +103,16 @@ def read_claims(state_dir: Path) -> list[str]:
         return []
 
 
+def claims_host(state_dir: Path) -> str | None:
+    """The host name claims.json was written for (None: no file yet)."""
+    try:
+        return str(json.loads((state_dir / CLAIMS_FILE).read_text())["host"]) or None
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def write_claims(state_dir: Path, host: str, blocks: list[str]) -> None:
     state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = state_dir / CLAIMS_FILE
