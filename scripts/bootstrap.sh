@@ -28,7 +28,7 @@ cd "$repo"
 # --- system packages ------------------------------------------------------------
 packages=(iproute2 nftables python3-venv python3-pip kmod procps iputils-ping iperf3)
 if [[ $with_test -eq 1 ]]; then
-    packages+=(containernetworking-plugins busybox-static podman runc)
+    packages+=(containernetworking-plugins busybox-static podman runc etcd-server etcd-client)
 fi
 
 installed() {

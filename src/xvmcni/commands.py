@@ -116,7 +116,8 @@ def _name_rebuilt(registry: AttachmentRegistry, model: NetworkModel,
 
 
 def _ipam(call: Call, model: NetworkModel) -> Ipam:
-    return networks.ipam(call.network, call.request, model.underlay_address)
+    return networks.ipam(call.network, call.request, model.underlay_address,
+                         call.runtime.control_planes)
 
 
 def _leave_if_unused(model: NetworkModel, registry: AttachmentRegistry,

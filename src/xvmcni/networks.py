@@ -18,11 +18,14 @@ from typing import Any
 from xvmcni import config
 from xvmcni.cni.request import Request
 from xvmcni.config import NetworkConfig
-from xvmcni.controlplane import static
+from xvmcni.controlplane import etcdconfig, static
 from xvmcni.controlplane.base import ControlPlane, Peer
+from xvmcni.controlplane.etcdconfig import EtcdSettings
 from xvmcni.controlplane.multicast import MulticastControlPlane
 from xvmcni.dataplane import names
+from xvmcni.ipam import blocks
 from xvmcni.ipam.base import Ipam
+from xvmcni.ipam.blocks import BlockIpam, BlockSettings
 from xvmcni.ipam.cidr import CidrIpam, CidrPool
 from xvmcni.ipam.delegated import DelegatedIpam
 from xvmcni.ipam.pool import AddressPool, pool_for_host
@@ -37,6 +40,8 @@ MODELS = ("l2", "routed")
 CONTROL_PLANES: dict[str, Callable[[dict[str, Any]], ControlPlane]] = {
     "multicast": lambda section: MulticastControlPlane(),
     static.KIND: lambda section: static.StaticControlPlane(static.parse_peers(section)),
+    # Built from the parsed network (name, settings): see control_plane().
+    "etcd": lambda section: _no_section_factory("etcd"),
 }
 # Fields that make a configuration without "model" a routed one (seed 003, bvcni).
 _ROUTED_HINTS = ("podCIDR", "podcidr")
@@ -50,6 +55,9 @@ class Network:
     slices: SliceSettings | None
     # Peers written in the configuration (controlPlane type "static"), else None.
     static_peers: tuple[Peer, ...] | None = None
+    # controlPlane etcd: its settings, and the IPAM blocks hosts claim through it (l2).
+    etcd: EtcdSettings | None = None
+    blocks: BlockSettings | None = None
 
     @property
     def name(self) -> str:
@@ -80,6 +88,8 @@ def parse(raw: dict[str, Any]) -> Network:
     peers = None
     if common.control_plane == static.KIND:
         peers = tuple(static.parse_peers(config.get(raw, "controlPlane", dict)))
+    if common.control_plane == "etcd":
+        return _parse_etcd(raw, common)
     if common.model == routed.KIND:
         rsettings = routed.parse_settings(raw, common.name)
         v4 = rsettings.pod_cidr(4)
@@ -98,6 +108,16 @@ def parse(raw: dict[str, Any]) -> Network:
     return Network(common, settings, slices, peers)
 
 
+def _parse_etcd(raw: dict[str, Any], common: NetworkConfig) -> Network:
+    etcd = etcdconfig.parse(raw["controlPlane"])
+    if common.model != l2.KIND:
+        raise config.fail(f"controlPlane etcd is not connected to model {common.model!r} yet",
+                          "use it with model l2, or controlPlane static")
+    settings = l2.parse_settings(raw, common.name, unicast=True)
+    claimed = None if common.ipam is not None else blocks.parse_settings(raw, settings.subnet)
+    return Network(common, settings, None, None, etcd, claimed)
+
+
 @contextlib.contextmanager
 def open_model(network: Network, runtime: Runtime) -> Iterator[NetworkModel]:
     """The network's model for one request, holding the host's netlink socket."""
@@ -106,16 +126,22 @@ def open_model(network: Network, runtime: Runtime) -> Iterator[NetworkModel]:
             peers = list(network.static_peers) if network.static_peers is not None else None
             yield routed.RoutedModel(network.settings, ipr, runtime.reaper, peers)
         else:
-            yield l2.L2Model(network.settings, ipr, runtime.reaper, runtime.hostif_cache)
+            yield l2.L2Model(network.settings, ipr, runtime.reaper, runtime.hostif_cache,
+                             network.state_dir)
 
 
-def ipam(network: Network, request: Request, host_address: Callable[[], Any]) -> Ipam:
+def ipam(network: Network, request: Request, host_address: Callable[[], Any],
+         planes: dict[Path, Any] | None = None) -> Ipam:
     """The network's IPAM for ``request``. ``host_address`` gives this host's underlay
-    address when the allocator needs it (our per-host slices); DEL never asks."""
+    address when the allocator needs it (our per-host slices); DEL never asks.
+    ``planes``: the agent's running control planes, reused to claim blocks."""
     if isinstance(network.settings, routed.RoutedSettings):
         return _routed_ipam(network, network.settings, request)
     if network.config.ipam is not None:
         return DelegatedIpam(request, network.config.raw, network.l2.subnet.prefixlen)
+    if network.blocks is not None:
+        return BlockIpam(network.l2.subnet, network.l2.gateway, network.state_dir,
+                         _block_claimer(network, planes))
     settings = network.slices or SliceSettings()
 
     def pool() -> AddressPool:
@@ -162,6 +188,52 @@ def _routed_ipam(network: Network, settings: routed.RoutedSettings,
     return CidrIpam(pools)
 
 
+def _no_section_factory(kind: str) -> ControlPlane:
+    raise AssertionError(f"control plane {kind} is built by control_plane(network)")
+
+
 def control_plane(network: Network) -> ControlPlane:
+    if network.etcd is not None:
+        from xvmcni.controlplane.etcd import EtcdControlPlane  # imports no client yet
+        return EtcdControlPlane(network.etcd, network.name)
     section = config.get(network.config.raw, "controlPlane", dict, {})
     return CONTROL_PLANES[network.config.control_plane](section)
+
+
+def _own_etcd_plane(network: Network) -> Any:
+    """A one-off client for an ADD without the agent. It claims under the name the
+    agent wrote into claims.json (the agent's $XVM_CNI_HOSTNAME may not be in the
+    runtime's environment), else this host's own name."""
+    from xvmcni.controlplane.etcd import EtcdControlPlane
+    assert network.etcd is not None
+    return EtcdControlPlane(network.etcd, network.name, blocks.claims_host(network.state_dir))
+
+
+def hold_blocks(network: Network, plane: Any, need_new: bool = False) -> list[str]:
+    """This host's IPAM blocks of ``network`` through its etcd control plane, written to
+    its state dir; raises the control plane's errors."""
+    assert network.blocks is not None
+    return blocks.hold_blocks(plane, network.l2.subnet, network.blocks.prefix,
+                              network.state_dir, need_new)
+
+
+def _block_claimer(network: Network, planes: dict[Path, Any] | None) -> blocks.ClaimMore:
+    """Claim one more block when an ADD finds its host's blocks full (or none): with
+    the agent's control plane when it runs one, else a client of its own."""
+
+    def more(_known: list[str]) -> list[str]:
+        from xvmcni.controlplane.etcd import ClaimsExhausted
+        from xvmcni.controlplane.etcdstore import EtcdUnavailable
+        shared = planes.get(network.state_dir) if planes is not None else None
+        plane = shared if shared is not None else _own_etcd_plane(network)
+        try:
+            return hold_blocks(network, plane, need_new=True)
+        except EtcdUnavailable as exc:
+            raise blocks.ClaimUnavailable(str(exc)) from exc
+        except ClaimsExhausted as exc:
+            raise blocks.NoBlockLeft(str(exc)) from exc
+        finally:
+            if shared is None:
+                plane.close()
+
+    return more

@@ -37,6 +37,9 @@ class Runtime:
     host_sockets: HostSockets | None = None
     registries: RegistryCache | None = None
     hostif_cache: HostInterfaceCache | None = None
+    # The agent's running control planes by network state dir (peers.PeerSync fills
+    # it); an ADD in the agent claims IPAM blocks through them.
+    control_planes: dict[Path, Any] | None = None
 
     @classmethod
     def in_process(cls) -> Runtime:

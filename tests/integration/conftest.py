@@ -154,8 +154,9 @@ def make_host(tmp_path: Path, address: str = simhost.DEFAULT_ADDRESS) -> Host:
     return Host(sim=simhost.standalone_host("xth", address), data_dir=tmp_path / "data")
 
 
-def start_agent(host: Host, *extra: str) -> None:
-    """Run xvm-cnid inside the host's netns, and wait until its socket answers."""
+def start_agent(host: Host, *extra: str, env: dict[str, str] | None = None) -> None:
+    """Run xvm-cnid inside the host's netns, and wait until its socket answers
+    (``env``: added to the agent's environment)."""
     sock = host.data_dir.parent / "agent" / "xvm-cnid.sock"
     host.agent_socket = str(sock)
     with open(host.data_dir.parent / "agent.log", "ab") as log, host.sim.entered():
@@ -164,7 +165,7 @@ def start_agent(host: Host, *extra: str) -> None:
             [AGENT, "--socket", str(sock), "--data-dir", str(host.data_dir),
              "--cni-conf-dir", str(host.data_dir.parent / "conf"),
              "--metrics-port", "0", "--gc-interval", "0", *extra],
-            stdout=log, stderr=log)
+            stdout=log, stderr=log, env={**os.environ, **(env or {})})
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if host.agent.poll() is not None:

@@ -100,6 +100,9 @@ class FakeModel:
     def on_peers(self, peers: list[Any]) -> None:
         return None
 
+    def local_peer(self, name: str) -> Any:
+        return None
+
     def describe(self) -> dict[str, Any]:
         return {"model": "fake"}
 
@@ -165,7 +168,7 @@ class Rig:
             yield FakeModel(self.log, self.fail, self.problems)
 
         monkeypatch.setattr(networks, "open_model", open_model)
-        monkeypatch.setattr(networks, "ipam", lambda network, request, address:
+        monkeypatch.setattr(networks, "ipam", lambda network, request, address, planes=None:
                             FakeIpam(self.log, self.fail, self.needs_interface))
 
     def config(self, **extra: Any) -> dict[str, Any]:

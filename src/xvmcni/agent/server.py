@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from xvmcni import commands, networks
-from xvmcni.agent import listener, reconcile
+from xvmcni.agent import listener, peers, reconcile
 from xvmcni.agent.metrics import Metrics
 from xvmcni.cni import wire
 from xvmcni.cni.invocation import Outcome, answer
@@ -68,6 +68,8 @@ class Agent:
         self._server: listener.Listener | None = None
         self.reaper = VethReaper()
         self.runtime = Runtime.for_agent(self.reaper)
+        # Control planes that list hosts (etcd): watched, applied, published.
+        self.peers = peers.PeerSync(self.runtime, self.networks)
 
     # --- requests --------------------------------------------------------------------
 
@@ -96,6 +98,8 @@ class Agent:
         with self._counts_lock:
             self.requests[label] = self.requests.get(label, 0) + 1
             self._served_since_trim = True
+        if command in ("ADD", "DEL") and outcome.exit == 0:
+            self.peers.nudge()  # a host may have joined or left a network: publish
         if self.metrics is not None:
             self.metrics.observe(label, elapsed, outcome.code)
         log.info("%s container=%s ifname=%s exit=%d %.1fms", label,
@@ -217,6 +221,7 @@ class Agent:
             ipr.get_links()
         self.reaper.start()
         self.reconcile_all()
+        self.peers.start()
         self._server = listener.bind(self.options.socket_path, self,
                                      self.options.max_connections)
         if self.metrics is not None:
@@ -230,6 +235,7 @@ class Agent:
         finally:
             listener.close(self._server, self.options.socket_path)
             self.pool.shutdown(wait=True, cancel_futures=False)
+            self.peers.stop()
             self.reaper.stop()
             log.info("xvm-cnid stopped")
 

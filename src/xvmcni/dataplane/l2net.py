@@ -1,9 +1,11 @@
 """One L2 network on one host: a bridge with the anycast gateway, and a VXLAN port.
 
 The VXLAN device floods and learns over a multicast group on the host
-interface (the original XVM's model). The bridge holds the gateway address and
-the network's fixed gateway MAC, identical on every host; nftables keeps that
-gateway's ARP from crossing hosts (see ``nft``).
+interface (the original XVM's model), or, with a control plane that knows the
+other hosts (etcd), has no group and floods by unicast head-end replication:
+one all-zeros FDB entry per remote host (``program_flood``). The bridge holds
+the gateway address and the network's fixed gateway MAC, identical on every
+host; nftables keeps that gateway's ARP from crossing hosts (see ``nft``).
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ class L2Spec:
     bridge: str
     vxlan: str
     vni: int
-    group: ipaddress.IPv4Address
+    # None: no multicast group; broadcast/unknown frames go to the flood list.
+    group: ipaddress.IPv4Address | None
     port: int
     host: HostInterface
     mtu: int
@@ -62,7 +65,7 @@ def _vxlan_mismatch(link: Any, spec: L2Spec) -> str:
         return f"{spec.vxlan} exists but is not a VXLAN device"
     wanted = {
         "IFLA_VXLAN_ID": spec.vni,
-        "IFLA_VXLAN_GROUP": str(spec.group),
+        "IFLA_VXLAN_GROUP": str(spec.group) if spec.group is not None else None,
         "IFLA_VXLAN_PORT": spec.port,
         "IFLA_VXLAN_LINK": spec.host.index,
         "IFLA_VXLAN_LOCAL": str(spec.host.address),
@@ -163,11 +166,15 @@ def _ensure_vxlan(ipr: Any, spec: L2Spec, bridge_index: int, existing: Any, in_u
             delete_link(ipr, spec.vxlan)  # ours (preflight), and no container uses it
             link = None
     if link is None:
+        # Learning stays on in both modes: the flood list (or the group) carries
+        # broadcasts and the first frame to a MAC; the answers teach the device where
+        # each remote pod lives, so unicast goes to one host, not to all.
+        group = {"vxlan_group": str(spec.group)} if spec.group is not None else {}
         _create(ipr, created, spec.vxlan, spec,
                 f"create VXLAN device {spec.vxlan} (VNI {spec.vni})",
-                kind="vxlan", vxlan_id=spec.vni, vxlan_group=str(spec.group),
-                vxlan_link=spec.host.index, vxlan_local=str(spec.host.address),
-                vxlan_port=spec.port, vxlan_learning=1, mtu=spec.mtu)
+                kind="vxlan", vxlan_id=spec.vni, vxlan_link=spec.host.index,
+                vxlan_local=str(spec.host.address), vxlan_port=spec.port,
+                vxlan_learning=1, mtu=spec.mtu, **group)
     index = link_index(ipr, spec.vxlan)
     if index is None:
         raise DataplaneError(DataplaneError.KERNEL, f"VXLAN device {spec.vxlan} vanished")
@@ -312,3 +319,51 @@ def problems(ipr: Any, spec: L2Spec) -> list[str]:
     if spec.ip_masq and ("ip", nft.table_name(spec.network)) not in tables:
         found.append(f"nftables table ip {nft.table_name(spec.network)} is missing")
     return found
+
+
+# --- unicast flooding (a control plane lists the other hosts) -------------------------
+
+FLOOD_MAC = "00:00:00:00:00:00"
+
+
+def flood_list(ipr: Any, vxlan_index: int) -> set[str]:
+    """The remote hosts in the VXLAN device's flood list (all-zeros FDB entries)."""
+    return {str(entry.get("NDA_DST")) for entry in ipr.fdb("dump", ifindex=vxlan_index)
+            if entry.get("NDA_LLADDR") == FLOOD_MAC and entry.get("NDA_DST")}
+
+
+def program_flood(ipr: Any, network: str, vxlan: str,
+                  wanted: set[str]) -> tuple[list[str], list[str]] | None:
+    """Make the flood list of ``vxlan`` exactly ``wanted`` (remote underlay
+    addresses): append the missing, delete the stale, and the MACs learned behind a
+    stale host with it. None when the device is absent or not this network's (the
+    host has not joined: nothing to program)."""
+    link = get_link(ipr, vxlan)
+    if link is None or not ownership.owned_by(link, network):
+        return None
+    index = int(link["index"])
+    have = flood_list(ipr, index)
+    added = sorted(wanted - have)
+    removed = sorted(have - wanted)
+    try:
+        for dst in added:
+            ipr.fdb("append", ifindex=index, lladdr=FLOOD_MAC, dst=dst)
+        for dst in removed:
+            ipr.fdb("del", ifindex=index, lladdr=FLOOD_MAC, dst=dst)
+        if removed:
+            gone = set(removed)
+            for entry in ipr.fdb("dump", ifindex=index):
+                mac = entry.get("NDA_LLADDR")
+                if mac != FLOOD_MAC and str(entry.get("NDA_DST")) in gone:
+                    _forget_learned(ipr, index, str(mac), str(entry.get("NDA_DST")))
+    except NetlinkError as exc:
+        raise kernel_error(f"program the flood list of {vxlan}", exc) from exc
+    return added, removed
+
+
+def _forget_learned(ipr: Any, index: int, mac: str, dst: str) -> None:
+    try:
+        ipr.fdb("del", ifindex=index, lladdr=mac, dst=dst)
+    except NetlinkError as exc:
+        if exc.code != errno.ENOENT:  # aged out meanwhile: the goal is reached
+            raise

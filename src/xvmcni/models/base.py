@@ -119,6 +119,11 @@ class NetworkModel(Protocol):
         """Program the kernel for this peer set (and only for it)."""
         ...
 
+    def local_peer(self, name: str) -> Peer | None:
+        """This host's record for the control plane, once the kernel has what it names
+        (the host joined: VTEP device, underlay address); None before."""
+        ...
+
     def describe(self) -> dict[str, Any]:
         """A few facts for status displays (devices, VNI, subnet)."""
         ...

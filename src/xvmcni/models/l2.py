@@ -4,6 +4,10 @@ Per host: a bridge holding the anycast gateway (same IP and MAC on every host,
 kept local by nftables), a VXLAN port on it (VNI = ``vxlanID``) that floods and
 learns over a multicast group, and a veth pair per container. A host joins with
 its first container and leaves with its last.
+
+With a control plane that lists the hosts (etcd) the VXLAN device has no group:
+it floods by unicast to one all-zeros FDB entry per remote host (``on_peers``),
+for underlays that carry no multicast. Learning stays on in both modes.
 """
 
 from __future__ import annotations
@@ -14,11 +18,13 @@ import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from xvmcni.cni.names import interface_name_problem, shown
 from xvmcni.cni.result import Interface, Route
 from xvmcni.config import fail, get
+from xvmcni.controlplane import peercache
 from xvmcni.controlplane.base import Peer
 from xvmcni.dataplane import antispoof, hostif, l2net, names, ownership, podport, sysctl, veth
 from xvmcni.dataplane.errors import DataplaneError
@@ -26,6 +32,7 @@ from xvmcni.dataplane.hostif import HostInterface, HostInterfaceCache
 from xvmcni.dataplane.netlink import IFF_UP, get_link, link_kind, rtnl
 from xvmcni.dataplane.netns import open_netns
 from xvmcni.dataplane.reaper import VethReaper
+from xvmcni.ipam import blocks
 from xvmcni.models.base import IPInterface, Plugged, Pod
 
 log = logging.getLogger(__name__)
@@ -50,7 +57,8 @@ class L2Settings:
     subnet: ipaddress.IPv4Network
     gateway: ipaddress.IPv4Address
     mtu: int = DEFAULT_MTU
-    group: ipaddress.IPv4Address = DEFAULT_GROUP
+    # None: no multicast; the control plane's peers make the flood list.
+    group: ipaddress.IPv4Address | None = DEFAULT_GROUP
     port: int = DEFAULT_PORT
     routes: list[Route] = field(default_factory=list)
     ip_masq: bool = False
@@ -127,7 +135,8 @@ def _routes(raw: dict[str, Any]) -> list[Route]:
     return routes
 
 
-def parse_settings(raw: dict[str, Any], network: str) -> L2Settings:
+def parse_settings(raw: dict[str, Any], network: str, unicast: bool = False) -> L2Settings:
+    """``unicast``: the control plane lists the hosts, so no multicast group is used."""
     host_interface = get(raw, "hostInterface", str)
     if not host_interface:
         raise fail("'hostInterface' is required",
@@ -153,6 +162,9 @@ def parse_settings(raw: dict[str, Any], network: str) -> L2Settings:
     group = _ipv4(raw, "group") or DEFAULT_GROUP
     if not group.is_multicast:
         raise fail(f"'group' {group} is not a multicast address")
+    if unicast and raw.get("group") is not None:
+        raise fail("'group' is set but the control plane floods by unicast",
+                   "remove 'group', or the controlPlane section for multicast")
 
     bridge = get(raw, "bridge", str, "")
     if bridge:
@@ -160,7 +172,8 @@ def parse_settings(raw: dict[str, Any], network: str) -> L2Settings:
 
     return L2Settings(
         network=network, host_interface=host_interface, vxlan_id=vxlan_id, subnet=subnet,
-        gateway=gateway, mtu=mtu, group=group, port=port, routes=_routes(raw),
+        gateway=gateway, mtu=mtu, group=None if unicast else group, port=port,
+        routes=_routes(raw),
         ip_masq=get(raw, "ipMasq", bool, False), bridge=bridge)
 
 
@@ -182,8 +195,11 @@ class L2Model:
     kind = KIND
 
     def __init__(self, settings: L2Settings, ipr: Any, reaper: VethReaper | None = None,
-                 hostif_cache: HostInterfaceCache | None = None) -> None:
+                 hostif_cache: HostInterfaceCache | None = None,
+                 state_dir: Path | None = None) -> None:
         self.settings = settings
+        # Where the control plane's last peer set is cached (unicast flooding).
+        self._state_dir = state_dir
         # Netlink socket in the host's namespace, lent for this request.
         self.ipr = ipr
         self._reaper = reaper
@@ -255,6 +271,17 @@ class L2Model:
         # network has containers on the host (its own records say it made them).
         self._bridge_index = l2net.ensure(self.ipr, spec, in_use, adopt_unmarked=in_use)
         sysctl.ensure("net.ipv4.ip_forward", "1")
+        if not in_use:
+            self._flood_to_cached_peers()
+
+    def _flood_to_cached_peers(self) -> None:
+        """A host joining with unicast flooding knows the others from the agent's last
+        peer set, so its first pod reaches them without waiting for the agent."""
+        if self.settings.group is not None or self._state_dir is None:
+            return
+        cached = peercache.read(self._state_dir)
+        if cached is not None:
+            self.on_peers(cached)
 
     @contextlib.contextmanager
     def enter(self, pod: Pod) -> Iterator[PodNamespace]:
@@ -337,6 +364,7 @@ class L2Model:
                                     adopt_unmarked=True)
         self._bridge_index = bridge_index
         sysctl.ensure("net.ipv4.ip_forward", "1")
+        self._flood_to_cached_peers()
         replugged = []
         recorded = antispoof.members(self.guard_table)
         for pod, addresses in pods:
@@ -393,7 +421,29 @@ class L2Model:
         return removed
 
     def on_peers(self, peers: list[Peer]) -> None:
-        return None  # multicast flood-and-learn: the kernel finds the peers itself
+        """Unicast flooding: exactly one all-zeros FDB entry per remote host, stale
+        ones removed. Multicast: nothing (the kernel finds the peers itself). Before
+        the host joined (no VXLAN device) there is nothing to program."""
+        s = self.settings
+        if s.group is not None:
+            return
+        me = self.host().address
+        wanted = {str(p.underlay) for p in peers if p.underlay != me and p.underlay.version == 4}
+        changed = l2net.program_flood(self.ipr, s.network, s.vxlan_name, wanted)
+        if changed is not None and (changed[0] or changed[1]):
+            log.info("%s flood list: added %s, removed %s", s.network,
+                     ", ".join(changed[0]) or "-", ", ".join(changed[1]) or "-")
+
+    def local_peer(self, name: str) -> Peer | None:
+        s = self.settings
+        vxlan = get_link(self.ipr, s.vxlan_name)
+        if vxlan is None or not ownership.owned_by(vxlan, s.network):
+            return None  # not joined: nobody should flood to us yet
+        cidrs: tuple[str, ...] = ()
+        if self._state_dir is not None:
+            cidrs = tuple(str(b).replace("_", "/") for b in blocks.read_claims(self._state_dir))
+        return Peer(name=name, underlay=self.host().address,
+                    vtep_mac=str(vxlan.get("IFLA_ADDRESS", "")), pod_cidrs=cidrs)
 
     def describe(self) -> dict[str, Any]:
         s = self.settings

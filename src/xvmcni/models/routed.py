@@ -531,6 +531,13 @@ class RoutedModel:
             return
         self._converge(peers)
 
+    def local_peer(self, name: str) -> Peer | None:
+        """``me`` once the host side exists (the host joined), for the agent's peer
+        sync; None before."""
+        if get_link(self.ipr, self.settings.bridge_name) is None:
+            return None
+        return self.me(name)
+
     def local(self) -> routed_peers.Local:
         s = self.settings
         vxlan = get_link(self.ipr, s.vxlan_name) if self.encapsulates else None

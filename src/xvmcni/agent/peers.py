@@ -1,0 +1,195 @@
+"""Peer sync: the agent's side of a control plane that lists hosts (etcd).
+
+For every known network whose control plane has peers, this starts the plane's
+watch and applies each new peer set to the kernel through the network model,
+under the network's lock, and caches it in the state dir (an ADD by the
+in-process plugin, agent down, programs the cached peers when the host joins).
+It publishes this host's record only once the host has joined (l2: with its
+first container, when the VXLAN device exists) and withdraws it when the host
+leaves; it keeps the host's IPAM blocks in ``claims.json``.
+
+A tick every ``interval`` seconds (or at once after an ADD or DEL through the
+agent, ``nudge``) picks up new networks, joins and leaves, and re-applies the
+last peer set (repairing anything removed by hand).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from xvmcni import networks
+from xvmcni.commands import to_cni
+from xvmcni.controlplane import peercache
+from xvmcni.controlplane.base import Peer
+from xvmcni.dataplane.errors import DataplaneError
+from xvmcni.errors import CniError
+from xvmcni.networks import Network
+from xvmcni.runtime import LOCK_TIMEOUT, Runtime
+from xvmcni.state.locks import network_lock
+
+log = logging.getLogger(__name__)
+
+SYNC_INTERVAL = 5.0
+# How often the network list is read again from the config and data dirs without a
+# nudge (it parses every config: not on every tick).
+RESCAN_INTERVAL = 30.0
+
+
+class _Tracked:
+    """One network's running control plane and what we last told / heard."""
+
+    def __init__(self, network: Network, plane: Any) -> None:
+        self.network = network
+        self.plane = plane
+        self.peers: list[Peer] | None = None
+        self.published: Peer | None = None
+        self.blocks_known = network.blocks is None
+
+
+class PeerSync:
+    def __init__(self, runtime: Runtime, known: Callable[[], list[Network]],
+                 interval: float = SYNC_INTERVAL) -> None:
+        self.runtime = runtime
+        if runtime.control_planes is None:
+            runtime.control_planes = {}
+        self.planes: dict[Path, Any] = runtime.control_planes
+        self._known = known
+        self._interval = interval
+        self._tracked: dict[Path, _Tracked] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._rescan = True
+        self._scanned = 0.0
+        self._wanted: dict[Path, Network] = {}
+
+    def start(self) -> None:
+        """In the background: etcd being slow or away must not delay serving ADDs."""
+        self._wake.set()  # the first pass runs at once
+        self._thread = threading.Thread(target=self._loop, name="peers", daemon=True)
+        self._thread.start()
+
+    def nudge(self) -> None:
+        self._rescan = True
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=15)
+        with self._lock:
+            tracked, self._tracked = self._tracked, {}
+            self.planes.clear()
+        for item in tracked.values():
+            item.plane.close()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self._interval)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                self.sync()
+            except Exception:  # the loop must survive one bad pass; it is logged
+                log.exception("peer sync failed")
+
+    # --- one pass --------------------------------------------------------------------
+
+    def _networks(self) -> dict[Path, Network]:
+        if self._rescan or time.monotonic() - self._scanned >= RESCAN_INTERVAL:
+            self._rescan = False
+            self._scanned = time.monotonic()
+            self._wanted = {n.state_dir: n for n in self._known() if n.etcd is not None}
+        return self._wanted
+
+    def sync(self) -> None:
+        wanted = self._networks()
+        with self._lock:
+            for state_dir in list(self._tracked):
+                item = self._tracked[state_dir]
+                if wanted.get(state_dir) is None or wanted[state_dir].etcd != item.network.etcd:
+                    del self._tracked[state_dir]
+                    self.planes.pop(state_dir, None)
+                    item.plane.close()
+            for state_dir, network in wanted.items():
+                if state_dir not in self._tracked:
+                    self._track(network)
+            tracked = list(self._tracked.values())
+        for item in tracked:
+            self._hold_blocks(item)
+            self._publish(item)
+            if item.peers is not None:
+                self._program(item.network, item.peers)
+
+    def _track(self, network: Network) -> None:
+        plane = networks.control_plane(network)
+        item = _Tracked(network, plane)
+        self._tracked[network.state_dir] = item
+        self.planes[network.state_dir] = plane
+        log.info("%s: following peers through %s", network.name, plane.kind)
+        plane.watch(lambda peers: self._changed(item, peers))
+
+    def _changed(self, item: _Tracked, peers: list[Peer]) -> None:
+        """On the control plane's thread: a new peer set."""
+        item.peers = peers
+        try:
+            peercache.write(item.network.state_dir, peers)
+        except OSError as exc:
+            log.warning("%s: cannot cache peers: %s", item.network.name, exc)
+        self._program(item.network, peers)
+
+    def _program(self, network: Network, peers: list[Peer]) -> None:
+        try:
+            with network_lock(network.state_dir, LOCK_TIMEOUT), \
+                    networks.open_model(network, self.runtime) as model:
+                model.on_peers(peers)
+        except CniError as err:
+            log.error("%s: cannot program peers: %s", network.name, err)
+        except DataplaneError as err:
+            log.error("%s: cannot program peers: %s", network.name, to_cni(err))
+
+    def _hold_blocks(self, item: _Tracked) -> None:
+        if item.blocks_known:
+            return
+        from xvmcni.controlplane.etcd import ClaimsExhausted
+        from xvmcni.controlplane.etcdstore import EtcdUnavailable
+        try:
+            held = networks.hold_blocks(item.network, item.plane)
+        except EtcdUnavailable as exc:
+            log.warning("%s: cannot look up this host's address blocks yet: %s",
+                        item.network.name, exc)
+            return
+        except ClaimsExhausted as exc:
+            log.error("%s: no address block for this host: %s", item.network.name, exc)
+            return
+        except OSError as exc:
+            log.error("%s: cannot write this host's blocks: %s", item.network.name, exc)
+            return
+        item.blocks_known = True
+        log.info("%s: this host holds blocks %s", item.network.name, ", ".join(held))
+
+    def _publish(self, item: _Tracked) -> None:
+        try:
+            with networks.open_model(item.network, self.runtime) as model:
+                me = model.local_peer(item.plane.me)
+        except (CniError, DataplaneError) as err:
+            log.warning("%s: cannot read this host's record: %s", item.network.name, err)
+            return
+        if me == item.published:
+            return
+        if me is None:
+            log.info("%s: host left the network: withdrawing its record", item.network.name)
+            item.plane.unpublish()
+        else:
+            log.info("%s: publishing %s (%s, VTEP %s)", item.network.name, me.name,
+                     me.underlay, me.vtep_mac)
+            item.plane.publish(me)
+        item.published = me
