@@ -18,6 +18,10 @@ reconciling agent would undo a toggle). On its two hosts a hand-built VXLAN as i
                             through the inet hooks; a host setting, not ours)
     pod: route w/o src      the peer route replaced without its ``src`` hint
     pod: all of the above   what remains is veth + bridge + IP forwarding
+    pod: no bridge          not a toggle of ours but a different attachment: the pod's
+                            host veth taken off the bridge, the gateway address /32 on
+                            it and a /32 route to the pod (routed straight to the veth,
+                            as Calico does): what removing the bridge crossing would gain
 
 Each toggle is applied just before its run and undone right after (the table is
 restored from ``nft list table``, the sysctls and the route to what they were).
@@ -61,7 +65,8 @@ NO_ANTISPOOF = "pod: no antispoof"
 NF_CALL_OFF = "pod: nf-call off"
 NO_SRC = "pod: route w/o src"
 ALL_OFF = "pod: all of the above"
-CASES = (HAND, AS_BUILT, NO_ANTISPOOF, NF_CALL_OFF, NO_SRC, ALL_OFF)
+NO_BRIDGE = "pod: no bridge"
+CASES = (HAND, AS_BUILT, NO_ANTISPOOF, NF_CALL_OFF, NO_SRC, ALL_OFF, NO_BRIDGE)
 PORT = 5202
 NF_CALL = ("net.bridge.bridge-nf-call-iptables", "net.bridge.bridge-nf-call-ip6tables",
            "net.bridge.bridge-nf-call-arptables")
@@ -101,8 +106,10 @@ def netns_run(netns: str, *argv: str, stdin: str | None = None) -> str:
 class Toggles:
     """The differences, each undoable, on both hosts of the lab."""
 
-    def __init__(self, hosts: list[labapi.Host], tmp: Path) -> None:
+    def __init__(self, hosts: list[labapi.Host], pods: list[labapi.Pod], tmp: Path) -> None:
         self.hosts = [h.netns for h in hosts]
+        self.pods = {ns: next(p for p in pods if p.host == h.name)
+                     for ns, h in zip(self.hosts, hosts, strict=True)}
         self.tables: dict[str, list[str]] = {}
         self.saved_sysctl: dict[str, dict[str, str]] = {}
         self.routes: dict[str, list[dict[str, Any]]] = {}
@@ -141,6 +148,31 @@ class Toggles:
                     argv += ["src", r["prefsrc"]]
                 bl.ip(*argv)
 
+    def bridge(self, on: bool) -> None:
+        """Pod veth on the bridge (as built) or routed straight to it (off)."""
+        for ns in self.hosts:
+            pod = self.pods[ns]
+            link = json.loads(bl.ip("-j", "-n", ns, "link", "show", "type", "veth"))
+            veth = next(x for x in link if x.get("link_netnsid") is not None
+                        and x["ifname"] != "eth0")
+            bridge = json.loads(bl.ip("-j", "-n", ns, "link", "show", "type", "bridge"))[0]
+            gw = next(a["local"] for a in json.loads(bl.ip("-j", "-n", ns, "addr", "show",
+                                                           "dev", bridge["ifname"]))[0]
+                      ["addr_info"] if a["family"] == "inet")
+            v = veth["ifname"]
+            if not on:
+                bl.ip("-n", ns, "link", "set", v, "nomaster")
+                bl.ip("-n", ns, "addr", "add", f"{gw}/32", "dev", v)
+                bl.ip("-n", ns, "route", "add", f"{pod.ip}/32", "dev", v)
+            else:
+                with contextlib.suppress(RuntimeError):  # restore: parts may be missing
+                    bl.ip("-n", ns, "route", "del", f"{pod.ip}/32", "dev", v)
+                with contextlib.suppress(RuntimeError):
+                    bl.ip("-n", ns, "addr", "del", f"{gw}/32", "dev", v)
+                bl.ip("-n", ns, "link", "set", v, "master", bridge["ifname"])
+            # The pod's cached gateway MAC belongs to whichever side it last talked to.
+            bl.ip("-n", pod.netns, "neigh", "flush", "all")
+
     def all_off(self, on: bool) -> None:
         self.antispoof(on)
         self.nf_call(on)
@@ -148,7 +180,7 @@ class Toggles:
 
     def restore(self) -> None:
         """Back to as built, whatever was left toggled (errors or Ctrl-C)."""
-        for action in (self.antispoof, self.nf_call, self.route_src):
+        for action in (self.antispoof, self.nf_call, self.route_src, self.bridge):
             try:
                 action(True)
             except RuntimeError as exc:
@@ -275,7 +307,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         hosts = lab.hosts[:2]
         hand = ot.add_hand_built(hosts)
         pods = (ot.pod_end(lab, "h1-p1"), ot.pod_end(lab, "h2-p1"))
-        toggles = Toggles(hosts, tmp)
+        toggles = Toggles(hosts, lab.pods, tmp)
         vxlan_dev = next(link["ifname"] for link in json.loads(
             bl.ip("-j", "-d", "-n", hosts[0].netns, "link", "show", "type", "vxlan"))
             if link["ifname"] != ot.HAND_DEVICE)
@@ -284,7 +316,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         plan: dict[str, tuple[tuple[Endpoint, Endpoint], Callable[[bool], None]]] = {
             HAND: ((hand[0], hand[1]), nothing), AS_BUILT: (pods, nothing),
             NO_ANTISPOOF: (pods, toggles.antispoof), NF_CALL_OFF: (pods, toggles.nf_call),
-            NO_SRC: (pods, toggles.route_src), ALL_OFF: (pods, toggles.all_off)}
+            NO_SRC: (pods, toggles.route_src), ALL_OFF: (pods, toggles.all_off),
+            NO_BRIDGE: (pods, toggles.bridge)}
         for rnd in range(args.rounds):
             order = list(CASES[rnd % len(CASES):] + CASES[:rnd % len(CASES)])
             for case in order:
