@@ -368,6 +368,64 @@ def settle(seconds: float = 0.5) -> None:
 
 
 # ---------------------------------------------------------------------------
+# iperf3 between two network namespaces (throughput.py, overlay_throughput.py)
+
+IPERF_PORT = 5201
+TCP_LISTEN = "0A"  # the state column of /proc/net/tcp
+
+
+@dataclass
+class Endpoint:
+    label: str
+    netns_path: str
+    ip: str
+
+
+def _listening(pid: int, port: int) -> bool:
+    """True once process ``pid`` listens on ``port`` (read from its own netns's view)."""
+    for table in ("tcp", "tcp6"):
+        try:
+            lines = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[1].endswith(f":{port:04X}") and fields[3] == TCP_LISTEN:
+                return True
+    return False
+
+
+def iperf3(src: Endpoint, dst: Endpoint, seconds: int, streams: int,
+           port: int = IPERF_PORT) -> dict[str, Any]:
+    """One iperf3 run src -> dst; the receiver's bit rate and the sender's retransmits."""
+    server = subprocess.Popen(["nsenter", f"--net={dst.netns_path}", "iperf3", "-s", "-1",
+                               "-p", str(port)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not _listening(server.pid, port):
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"iperf3 server in {dst.label} did not start")
+            time.sleep(0.02)
+        client = subprocess.run(
+            ["nsenter", f"--net={src.netns_path}", "iperf3", "-c", dst.ip, "-p", str(port),
+             "-t", str(seconds), "-P", str(streams), "-J"],
+            capture_output=True, text=True, timeout=seconds + 60, check=False)
+        report = json.loads(client.stdout) if client.stdout.strip() else {}
+        if client.returncode != 0 or "error" in report:
+            raise RuntimeError(f"iperf3 {src.label} -> {dst.label}: "
+                               f"{report.get('error') or client.stderr.strip()}")
+        end = report["end"]
+        return {"gbps": end["sum_received"]["bits_per_second"] / 1e9,
+                "retransmits": end["sum_sent"].get("retransmits"),
+                "cpu": end.get("cpu_utilization_percent", {})}
+    finally:
+        if server.poll() is None:
+            server.kill()
+        server.wait()
+
+
+# ---------------------------------------------------------------------------
 # Statistics, tables, output
 
 

@@ -19,23 +19,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import inspect
-import json
 import os
 import secrets
-import subprocess
 import sys
 import time
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import benchlib as bl
+from benchlib import Endpoint, iperf3
 
 from xvmcni import lab as labapi
 from xvmcni.lab.icmp import probe
-
-PORT = 5201
-LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -45,56 +39,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pings", type=int, default=50, help="ICMP echoes per direction")
     p.add_argument("--out", help="JSON output (default bench/results/throughput.json)")
     return p.parse_args(argv)
-
-
-@dataclass
-class Endpoint:
-    label: str
-    netns_path: str
-    ip: str
-
-
-def _listening(pid: int, port: int) -> bool:
-    """True once process ``pid`` listens on ``port`` (read from its own netns's view)."""
-    for table in ("tcp", "tcp6"):
-        try:
-            lines = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if fields[1].endswith(f":{port:04X}") and fields[3] == LISTEN:
-                return True
-    return False
-
-
-def iperf3(src: Endpoint, dst: Endpoint, seconds: int, streams: int) -> dict[str, Any]:
-    """One iperf3 run src -> dst; the receiver's bit rate and the sender's retransmits."""
-    server = subprocess.Popen(["nsenter", f"--net={dst.netns_path}", "iperf3", "-s", "-1",
-                               "-p", str(PORT)], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10
-        while not _listening(server.pid, PORT):
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"iperf3 server in {dst.label} did not start")
-            time.sleep(0.02)
-        client = subprocess.run(
-            ["nsenter", f"--net={src.netns_path}", "iperf3", "-c", dst.ip, "-p", str(PORT),
-             "-t", str(seconds), "-P", str(streams), "-J"],
-            capture_output=True, text=True, timeout=seconds + 60, check=False)
-        report = json.loads(client.stdout) if client.stdout.strip() else {}
-        if client.returncode != 0 or "error" in report:
-            raise RuntimeError(f"iperf3 {src.label} -> {dst.label}: "
-                               f"{report.get('error') or client.stderr.strip()}")
-        end = report["end"]
-        return {"gbps": end["sum_received"]["bits_per_second"] / 1e9,
-                "retransmits": end["sum_sent"].get("retransmits"),
-                "cpu": end.get("cpu_utilization_percent", {})}
-    finally:
-        if server.poll() is None:
-            server.kill()
-        server.wait()
 
 
 def rtts(src: Endpoint, dst: Endpoint, count: int) -> list[float]:
