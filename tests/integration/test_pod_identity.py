@@ -117,3 +117,24 @@ def test_a_readd_right_after_del_stays_admitted(host: Host) -> None:
     assert ping(host, pod, peer_ip)
     for container, netns in (("idR", pod), ("idP", peer)):
         assert host.cni("DEL", conf, container, netns).rc == 0
+
+
+def test_gc_evicts_admissions_no_container_explains(host: Host) -> None:
+    """An agent killed between a DEL and its reaper's batch leaves the port admitted;
+    GC (and the agent's reconcile, which runs the same step) evicts it."""
+    conf = host.config("1.1.0")
+    pod = host.new_pod()
+    result = host.add(conf, "idG", pod)
+    live = result["interfaces"][1]["name"]
+    with inside(host.path):
+        nft.run_batch(antispoof.admit_batch(GUARD, "xvm00000000dead", "0a:58:0a:f4:63:63",
+                                            ["10.244.99.99"]))
+    valid = [{"containerID": "idG", "ifname": "eth0"}]
+    gc = host.cni("GC", {**conf, "cni.dev/valid-attachments": valid}, "", "")
+    assert gc.rc == 0, gc.stdout
+    with inside(host.path):
+        members = antispoof.members(GUARD)
+    assert members is not None
+    assert "xvm00000000dead" not in members.ports
+    assert live in members.ports and members.port(live).macs
+    assert host.cni("DEL", conf, "idG", pod).rc == 0

@@ -13,7 +13,7 @@ from typing import Any
 
 from xvmcni.dataplane import antispoof, nft, ownership, veth
 from xvmcni.dataplane.errors import DataplaneError
-from xvmcni.dataplane.netlink import get_link, rtnl
+from xvmcni.dataplane.netlink import get_link, link_kind, rtnl
 from xvmcni.dataplane.netns import netns_gone, open_netns
 from xvmcni.dataplane.reaper import VethReaper
 
@@ -96,3 +96,26 @@ def unplug(table: str, host_ipr: Any, reaper: VethReaper | None, network: str,
             veth.remove_container_end(pod_ipr, ifname)
     finally:
         os.close(fd)
+
+
+def remove_orphans(table: str, host_ipr: Any, network: str, known: set[str]) -> list[str]:
+    """Remove what no recorded container explains: host veths marked as this
+    network's containers' (left by a crash in the middle of an ADD), and ports still
+    admitted in the anti-spoofing table (an agent killed with evictions queued).
+    Returns the veths removed. Unmarked devices are never touched."""
+    removed = []
+    for link in host_ipr.get_links():
+        name = str(link.get("IFLA_IFNAME"))
+        mark = ownership.owner(link)
+        if link_kind(link) == "veth" and mark is not None and mark.network == network \
+                and mark.container_id and name not in known:
+            log.info("GC: removing orphan port %s", name)
+            veth.remove_host_end(host_ipr, name, network, False)
+            removed.append(name)
+    recorded = antispoof.members(table)
+    stale = sorted(p for p in recorded.ports if p not in known) if recorded else []
+    if recorded is not None and stale:
+        log.info("GC: evicting %d ports no container explains from %s", len(stale), table)
+        nft.run_batch([cmd for port in stale
+                       for cmd in antispoof.evict_recorded_batch(table, recorded, port)])
+    return removed

@@ -29,7 +29,7 @@ from xvmcni.controlplane.base import Peer
 from xvmcni.dataplane import antispoof, hostif, l2net, names, ownership, podport, sysctl, veth
 from xvmcni.dataplane.errors import DataplaneError
 from xvmcni.dataplane.hostif import HostInterface, HostInterfaceCache
-from xvmcni.dataplane.netlink import IFF_UP, get_link, link_kind, rtnl
+from xvmcni.dataplane.netlink import IFF_UP, get_link, rtnl
 from xvmcni.dataplane.netns import open_netns
 from xvmcni.dataplane.reaper import VethReaper
 from xvmcni.ipam import blocks
@@ -405,20 +405,7 @@ class L2Model:
         bridge = get_link(self.ipr, s.bridge_name)
         if bridge is None:
             return []
-        removed = []
-        for link in self.ipr.get_links():
-            name = str(link.get("IFLA_IFNAME"))
-            mark = ownership.owner(link)
-            # Only veths marked as this network's containers' ones: an unmarked port
-            # someone added to our bridge is theirs.
-            if link_kind(link) == "veth" and mark is not None \
-                    and mark.network == s.network and mark.container_id \
-                    and name not in known:
-                log.info("GC: removing orphan port %s", name)
-                veth.remove_host_end(self.ipr, name, s.network, False)
-                self._evict(name)
-                removed.append(name)
-        return removed
+        return podport.remove_orphans(self.guard_table, self.ipr, s.network, known)
 
     def on_peers(self, peers: list[Peer]) -> None:
         """Unicast flooding: exactly one all-zeros FDB entry per remote host, stale

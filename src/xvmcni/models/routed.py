@@ -508,18 +508,7 @@ class RoutedModel:
         s = self.settings
         if get_link(self.ipr, s.bridge_name) is None:
             return []
-        removed = []
-        for link in self.ipr.get_links():
-            name = str(link.get("IFLA_IFNAME"))
-            mark = ownership.owner(link)
-            if link_kind(link) == "veth" and mark is not None \
-                    and mark.network == s.network and mark.container_id \
-                    and name not in known:
-                log.info("GC: removing orphan port %s", name)
-                veth.remove_host_end(self.ipr, name, s.network, False)
-                self._evict(name)
-                removed.append(name)
-        return removed
+        return podport.remove_orphans(self.guard_table, self.ipr, s.network, known)
 
     # --- peers -------------------------------------------------------------------------
 
