@@ -12,11 +12,8 @@ for underlays that carry no multicast. Learning stays on in both modes.
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import logging
-import os
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,14 +23,13 @@ from xvmcni.cni.result import Interface, Route
 from xvmcni.config import fail, get
 from xvmcni.controlplane import peercache
 from xvmcni.controlplane.base import Peer
-from xvmcni.dataplane import antispoof, hostif, l2net, names, ownership, podport, sysctl, veth
-from xvmcni.dataplane.errors import DataplaneError
+from xvmcni.dataplane import hostif, l2net, names, ownership, sysctl, veth
 from xvmcni.dataplane.hostif import HostInterface, HostInterfaceCache
-from xvmcni.dataplane.netlink import IFF_UP, get_link, rtnl
-from xvmcni.dataplane.netns import open_netns
+from xvmcni.dataplane.netlink import get_link
 from xvmcni.dataplane.reaper import VethReaper
 from xvmcni.ipam import blocks
 from xvmcni.models.base import IPInterface, Plugged, Pod
+from xvmcni.models.bridged import BridgedPorts
 
 log = logging.getLogger(__name__)
 
@@ -183,16 +179,9 @@ def _check_ifname(key: str, name: str) -> None:
         raise fail(f"{key!r} {shown(name)} is not a valid interface name: {why}")
 
 
-@dataclass
-class PodNamespace:
-    """An open container netns: its fd and a netlink socket inside it."""
-
-    fd: int
-    ipr: Any
-
-
-class L2Model:
+class L2Model(BridgedPorts):
     kind = KIND
+    settings: L2Settings
 
     def __init__(self, settings: L2Settings, ipr: Any, reaper: VethReaper | None = None,
                  hostif_cache: HostInterfaceCache | None = None,
@@ -259,9 +248,6 @@ class L2Model:
         return "" if host.up else (f"hostInterface {host.name} is down: pods cannot reach "
                                    "other hosts")
 
-    def host_ifname(self, container_id: str, ifname: str) -> str:
-        return names.host_veth_name(container_id, ifname)
-
     def join(self, in_use: bool) -> None:
         spec = self.spec()
         if not in_use and spec.mtu < self.settings.mtu:  # said once, when the host joins
@@ -283,23 +269,13 @@ class L2Model:
         if cached is not None:
             self.on_peers(cached)
 
-    @contextlib.contextmanager
-    def enter(self, pod: Pod) -> Iterator[PodNamespace]:
-        fd = open_netns(pod.netns)
-        try:
-            with rtnl(fd) as pod_ipr:
-                yield PodNamespace(fd, pod_ipr)
-        finally:
-            os.close(fd)
-
     def plug(self, pod_ns: Any, pod: Pod, addresses: list[IPInterface],
              mac: str) -> Plugged:
         spec = self.spec()
         if self._bridge_index is None:
             self._bridge_index = l2net.ensure(self.ipr, spec, in_use=True)
         side = self._side(pod, spec.mtu, addresses, mac)
-        pair = podport.plug(self.guard_table, self.ipr, pod_ns.ipr, pod_ns.fd,
-                            pod.host_ifname, self._bridge_index, side, self._reaper)
+        pair = self._plug_port(pod_ns, pod, self._bridge_index, side)
         return Plugged(
             interfaces=[Interface(spec.bridge, spec.gateway_mac, mtu=spec.mtu),
                         Interface(pod.host_ifname, pair.host_mac, mtu=spec.mtu),
@@ -310,40 +286,12 @@ class L2Model:
             routes=self.container_routes(),
         )
 
-    def _admit(self, pod: Pod, mac: str, addresses: list[IPInterface]) -> None:
-        podport.admit(self.guard_table, pod.host_ifname, mac, addresses)
-
-    def _evict(self, host_ifname: str) -> None:
-        podport.evict(self.guard_table, host_ifname)
-
-    @property
-    def guard_table(self) -> str:
-        return ownership.guard_table_name(self.settings.network)
-
-    def unplug(self, pod: Pod, owned: bool) -> None:
-        podport.unplug(self.guard_table, self.ipr, self._reaper, self.settings.network,
-                       pod.host_ifname, pod.ifname, pod.netns, owned)
-
     def check(self, pod_ns: Any, pod: Pod, addresses: list[IPInterface],
               mac: str) -> list[str]:
         spec = self.spec()
-        found = l2net.problems(self.ipr, spec)
-        bridge = get_link(self.ipr, spec.bridge)
         side = self._side(pod, spec.mtu, addresses, mac)
-        found += veth.problems(self.ipr, pod_ns.ipr, pod.host_ifname,
-                               bridge["index"] if bridge else -1, side)
-        recorded = antispoof.members(self.guard_table)
-        admitted = recorded.port(pod.host_ifname) if recorded is not None else None
-        if admitted is None or not admitted.macs:
-            found.append(f"{pod.host_ifname} is not admitted in nftables table "
-                         f"bridge {self.guard_table}")
-        else:
-            have = {str(a) for _, a in admitted.addresses}
-            missing = [str(a.ip) for a in addresses if str(a.ip) not in have]
-            if missing:
-                found.append(f"{pod.host_ifname} may not send from {', '.join(missing)} "
-                             f"(nftables table bridge {self.guard_table})")
-        return found
+        return (l2net.problems(self.ipr, spec)
+                + self._port_problems(pod_ns, pod, spec.bridge, side))
 
     def leave(self, unmarked_is_ours: bool = False) -> None:
         s = self.settings
@@ -365,47 +313,10 @@ class L2Model:
         self._bridge_index = bridge_index
         sysctl.ensure("net.ipv4.ip_forward", "1")
         self._flood_to_cached_peers()
-        replugged = []
-        recorded = antispoof.members(self.guard_table)
-        for pod, addresses in pods:
-            if recorded is None or pod.host_ifname not in recorded.ports:
-                self._admit_running(pod, addresses)
-            link = get_link(self.ipr, pod.host_ifname)
-            if link is not None and link.get("IFLA_MASTER") == bridge_index \
-                    and link["flags"] & IFF_UP:
-                if ownership.owner(link) is None:  # an earlier version's: mark it ours
-                    ownership.mark(self.ipr, int(link["index"]),
-                                   ownership.Mark(spec.network, pod.container_id, pod.ifname))
-                continue  # healthy: do not touch a running container
-            side = self._side(pod, spec.mtu, addresses, "")
-            with self.enter(pod) as pod_ns:
-                veth.ensure(self.ipr, pod_ns.ipr, pod_ns.fd, pod.host_ifname, bridge_index,
-                            side)
-            replugged.append(pod)
-            log.info("re-plugged %s/%s into %s", pod.container_id[:12], pod.ifname,
-                     spec.bridge)
-        return replugged
-
-    def _admit_running(self, pod: Pod, addresses: list[IPInterface]) -> None:
-        """Admit a running pod by the MAC its interface has (an earlier version's pod,
-        or a table that was lost)."""
-        try:
-            with self.enter(pod) as pod_ns:
-                link = get_link(pod_ns.ipr, pod.ifname)
-        except DataplaneError as exc:
-            log.warning("cannot read the MAC of %s/%s: %s", pod.container_id[:12],
-                        pod.ifname, exc)
-            return
-        if link is not None:
-            self._admit(pod, str(link.get("IFLA_ADDRESS")), addresses)
+        return self._replug(pods, bridge_index, spec.bridge, spec.mtu)
 
     def remove_orphans(self, known: set[str]) -> list[str]:
-        """Host veths on our bridge that no record explains: left by a crash mid-ADD."""
-        s = self.settings
-        bridge = get_link(self.ipr, s.bridge_name)
-        if bridge is None:
-            return []
-        return podport.remove_orphans(self.guard_table, self.ipr, s.network, known)
+        return self._remove_orphans(self.settings.bridge_name, known)
 
     def on_peers(self, peers: list[Peer]) -> None:
         """Unicast flooding: exactly one all-zeros FDB entry per remote host, stale

@@ -16,21 +16,17 @@ peers are programmed, not learned.
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import logging
-import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from xvmcni.cni.result import Interface, Route
 from xvmcni.config import fail, get
 from xvmcni.controlplane.base import Peer
-from xvmcni.dataplane import antispoof, egress, names, nft, ownership, podport, routes, sysctl, veth
+from xvmcni.dataplane import antispoof, egress, nft, ownership, routes, sysctl, veth
 from xvmcni.dataplane.errors import DataplaneError
-from xvmcni.dataplane.netlink import IFF_UP, get_link, link_kind, rtnl
-from xvmcni.dataplane.netns import open_netns
+from xvmcni.dataplane.netlink import IFF_UP, get_link, link_kind
 from xvmcni.dataplane.reaper import VethReaper
 from xvmcni.dataplane.routednet import (
     VXLAN_OVERHEAD,
@@ -47,6 +43,7 @@ from xvmcni.dataplane.routednet import (
 )
 from xvmcni.models import routed_peers
 from xvmcni.models.base import IPAddress, IPInterface, Plugged, Pod
+from xvmcni.models.bridged import BridgedPorts
 from xvmcni.models.routed_peers import AUTO, ENCAPS, VXLAN, derived_mac, vtep_mac
 
 log = logging.getLogger(__name__)
@@ -182,16 +179,9 @@ def parse_settings(raw: dict[str, Any], network: str) -> RoutedSettings:
         mtu=_int(raw, "mtu", DEFAULT_MTU, 576, 65535), ip_masq=ip_masq, bridge=bridge)
 
 
-@dataclass
-class PodNamespace:
-    """An open container netns: its fd and a netlink socket inside it."""
-
-    fd: int
-    ipr: Any
-
-
-class RoutedModel:
+class RoutedModel(BridgedPorts):
     kind = KIND
+    settings: RoutedSettings
 
     def __init__(self, settings: RoutedSettings, ipr: Any, reaper: VethReaper | None = None,
                  static_peers: list[Peer] | None = None) -> None:
@@ -251,10 +241,6 @@ class RoutedModel:
             mac=mac, owner=ownership.Mark(self.settings.network, pod.container_id,
                                           pod.ifname))
 
-    @property
-    def guard_table(self) -> str:
-        return ownership.guard_table_name(self.settings.network)
-
     # --- the interface -----------------------------------------------------------------
 
     def prepare(self) -> None:
@@ -267,9 +253,6 @@ class RoutedModel:
 
     def underlay_address(self) -> IPAddress:
         return self.underlay().address.ip
-
-    def host_ifname(self, container_id: str, ifname: str) -> str:
-        return names.host_veth_name(container_id, ifname)
 
     def _nft_batch(self) -> list[dict[str, Any]]:
         s = self.settings
@@ -358,15 +341,6 @@ class RoutedModel:
             log.error("could not remove the nftables tables of %s: %s",
                       self.settings.network, exc)
 
-    @contextlib.contextmanager
-    def enter(self, pod: Pod) -> Iterator[PodNamespace]:
-        fd = open_netns(pod.netns)
-        try:
-            with rtnl(fd) as pod_ipr:
-                yield PodNamespace(fd, pod_ipr)
-        finally:
-            os.close(fd)
-
     def plug(self, pod_ns: Any, pod: Pod, addresses: list[IPInterface],
              mac: str) -> Plugged:
         s = self.settings
@@ -374,8 +348,7 @@ class RoutedModel:
         if self._bridge_index is None:
             self._bridge_index = self._ready() or self._full_join(in_use=True)
         side = self._side(pod, mtu, addresses, mac)
-        pair = podport.plug(self.guard_table, self.ipr, pod_ns.ipr, pod_ns.fd,
-                            pod.host_ifname, self._bridge_index, side, self._reaper)
+        pair = self._plug_port(pod_ns, pod, self._bridge_index, side)
         gateways: dict[int, IPAddress] = {v: gw for v in sorted({a.version for a in addresses})
                      if (gw := self.gateway(v)) is not None}
         return Plugged(
@@ -391,35 +364,11 @@ class RoutedModel:
             gateways=gateways,
         )
 
-    def _admit(self, pod: Pod, mac: str, addresses: list[IPInterface]) -> None:
-        podport.admit(self.guard_table, pod.host_ifname, mac, addresses)
-
-    def _evict(self, host_ifname: str) -> None:
-        podport.evict(self.guard_table, host_ifname)
-
-    def unplug(self, pod: Pod, owned: bool) -> None:
-        podport.unplug(self.guard_table, self.ipr, self._reaper, self.settings.network,
-                       pod.host_ifname, pod.ifname, pod.netns, owned)
-
     def check(self, pod_ns: Any, pod: Pod, addresses: list[IPInterface],
               mac: str) -> list[str]:
-        found = self.problems()
-        bridge = get_link(self.ipr, self.settings.bridge_name)
         side = self._side(pod, self.mtu(), addresses, mac)
-        found += veth.problems(self.ipr, pod_ns.ipr, pod.host_ifname,
-                               bridge["index"] if bridge else -1, side)
-        recorded = antispoof.members(self.guard_table)
-        admitted = recorded.port(pod.host_ifname) if recorded is not None else None
-        if admitted is None or not admitted.macs:
-            found.append(f"{pod.host_ifname} is not admitted in nftables table "
-                         f"bridge {self.guard_table}")
-        else:
-            have = {str(a) for _, a in admitted.addresses}
-            missing = [str(a.ip) for a in addresses if str(a.ip) not in have]
-            if missing:
-                found.append(f"{pod.host_ifname} may not send from {', '.join(missing)} "
-                             f"(nftables table bridge {self.guard_table})")
-        return found
+        return self.problems() + self._port_problems(pod_ns, pod, self.settings.bridge_name,
+                                                     side)
 
     def leave(self, unmarked_is_ours: bool = False) -> None:
         s = self.settings
@@ -476,39 +425,10 @@ class RoutedModel:
         self._bridge_index = index
         if self._static_peers is not None:
             self.on_peers(self._static_peers)
-        replugged = []
-        recorded = antispoof.members(self.guard_table)
-        for pod, addresses in pods:
-            if recorded is None or pod.host_ifname not in recorded.ports:
-                self._admit_running(pod, addresses)
-            link = get_link(self.ipr, pod.host_ifname)
-            if link is not None and link.get("IFLA_MASTER") == index \
-                    and link["flags"] & IFF_UP:
-                continue
-            side = self._side(pod, self.mtu(), addresses, "")
-            with self.enter(pod) as pod_ns:
-                veth.ensure(self.ipr, pod_ns.ipr, pod_ns.fd, pod.host_ifname, index, side)
-            replugged.append(pod)
-            log.info("re-plugged %s/%s into %s", pod.container_id[:12], pod.ifname,
-                     self.settings.bridge_name)
-        return replugged
-
-    def _admit_running(self, pod: Pod, addresses: list[IPInterface]) -> None:
-        try:
-            with self.enter(pod) as pod_ns:
-                link = get_link(pod_ns.ipr, pod.ifname)
-        except DataplaneError as exc:
-            log.warning("cannot read the MAC of %s/%s: %s", pod.container_id[:12],
-                        pod.ifname, exc)
-            return
-        if link is not None:
-            self._admit(pod, str(link.get("IFLA_ADDRESS")), addresses)
+        return self._replug(pods, index, self.settings.bridge_name, self.mtu())
 
     def remove_orphans(self, known: set[str]) -> list[str]:
-        s = self.settings
-        if get_link(self.ipr, s.bridge_name) is None:
-            return []
-        return podport.remove_orphans(self.guard_table, self.ipr, s.network, known)
+        return self._remove_orphans(self.settings.bridge_name, known)
 
     # --- peers -------------------------------------------------------------------------
 
