@@ -72,18 +72,18 @@ def lab(tmp_path: Path) -> Iterator[EtcdLab]:
         made.destroy()
 
 
-def etcd_config(lab: EtcdLab, name: str) -> dict[str, Any]:
+def etcd_config(lab: EtcdLab, name: str, **extra: Any) -> dict[str, Any]:
     assert lab.etcd is not None
     return lab.config(name, podCIDR=None, controlPlane={
         "type": "etcd", "endpoints": [lab.etcd.endpoint], "ttl": TTL,
-        "prefix": f"/xvm-test-{os.getpid()}"})
+        "prefix": f"/xvm-test-{os.getpid()}"}, **extra)
 
 
-def boot(lab: EtcdLab, name: str) -> None:
+def boot(lab: EtcdLab, name: str, **extra: Any) -> None:
     host = lab.hosts[name]
     conf_dir = host.data_dir.parent / "conf"
     conf_dir.mkdir(exist_ok=True)
-    conf = {k: v for k, v in etcd_config(lab, name).items() if k != "agentSocket"}
+    conf = {k: v for k, v in etcd_config(lab, name, **extra).items() if k != "agentSocket"}
     (conf_dir / "10-routed.conf").write_text(json.dumps(conf))
     start_agent(host, env={"XVM_CNI_HOSTNAME": name})
 
@@ -168,9 +168,39 @@ def test_routed_vxlan_over_etcd_across_a_router(lab: EtcdLab) -> None:
     assert state(lab.hosts["h3"]) == expected(lab, "h3", names, cidrs)
     assert ping(lab.hosts["h1"], pods["h1"][0], pods["h2"][1])
 
+    # etcd away: the data path stays, and an ADD allocates from the claimed CIDR.
+    assert lab.etcd is not None
+    lab.etcd.kill()
+    extra = lab.add_pod("h1", etcd_config(lab, "h1"), "rt-extra")
+    assert ipaddress.ip_address(extra[1]) in ipaddress.ip_network(cidrs["h1"])
+    assert ping(lab.hosts["h1"], extra[0], pods["h2"][1])
+    lab.etcd.start()
+
     # Back: it keeps its pod CIDR (its claim is found by name) and rejoins everywhere.
     boot(lab, "h3")
     expect_peers(lab, names, names, cidrs, timeout=10)
     assert claimed(lab.hosts["h3"]) == [cidrs["h3"]]
     assert ping(lab.hosts["h1"], pods["h1"][0], pods["h3"][1])
     assert ping(lab.hosts["h3"], pods["h3"][0], pods["h2"][1])
+
+
+def test_pod_cidrs_exhausted(lab: EtcdLab) -> None:
+    """Three agents race for the two /24s of a /23: two distinct winners; the third
+    host's ADD fails with code 102 and says why."""
+    names = ["h1", "h2", "h3"]
+    lab.build(tuple(names))
+    lab.start_etcd()
+    small = {"clusterCIDR": "10.250.0.0/23", "podCIDRPrefix": 24}
+    for name in names:
+        boot(lab, name, **small)
+    wait_for(lambda: sum(len(claimed(lab.hosts[n])) for n in names) == 2, 15,
+             "two hosts to claim a pod CIDR")
+    holders = [n for n in names if claimed(lab.hosts[n])]
+    assert len({claimed(lab.hosts[n])[0] for n in holders}) == 2
+    loser = next(n for n in names if n not in holders)
+    host = lab.hosts[loser]
+    res = host.cni("ADD", etcd_config(lab, loser, **small), "rt-none", host.new_pod())
+    assert res.rc != 0 and res.out is not None, res.stdout
+    assert res.out["code"] == 102, res.out
+    assert "every pod CIDR" in res.out["msg"], res.out
+    assert claimed(host) == []
