@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from tests.support.etcd import EtcdServer
-from xvmcni.lab import simhost
+from xvmcni.lab import invoke, plumbing, simhost
 
 from .conftest import Host, start_agent, stop_agent
 from .routed_lab import CLUSTER, NETWORK, Lab, fdb, ip, neighbours, ping, routes_of
@@ -204,3 +204,50 @@ def test_pod_cidrs_exhausted(lab: EtcdLab) -> None:
     assert res.out["code"] == 102, res.out
     assert "every pod CIDR" in res.out["msg"], res.out
     assert claimed(host) == []
+
+
+DUAL = {"clusterCIDR": [CLUSTER, "fd00:250::/48"]}
+
+
+def add_without_agent(lab: EtcdLab, name: str,
+                      container: str) -> tuple[str, dict[str, Any]]:
+    """ADD by the in-process plugin, no agent anywhere: the plugin claims itself,
+    under the host name a runtime's environment gives it."""
+    host = lab.hosts[name]
+    pod = host.new_pod()
+    plumbing.bring_up_lo(pod)
+    env = {**invoke.cni_env("ADD", container, pod), "XVM_CNI_HOSTNAME": name}
+    res = host.cni("ADD", etcd_config(lab, name, **DUAL), container, pod, env=env)
+    assert res.rc == 0 and res.out is not None, f"{res.stdout} {res.stderr}"
+    return pod, res.out
+
+
+def test_dual_stack_claims_by_the_plugin_with_no_agent(lab: EtcdLab) -> None:
+    """With no agent running, the first ADD on each host claims an IPv4 /24 and an
+    IPv6 /64 itself; a second ADD keeps them; agents started later take over the
+    same claims and connect the hosts in both families."""
+    names = ["h1", "h3"]
+    lab.build(tuple(names))
+    lab.start_etcd()
+    added = {n: add_without_agent(lab, n, f"nd-{n}") for n in names}
+    results = {n: added[n][1] for n in names}
+    cidrs = {n: claimed(lab.hosts[n]) for n in names}
+    for name in names:
+        assert [ipaddress.ip_network(c).prefixlen for c in cidrs[name]] == [24, 64], cidrs
+        addresses = [ipaddress.ip_interface(i["address"]).ip for i in results[name]["ips"]]
+        assert sorted(a.version for a in addresses) == [4, 6]
+        assert all(any(a in ipaddress.ip_network(c) for c in cidrs[name]) for a in addresses)
+    assert not set(cidrs["h1"]) & set(cidrs["h3"]), cidrs
+    add_without_agent(lab, "h1", "nd-again")
+    assert claimed(lab.hosts["h1"]) == cidrs["h1"]
+
+    for name in names:
+        boot(lab, name, **DUAL)
+    v6 = {n: next(ipaddress.ip_interface(i["address"]).ip for i in results[n]["ips"]
+                  if ":" in i["address"]) for n in names}
+    wait_for(lambda: ping(lab.hosts["h1"], added["h1"][0], str(v6["h3"]), count=1), 15,
+             "h1's pod to reach h3's pod over IPv6")
+    assert ping(lab.hosts["h3"], added["h3"][0], str(results["h1"]["ips"][0]["address"]
+                                                      ).split("/")[0])
+    for name in names:
+        assert claimed(lab.hosts[name]) == cidrs[name], "the agent kept the plugin's claims"
