@@ -186,6 +186,7 @@ def _add(call: Call) -> dict[str, Any]:
     requested = requested_addresses(call.request, call.network)
     mac = requested_mac(call.request, call.network)
     request = call.request
+    networks.ensure_pod_cidrs(call.network, call.runtime)  # routed+etcd: claim if none
     with networks.open_model(call.network, call.runtime) as model:
         model.prepare()  # e.g. a missing hostInterface fails here, before any change
         ipam = _ipam(call, model)

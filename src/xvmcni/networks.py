@@ -9,6 +9,7 @@ line here.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ipaddress
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -18,12 +19,13 @@ from typing import Any
 from xvmcni import config
 from xvmcni.cni.request import Request
 from xvmcni.config import NetworkConfig
-from xvmcni.controlplane import etcdconfig, static
+from xvmcni.controlplane import etcdconfig, peercache, static
 from xvmcni.controlplane.base import ControlPlane, Peer
 from xvmcni.controlplane.etcdconfig import EtcdSettings
 from xvmcni.controlplane.multicast import MulticastControlPlane
 from xvmcni.dataplane import names
-from xvmcni.ipam import blocks
+from xvmcni.errors import ADDRESS_EXHAUSTED, TRY_AGAIN_LATER, CniError
+from xvmcni.ipam import blocks, podcidrs
 from xvmcni.ipam.base import Ipam
 from xvmcni.ipam.blocks import BlockIpam, BlockSettings
 from xvmcni.ipam.cidr import CidrIpam, CidrPool
@@ -33,7 +35,8 @@ from xvmcni.ipam.slices import SliceIpam, SliceSettings
 from xvmcni.ipam.slices import parse_settings as parse_slices
 from xvmcni.models import l2, routed
 from xvmcni.models.base import NetworkModel
-from xvmcni.runtime import Runtime
+from xvmcni.runtime import LOCK_TIMEOUT, Runtime
+from xvmcni.state.locks import network_lock
 
 MODELS = ("l2", "routed")
 # Each control plane is built from its "controlPlane" section (validated by parse).
@@ -58,6 +61,8 @@ class Network:
     # controlPlane etcd: its settings, and the IPAM blocks hosts claim through it (l2).
     etcd: EtcdSettings | None = None
     blocks: BlockSettings | None = None
+    # routed with etcd and no 'podCIDR': how this host claims its pod CIDRs.
+    cidrs: podcidrs.CidrClaimSettings | None = None
 
     @property
     def name(self) -> str:
@@ -110,12 +115,86 @@ def parse(raw: dict[str, Any]) -> Network:
 
 def _parse_etcd(raw: dict[str, Any], common: NetworkConfig) -> Network:
     etcd = etcdconfig.parse(raw["controlPlane"])
-    if common.model != l2.KIND:
-        raise config.fail(f"controlPlane etcd is not connected to model {common.model!r} yet",
-                          "use it with model l2, or controlPlane static")
+    if common.model == routed.KIND:
+        return _parse_routed_etcd(raw, common, etcd)
     settings = l2.parse_settings(raw, common.name, unicast=True)
     claimed = None if common.ipam is not None else blocks.parse_settings(raw, settings.subnet)
     return Network(common, settings, None, None, etcd, claimed)
+
+
+def _parse_routed_etcd(raw: dict[str, Any], common: NetworkConfig,
+                       etcd: EtcdSettings) -> Network:
+    """routed with etcd: an explicit 'podCIDR' is used as written and published (the
+    operator keeps it unique, as without a control plane); without one, every host
+    claims its pod CIDRs from 'clusterCIDR'."""
+    claim = all(raw.get(k) is None for k in _ROUTED_HINTS)
+    rsettings = routed.parse_settings(raw, common.name, claimed=claim)
+    cidrs = podcidrs.parse_settings(raw, rsettings.cluster_cidrs) if claim else None
+    rslices = None
+    if common.ipam is None:
+        for key in ("rangeStart", "rangeEnd", "perHostPrefix"):
+            if raw.get(key) is not None and claim:
+                raise config.fail(f"{key!r} does not apply to claimed pod CIDRs",
+                                  "size them with 'podCIDRPrefix'")
+        v4 = rsettings.pod_cidr(4)
+        if isinstance(v4, ipaddress.IPv4Network):
+            rslices = parse_slices(raw, v4)
+            if rslices.per_host_prefix is not None:
+                raise config.fail("'perHostPrefix' belongs to the l2 model",
+                                  "a routed host allocates from its whole 'podCIDR'")
+    return Network(common, rsettings, rslices, None, etcd, cidrs=cidrs)
+
+
+def routed_settings(network: Network) -> routed.RoutedSettings:
+    """The routed settings with this host's pod CIDRs: as configured, or (claimed
+    through etcd) as claims.json lists them (none before the first claim)."""
+    settings = network.settings
+    assert isinstance(settings, routed.RoutedSettings), "not a routed network"
+    if network.cidrs is None:
+        return settings
+    return dataclasses.replace(settings,
+                               pod_cidrs=podcidrs.held(network.state_dir, network.cidrs))
+
+
+def ensure_pod_cidrs(network: Network, runtime: Runtime) -> None:
+    """Before an ADD: a routed host that claims its pod CIDRs through etcd and lists
+    none yet (the agent has not claimed them) claims them now, with the agent's
+    control plane when it runs one, else a client of our own; CniError 11 when etcd
+    cannot be asked, 102 when every CIDR is held. A no-op for every other network."""
+    if network.cidrs is None:
+        return
+    if len(podcidrs.held(network.state_dir, network.cidrs)) < len(network.cidrs.cluster_cidrs):
+        claim_cidrs(network, runtime.control_planes)
+
+
+def hold_cidrs(network: Network, plane: Any) -> tuple[Any, ...]:
+    """This host's pod CIDRs through its etcd control plane, written to its state dir;
+    raises the control plane's errors. Under the network's lock: the agent and an ADD
+    claiming at once must not end up with two CIDRs per family (the second finds the
+    first's claim by name)."""
+    assert network.cidrs is not None
+    with network_lock(network.state_dir, LOCK_TIMEOUT):
+        return podcidrs.hold_cidrs(plane, network.cidrs, network.state_dir)
+
+
+def claim_cidrs(network: Network, planes: dict[Path, Any] | None) -> tuple[Any, ...]:
+    from xvmcni.controlplane.etcd import ClaimsExhausted
+    from xvmcni.controlplane.etcdstore import EtcdUnavailable
+    shared = planes.get(network.state_dir) if planes is not None else None
+    plane = shared if shared is not None else _own_etcd_plane(network)
+    try:
+        return hold_cidrs(network, plane)
+    except EtcdUnavailable as exc:
+        raise CniError(TRY_AGAIN_LATER, "this host holds no pod CIDR yet, and etcd cannot "
+                       "be reached to claim one", str(exc)) from exc
+    except ClaimsExhausted as exc:
+        raise CniError(ADDRESS_EXHAUSTED, "every pod CIDR of the cluster CIDR is held by "
+                       "a host", "remove unused hosts (their CIDRs return after "
+                       "reclaimAfter), or use a larger 'clusterCIDR' or 'podCIDRPrefix'"
+                       ) from exc
+    finally:
+        if shared is None:
+            plane.close()
 
 
 @contextlib.contextmanager
@@ -124,7 +203,11 @@ def open_model(network: Network, runtime: Runtime) -> Iterator[NetworkModel]:
     with runtime.host_rtnl() as ipr:
         if isinstance(network.settings, routed.RoutedSettings):
             peers = list(network.static_peers) if network.static_peers is not None else None
-            yield routed.RoutedModel(network.settings, ipr, runtime.reaper, peers)
+            if network.etcd is not None:
+                # The last peer set the agent heard: programmed on join, agent down too.
+                peers = peercache.read(network.state_dir)
+            yield routed.RoutedModel(routed_settings(network), ipr,
+                                     runtime.reaper, peers)
         else:
             yield l2.L2Model(network.settings, ipr, runtime.reaper, runtime.hostif_cache,
                              network.state_dir)
@@ -136,7 +219,7 @@ def ipam(network: Network, request: Request, host_address: Callable[[], Any],
     address when the allocator needs it (our per-host slices); DEL never asks.
     ``planes``: the agent's running control planes, reused to claim blocks."""
     if isinstance(network.settings, routed.RoutedSettings):
-        return _routed_ipam(network, network.settings, request)
+        return _routed_ipam(network, routed_settings(network), request)
     if network.config.ipam is not None:
         return DelegatedIpam(request, network.config.raw, network.l2.subnet.prefixlen)
     if network.blocks is not None:
@@ -179,7 +262,7 @@ def _routed_ipam(network: Network, settings: routed.RoutedSettings,
     """A routed host allocates from its own pod CIDRs, without coordination: they
     are this host's alone. The gateways (first addresses) are never handed out."""
     if network.config.ipam is not None:
-        first = settings.pod_cidr(4) or settings.pod_cidrs[0]
+        first = settings.pod_cidr(4) or (settings.pod_cidrs or settings.cluster_cidrs)[0]
         return DelegatedIpam(request, network.config.raw, first.prefixlen)
     slices = network.slices or SliceSettings()
     pools = tuple(

@@ -6,7 +6,7 @@ under the network's lock, and caches it in the state dir (an ADD by the
 in-process plugin, agent down, programs the cached peers when the host joins).
 It publishes this host's record only once the host has joined (l2: with its
 first container, when the VXLAN device exists) and withdraws it when the host
-leaves; it keeps the host's IPAM blocks in ``claims.json``.
+leaves; it keeps the host's IPAM blocks (l2) or pod CIDRs (routed) in ``claims.json``.
 
 A tick every ``interval`` seconds (or at once after an ADD or DEL through the
 agent, ``nudge``) picks up new networks, joins and leaves, and re-applies the
@@ -48,7 +48,7 @@ class _Tracked:
         self.plane = plane
         self.peers: list[Peer] | None = None
         self.published: Peer | None = None
-        self.blocks_known = network.blocks is None
+        self.blocks_known = network.blocks is None and network.cidrs is None
 
 
 class PeerSync:
@@ -161,20 +161,24 @@ class PeerSync:
             return
         from xvmcni.controlplane.etcd import ClaimsExhausted
         from xvmcni.controlplane.etcdstore import EtcdUnavailable
+        what = "pod CIDRs" if item.network.cidrs is not None else "address blocks"
         try:
-            held = networks.hold_blocks(item.network, item.plane)
+            if item.network.cidrs is not None:
+                held = [str(c) for c in networks.hold_cidrs(item.network, item.plane)]
+            else:
+                held = networks.hold_blocks(item.network, item.plane)
         except EtcdUnavailable as exc:
-            log.warning("%s: cannot look up this host's address blocks yet: %s",
-                        item.network.name, exc)
+            log.warning("%s: cannot look up this host's %s yet: %s",
+                        item.network.name, what, exc)
             return
         except ClaimsExhausted as exc:
-            log.error("%s: no address block for this host: %s", item.network.name, exc)
+            log.error("%s: no %s for this host: %s", item.network.name, what, exc)
             return
         except OSError as exc:
             log.error("%s: cannot write this host's blocks: %s", item.network.name, exc)
             return
         item.blocks_known = True
-        log.info("%s: this host holds blocks %s", item.network.name, ", ".join(held))
+        log.info("%s: this host holds %s %s", item.network.name, what, ", ".join(held))
 
     def _publish(self, item: _Tracked) -> None:
         try:

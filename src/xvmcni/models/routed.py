@@ -131,17 +131,20 @@ def _int(raw: dict[str, Any], key: str, default: int, lo: int, hi: int) -> int:
     return value
 
 
-def parse_settings(raw: dict[str, Any], network: str) -> RoutedSettings:
+def parse_settings(raw: dict[str, Any], network: str,
+                   claimed: bool = False) -> RoutedSettings:
+    """``claimed``: the pod CIDRs are claimed through the control plane (etcd, no
+    'podCIDR'); they are filled in per request from the state dir."""
     host_interface = get(raw, "hostInterface", str)
     if not host_interface:
         raise fail("'hostInterface' is required",
                    "the host interface that carries traffic between hosts, e.g. \"eth0\"")
     # bvcni's configuration spells it "podcidr".
     key = "podCIDR" if raw.get("podCIDR") is not None else "podcidr"
-    if raw.get(key) is None:
+    if raw.get(key) is None and not claimed:
         raise fail("'podCIDR' is required",
                    "this host's pod network per family, e.g. \"10.244.1.0/24\"")
-    pod_cidrs = _cidrs(raw, key, raw[key])
+    pod_cidrs = () if claimed else _cidrs(raw, key, raw[key])
     for cidr in pod_cidrs:
         if cidr.num_addresses < 4:
             raise fail(f"'podCIDR' {cidr} is too small: it needs room for a gateway and pods")
