@@ -1,4 +1,4 @@
-"""xvm-cnid: serves the plugin's handler on a unix socket, warm.
+"""xvm-cnid: serves the command flow on a unix socket, warm.
 
 One thread per connection; the CNI work itself runs in a bounded worker pool
 with a per-request timeout. Per-network serialisation comes from the same

@@ -1,6 +1,6 @@
 """A CNI invocation (environment + stdin) as one plain, serialisable object.
 
-The handler takes a ``Request`` and nothing else, so the same request can run
+The command flow takes a ``Request`` and nothing else, so the same request can run
 in-process or be shipped to the node agent as JSON. Stdlib only.
 """
 
