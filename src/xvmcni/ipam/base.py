@@ -71,3 +71,28 @@ class Ipam(Protocol):
     def status(self, registry: AttachmentRegistry | None) -> None:
         """Raise CniError(50) when no ADD could get an address now."""
         ...
+
+
+class OwnRecords:
+    """What every IPAM that chooses addresses itself shares: the registry is the only
+    record, so releasing, forgetting and collecting are the registry's work, and there
+    is nothing else to check and no DNS to hand on."""
+
+    needs_interface = False
+
+    def release(self, registry: AttachmentRegistry, container_id: str,
+                ifname: str) -> Attachment | None:
+        return registry.detach(container_id, ifname)
+
+    def forget(self, released: list[Attachment]) -> None:
+        return None  # the registry was the only record
+
+    def gc(self, registry: AttachmentRegistry,
+           valid: set[tuple[str, str]]) -> list[Attachment]:
+        return registry.gc(valid)
+
+    def check(self) -> None:
+        return None
+
+    def dns(self) -> dict[str, Any]:
+        return {}

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from xvmcni.config import fail, get
 from xvmcni.errors import ADDRESS_EXHAUSTED, INVALID_CONFIG, TRY_AGAIN_LATER, CniError
-from xvmcni.ipam.base import Usage
+from xvmcni.ipam.base import OwnRecords, Usage
 from xvmcni.ipam.pool import AddressPool
 from xvmcni.ipam.slices import STATIC_SUBNET, SliceAllocator, _ipv4_only
 from xvmcni.state.attachments import (
@@ -157,9 +157,7 @@ class BlocksAllocator:
                                or "this host holds no block yet")
 
 
-class BlockIpam:
-    needs_interface = False
-
+class BlockIpam(OwnRecords):
     def __init__(self, subnet: ipaddress.IPv4Network, gateway: ipaddress.IPv4Address,
                  state_dir: Path, claim_more: ClaimMore | None) -> None:
         self.subnet = subnet
@@ -220,23 +218,6 @@ class BlockIpam:
                            f"{what}, and every block of {self.subnet} is held by a host",
                            "remove unused hosts (their blocks return after reclaimAfter), or "
                            "use a larger subnet or smaller 'blockSize'") from exc
-
-    def release(self, registry: AttachmentRegistry, container_id: str,
-                ifname: str) -> Attachment | None:
-        return registry.detach(container_id, ifname)
-
-    def forget(self, released: list[Attachment]) -> None:
-        return None
-
-    def gc(self, registry: AttachmentRegistry,
-           valid: set[tuple[str, str]]) -> list[Attachment]:
-        return registry.gc(valid)
-
-    def check(self) -> None:
-        return None
-
-    def dns(self) -> dict[str, Any]:
-        return {}
 
     def usage(self, registry: AttachmentRegistry | None) -> Usage:
         pools = self.pools()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from typing import Any
 
 from xvmcni.errors import (
     ADDRESS_EXHAUSTED,
@@ -20,7 +19,7 @@ from xvmcni.errors import (
     NOT_AVAILABLE,
     CniError,
 )
-from xvmcni.ipam.base import Usage
+from xvmcni.ipam.base import OwnRecords, Usage
 from xvmcni.state.attachments import (
     AddressBook,
     Attachment,
@@ -125,10 +124,8 @@ class CidrAllocator:
                        "remove unused containers, or give this host a larger pod CIDR")
 
 
-class CidrIpam:
+class CidrIpam(OwnRecords):
     """The routed model's own IPAM over this host's pod CIDRs."""
-
-    needs_interface = False
 
     def __init__(self, pools: tuple[CidrPool, ...]) -> None:
         self.pools = pools
@@ -152,23 +149,6 @@ class CidrIpam:
             if sum(1 for a in requested if a.version == version) > 1:
                 raise CniError(INVALID_CONFIG,
                                f"more than one IPv{version} address requested")
-
-    def release(self, registry: AttachmentRegistry, container_id: str,
-                ifname: str) -> Attachment | None:
-        return registry.detach(container_id, ifname)
-
-    def forget(self, released: list[Attachment]) -> None:
-        return None  # the registry was the only record
-
-    def gc(self, registry: AttachmentRegistry,
-           valid: set[tuple[str, str]]) -> list[Attachment]:
-        return registry.gc(valid)
-
-    def check(self) -> None:
-        return None
-
-    def dns(self) -> dict[str, Any]:
-        return {}
 
     def usage(self, registry: AttachmentRegistry | None) -> Usage:
         # Every pod takes one address of each family: the fullest pool is the limit.

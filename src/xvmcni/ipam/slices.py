@@ -20,7 +20,7 @@ from xvmcni.errors import (
     NOT_AVAILABLE,
     CniError,
 )
-from xvmcni.ipam.base import Usage
+from xvmcni.ipam.base import OwnRecords, Usage
 from xvmcni.ipam.pool import AddressPool
 from xvmcni.state.attachments import (
     AddressBook,
@@ -184,14 +184,12 @@ def _ipv4_only(requested: list[IPAddress]) -> tuple[ipaddress.IPv4Address, ...]:
     return tuple(a for a in requested if isinstance(a, ipaddress.IPv4Address))
 
 
-class SliceIpam:
+class SliceIpam(OwnRecords):
     """The built-in IPAM over one host's pool.
 
     The pool is worked out on first use: it depends on the host's underlay
     address, which releasing an address (DEL) must never need to look up.
     """
-
-    needs_interface = False
 
     def __init__(self, pool: AddressPool | Callable[[], AddressPool],
                  static_ips: str = STATIC_POOL) -> None:
@@ -212,23 +210,6 @@ class SliceIpam:
     def validate(self, requested: list[IPAddress]) -> None:
         SliceAllocator(self.pool, _ipv4_only(requested),
                        static_ips=self.static_ips).validate()
-
-    def release(self, registry: AttachmentRegistry, container_id: str,
-                ifname: str) -> Attachment | None:
-        return registry.detach(container_id, ifname)
-
-    def forget(self, released: list[Attachment]) -> None:
-        return None  # the registry was the only record
-
-    def gc(self, registry: AttachmentRegistry,
-           valid: set[tuple[str, str]]) -> list[Attachment]:
-        return registry.gc(valid)
-
-    def check(self) -> None:
-        return None  # the registry record is checked by the command flow
-
-    def dns(self) -> dict[str, Any]:
-        return {}
 
     def usage(self, registry: AttachmentRegistry | None) -> Usage:
         # Only addresses inside the pool use it up: a static address elsewhere in the

@@ -70,7 +70,9 @@ def checksum(data: bytes) -> int:
     return int(~total & 0xFFFF)
 
 
-def _echo_request(ident: int, seq: int, payload: bytes) -> bytes:
+def _echo_request(ident: int, seq: int, payload: bytes, v6: bool = False) -> bytes:
+    if v6:  # the kernel fills in an ICMPv6 checksum (it covers a pseudo-header)
+        return struct.pack("!BBHHH", ICMP6_ECHO_REQUEST, 0, 0, ident, seq) + payload
     header = struct.pack("!BBHHH", ICMP_ECHO_REQUEST, 0, 0, ident, seq)
     csum = checksum(header + payload)
     return struct.pack("!BBHHH", ICMP_ECHO_REQUEST, 0, csum, ident, seq) + payload
@@ -89,36 +91,39 @@ def echo(dst: str, *, size: int = DEFAULT_SIZE, df: bool = False, timeout: float
     (IP_PMTUDISC_DO), so a packet larger than the path MTU fails instead of being
     fragmented, which is what an MTU test needs. Each try waits ``timeout`` seconds.
     """
-    if ipaddress.ip_address(dst).version == 6:
-        return _echo6(str(ipaddress.IPv6Address(dst)), size=size, df=df, timeout=timeout,
-                      tries=tries)
-    addr = str(ipaddress.IPv4Address(dst))
+    v6 = ipaddress.ip_address(dst).version == 6
+    addr = str(ipaddress.ip_address(dst))
     ident = secrets.randbits(16)
-    token = secrets.token_bytes(8)
-    payload = _payload(token, size)
+    payload = _payload(secrets.token_bytes(8), size)
+    if v6:
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+        dontfrag = (socket.IPPROTO_IPV6, IPV6_DONTFRAG, 1)
+        header, wait = IP6_HEADER, _wait_reply6
+    else:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+        dontfrag = (socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
+        header, wait = IP_HEADER, _wait_reply
     last_error = "no reply"
-    sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
     try:
         if df:
-            sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
-        for attempt in range(1, tries + 1):
-            seq = attempt
+            sock.setsockopt(*dontfrag)
+        for seq in range(1, tries + 1):
             sent = time.monotonic()
             try:
-                sock.sendto(_echo_request(ident, seq, payload), (addr, 0))
+                sock.sendto(_echo_request(ident, seq, payload, v6), (addr, 0))
             except OSError as exc:
                 if exc.errno == errno.EMSGSIZE:
-                    return PingReply(False, tries=attempt,
-                                     error=f"{size + ICMP_HEADER + IP_HEADER} bytes exceed "
+                    return PingReply(False, tries=seq,
+                                     error=f"{size + ICMP_HEADER + header} bytes exceed "
                                            "the route's MTU (DF set)")
                 # No route / unreachable are answers too: try again, the
                 # neighbour may just be resolving.
                 last_error = exc.strerror or str(exc)
                 time.sleep(min(timeout, 0.2))
                 continue
-            reply = _wait_reply(sock, addr, ident, seq, payload[:8], sent + timeout)
+            reply = wait(sock, addr, ident, seq, payload[:8], sent + timeout)
             if reply is True:
-                return PingReply(True, (time.monotonic() - sent) * 1000.0, attempt)
+                return PingReply(True, (time.monotonic() - sent) * 1000.0, seq)
             if reply:
                 last_error = reply
     finally:
@@ -161,38 +166,6 @@ def _wait_reply(sock: socket.socket, addr: str, ident: int, seq: int, head: byte
             if (inner_dst == addr and q_kind == ICMP_ECHO_REQUEST
                     and q_ident == ident and 1 <= q_seq <= seq):
                 error = _describe(kind, code, src)
-
-
-def _echo6(addr: str, *, size: int, df: bool, timeout: float, tries: int) -> PingReply:
-    ident = secrets.randbits(16)
-    token = secrets.token_bytes(8)
-    payload = _payload(token, size)
-    last_error = "no reply"
-    sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
-    try:
-        if df:
-            sock.setsockopt(socket.IPPROTO_IPV6, IPV6_DONTFRAG, 1)
-        for attempt in range(1, tries + 1):
-            sent = time.monotonic()
-            request = struct.pack("!BBHHH", ICMP6_ECHO_REQUEST, 0, 0, ident, attempt) + payload
-            try:
-                sock.sendto(request, (addr, 0))
-            except OSError as exc:
-                if exc.errno == errno.EMSGSIZE:
-                    return PingReply(False, tries=attempt,
-                                     error=f"{size + ICMP_HEADER + IP6_HEADER} bytes exceed "
-                                           "the route's MTU (DF set)")
-                last_error = exc.strerror or str(exc)
-                time.sleep(min(timeout, 0.2))
-                continue
-            reply = _wait_reply6(sock, addr, ident, attempt, payload[:8], sent + timeout)
-            if reply is True:
-                return PingReply(True, (time.monotonic() - sent) * 1000.0, attempt)
-            if reply:
-                last_error = reply
-    finally:
-        sock.close()
-    return PingReply(False, tries=tries, error=last_error)
 
 
 def _wait_reply6(sock: socket.socket, addr: str, ident: int, seq: int, head: bytes,
