@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("xvmcni.networks",),
     ("xvmcni.commands",),
     ("xvmcni.agent",),
-    ("xvmcni.lab", "xvmcni.cli", "xvmcni.plugin_file", "xvmcni.cmd"),
+    ("xvmcni.lab", "xvmcni.cli", "xvmcni.diagnose", "xvmcni.plugin_file", "xvmcni.cmd"),
 ]
 
 # Deliberate exceptions, each with its reason (none today: the entry points live in

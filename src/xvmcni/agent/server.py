@@ -10,6 +10,7 @@ from __future__ import annotations
 import concurrent.futures
 import ctypes
 import ctypes.util
+import importlib.metadata
 import logging
 import os
 import threading
@@ -32,6 +33,11 @@ from xvmcni.networks import Network
 from xvmcni.runtime import REGISTRY_FILE, Runtime
 
 log = logging.getLogger(__name__)
+
+try:
+    VERSION = importlib.metadata.version("xvm-cni")
+except importlib.metadata.PackageNotFoundError:  # run from a source tree
+    VERSION = "unknown"
 
 # While requests come in, return freed heap to the OS this often (see _trim_loop).
 TRIM_INTERVAL = 2.0
@@ -70,6 +76,9 @@ class Agent:
         self.runtime = Runtime.for_agent(self.reaper)
         # Control planes that list hosts (etcd): watched, applied, published.
         self.peers = peers.PeerSync(self.runtime, self.networks)
+        # The last reconcile pass (unix time and per-network reports), for status and
+        # xvmctl doctor; None before the first one.
+        self.last_reconcile: dict[str, Any] | None = None
 
     # --- requests --------------------------------------------------------------------
 
@@ -199,6 +208,7 @@ class Agent:
         with self._counts_lock:
             counts = dict(self.requests)
         return {"agent": {"pid": os.getpid(), "uptime": round(time.time() - self.started, 1),
+                          "version": VERSION, "reconcile": self.last_reconcile,
                           "socket": str(self.options.socket_path), "requests": counts,
                           "metrics": (f"http://{self.options.metrics_address}:"
                                       f"{self.options.metrics_port}/metrics"
@@ -207,6 +217,8 @@ class Agent:
 
     def reconcile_all(self) -> list[reconcile.NetworkReport]:
         reports = [reconcile.reconcile(network, self.runtime) for network in self.networks()]
+        self.last_reconcile = {"at": round(time.time(), 1),
+                               "networks": [vars(r) for r in reports]}
         for report in reports:
             if report.released or report.replugged or report.error:
                 log.info("reconcile %s: released=%s replugged=%s error=%s", report.name,

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from xvmcni.cli import status
+from xvmcni.cli.doctor import add_doctor
 from xvmcni.config import DEFAULT_DATA_DIR
 from xvmcni.lab.model import PluginError
 from xvmcni.lab.names import DEFAULT_NAME, LabError, check_name, lab_dir
@@ -366,6 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="Operate xvm-cni networks.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     add_agent_commands(sub)
+    add_doctor(sub)
     add_ipam(sub)
     add_lab(sub)
     return parser

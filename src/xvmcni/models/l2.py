@@ -332,6 +332,19 @@ class L2Model(BridgedPorts):
             log.info("%s flood list: added %s, removed %s", s.network,
                      ", ".join(changed[0]) or "-", ", ".join(changed[1]) or "-")
 
+    def flood_drift(self, peers: list[Peer]) -> tuple[list[str], list[str]] | None:
+        """Unicast flooding: (missing, extra) remote hosts of the VXLAN device's flood
+        list against ``peers``, without changing it (xvmctl doctor); None with
+        multicast or before the host joined."""
+        s = self.settings
+        vxlan = get_link(self.ipr, s.vxlan_name)
+        if s.group is not None or vxlan is None or not ownership.owned_by(vxlan, s.network):
+            return None
+        me = self.host().address
+        wanted = {str(p.underlay) for p in peers if p.underlay != me and p.underlay.version == 4}
+        have = l2net.flood_list(self.ipr, int(vxlan["index"]))
+        return sorted(wanted - have), sorted(have - wanted)
+
     def local_peer(self, name: str) -> Peer | None:
         s = self.settings
         vxlan = get_link(self.ipr, s.vxlan_name)

@@ -462,7 +462,13 @@ class RoutedModel(BridgedPorts):
             underlay_index=under.index,
             vxlan_index=int(vxlan["index"]) if vxlan is not None else None)
 
-    def _converge(self, peers: list[Peer]) -> routed_peers.Plan:
+    def peer_drift(self, peers: list[Peer]) -> routed_peers.Plan:
+        """What ``on_peers(peers)`` would change, without changing it (xvmctl doctor:
+        the kernel's per-peer state against the control plane's). Empty: in line."""
+        return self._plan(peers)[2]
+
+    def _plan(self, peers: list[Peer]
+              ) -> tuple[routed_peers.Local, routed_peers.Desired, routed_peers.Plan]:
         s = self.settings
         local = self.local()
         want = routed_peers.desired(local, peers)
@@ -479,7 +485,11 @@ class RoutedModel(BridgedPorts):
         outside = [r for r in ours if not self._in_cluster(r.dst)]
         ours = [r for r in ours if self._in_cluster(r.dst)]
         foreign |= {r.dst for r in outside}
-        todo = routed_peers.plan(want, ours, neighbours, fdb, foreign)
+        return local, want, routed_peers.plan(want, ours, neighbours, fdb, foreign)
+
+    def _converge(self, peers: list[Peer]) -> routed_peers.Plan:
+        s = self.settings
+        local, want, todo = self._plan(peers)
         for why in want.skipped:
             log.warning("network %s: peer left out: %s", s.network, why)
         vx = local.vxlan_index

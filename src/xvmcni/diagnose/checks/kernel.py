@@ -1,0 +1,76 @@
+"""The kernel: the modules the overlay needs, IPv4 forwarding, and reverse-path
+filtering that would drop packets our routes deliver."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from pyroute2.netlink.exceptions import NetlinkError
+
+from xvmcni.diagnose import findings as fd
+from xvmcni.diagnose.findings import Finding
+from xvmcni.diagnose.host import Host, module_available, rp_filter, sysctl
+from xvmcni.diagnose.target import Target
+
+NAME = "kernel"
+MODULES = ("bridge", "veth", "vxlan", "nf_tables")
+
+
+def run_host(host: Host) -> list[Finding]:
+    found = []
+    missing = [m for m in MODULES if not module_available(m)]
+    if missing:
+        found.append(fd.fail(NAME, "modules", f"kernel modules {', '.join(missing)} are not "
+                             "available: devices of those kinds cannot be created",
+                             f"apt install linux-image-$(uname -r) (or modprobe "
+                             f"{' '.join(missing)})"))
+    else:
+        found.append(fd.ok(NAME, "modules", ", ".join(MODULES) + " available"))
+    if host.networks:
+        forward = sysctl("net.ipv4.ip_forward")
+        if forward != "1":
+            found.append(fd.fail(NAME, "ip_forward", "IPv4 forwarding is off: pods cannot "
+                                 "reach anything beyond this host's bridge",
+                                 "sysctl -w net.ipv4.ip_forward=1 (and set it in "
+                                 "/etc/sysctl.d/)"))
+        else:
+            found.append(fd.ok(NAME, "ip_forward", "net.ipv4.ip_forward = 1"))
+    return found
+
+
+def _route_dev(t: Target, prefix: ipaddress.IPv4Network | ipaddress.IPv6Network) -> str:
+    """The interface the route back to ``prefix`` leaves through ('' unknown)."""
+    address = prefix.network_address if prefix.num_addresses == 1 \
+        else prefix.network_address + 1
+    try:
+        routes = t.host.ipr.route("get", dst=str(address))
+    except NetlinkError:  # no route at all: nothing for rp_filter to compare
+        return ""
+    for route in routes:
+        oif = route.get("RTA_OIF")
+        if oif is not None:
+            links = t.host.ipr.get_links(oif)
+            return str(links[0].get("IFLA_IFNAME")) if links else ""
+    return ""
+
+
+def run(t: Target) -> list[Finding]:
+    peers = t.peers().peers
+    if not peers:
+        return []
+    found = []
+    for prefix, dev in t.inspector.arrivals(t.network, t.model, peers):
+        if prefix.version != 4 or rp_filter(dev) != 1:
+            continue
+        back = _route_dev(t, prefix)
+        if back and back != dev:
+            found.append(fd.fail(
+                NAME, f"rp_filter {dev}", f"strict reverse-path filtering on {dev} drops "
+                f"packets from {prefix}: they arrive on {dev} but the route back to them "
+                f"leaves through {back}", f"sysctl -w net.ipv4.conf.{dev}.rp_filter=2 "
+                f"(and net.ipv4.conf.all.rp_filter=2), or remove the route to {prefix} "
+                f"via {back} (ip route show match {prefix})", t.name))
+    if not found:
+        found.append(fd.ok(NAME, "rp_filter", "no strict reverse-path filter conflicts with "
+                           "the routes to this network's peers", t.name))
+    return found
