@@ -84,21 +84,24 @@ def rp_filter(ifname: str) -> int:
         if any(v is not None for v in values) else 0
 
 
-def module_available(name: str) -> bool:
-    """Loaded, built in, or installed as a module the kernel loads on first use."""
+def module_available(name: str) -> bool | None:
+    """Loaded, built in, or installed as a module the kernel loads on first use; None
+    when this kernel has no module tree to tell from (modules built in: a built-in
+    feature without parameters has no /sys/module entry)."""
     if Path("/sys/module", name).exists():
         return True
-    release = os.uname().release
-    base = Path("/lib/modules", release)
-    wanted = f"/{name}.ko"
+    base = Path("/lib/modules", os.uname().release)
+    if not base.is_dir():
+        return None
     for listing in ("modules.builtin", "modules.dep"):
         try:
             text = (base / listing).read_text()
         except OSError:
             continue
-        if any(line.split(":", 1)[0].split(".ko")[0].endswith(wanted[:-3])
-               for line in text.splitlines()):
-            return True
+        for line in text.splitlines():
+            module = line.split(":", 1)[0].rsplit("/", 1)[-1]
+            if module.split(".ko")[0].replace("-", "_") == name:
+                return True
     return False
 
 
