@@ -1,6 +1,6 @@
-"""``xvmctl doctor`` in the lab: a healthy lab passes; each fault, injected alone into
-one simulated host and removed again, is named by doctor as the only problem, with
-its fix; the pods' traffic shows the fault is real.
+"""``xvmctl doctor`` and ``xvmctl connectivity`` in the lab: a healthy lab passes
+both; each fault, injected alone and removed again, is named by doctor as the only
+problem, with its fix, and connectivity shows exactly the pairs it breaks.
 
 One l2 (multicast) lab and one routed (static peers) lab per module, shared by the
 tests: each test undoes its fault in ``finally`` and the next starts healthy.
@@ -76,6 +76,28 @@ def healthy(lab: labmod.Lab) -> None:
         assert (status, problems(found)) == (0, []), json.dumps(found, indent=1)
 
 
+Cell = tuple[str, str, str]  # (from host, kind, to host)
+
+
+def connectivity(lab: labmod.Lab) -> tuple[set[Cell], set[Cell]]:
+    """``xvmctl connectivity --lab``: (tested, failed) cells; no probe is left."""
+    proc = subprocess.run([sys.executable, "-m", "xvmcni.cli.xvmctl", "connectivity",
+                           "--lab", lab.name, "--json"], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert proc.stdout, proc.stderr
+    report = json.loads(proc.stdout)
+    assert proc.returncode == (0 if report["ok"] else 1)
+    assert not [n for n in os.listdir("/run/netns") if n.startswith("xvmprobe-")]
+    cells = {(c["src"], c["kind"], c["dst"]): c for c in report["cells"]}
+    failed = {k for k, c in cells.items() if not c["ok"]}
+    assert all(cells[k]["why"] for k in failed)
+    return set(cells), failed
+
+
+def pairs_with(host: str, tested: set[Cell], kinds: tuple[str, ...]) -> set[Cell]:
+    return {c for c in tested if c[1] in kinds and host in (c[0], c[2]) and c[0] != c[2]}
+
+
 def make_lab(name: str, **kwargs: Any) -> Iterator[labmod.Lab]:
     if os.geteuid() != 0:
         pytest.skip("lab tests need root (network namespaces)")
@@ -104,6 +126,11 @@ def routed_lab() -> Iterator[labmod.Lab]:
 def test_a_healthy_l2_lab_passes(l2_lab: labmod.Lab) -> None:
     assert pod_reaches(l2_lab, "h1-p1", "h2-p1")
     healthy(l2_lab)
+    tested, failed = connectivity(l2_lab)
+    assert failed == set()
+    # Per probe: its gateway, and each other probe small and full-size (no underlay:
+    # l2 without ipMasq cannot reach other hosts' own addresses).
+    assert len(tested) == 3 * (1 + 2 * 2)
 
 
 def test_forward_drop_with_bridge_nf_call(l2_lab: labmod.Lab) -> None:
@@ -117,6 +144,8 @@ def test_forward_drop_with_bridge_nf_call(l2_lab: labmod.Lab) -> None:
         bad = only_problem(l2_lab)
         assert (bad["check"], bad["subject"]) == ("firewall", "FORWARD")
         assert "bridge-nf-call-iptables" in bad["cause"] and "xvmbr" in bad["fix"]
+        tested, failed = connectivity(l2_lab)
+        assert failed == pairs_with("h1", tested, ("pod", "mtu"))
     finally:
         in_host(l2_lab, "h1", "nft", "delete table ip xdfilter")
     assert pod_reaches(l2_lab, "h1-p1", "h2-p1")
@@ -130,6 +159,8 @@ def test_vxlan_port_dropped_in_input(l2_lab: labmod.Lab) -> None:
         bad = only_problem(l2_lab)
         assert (bad["check"], bad["subject"]) == ("firewall", "UDP 8472")
         assert "--dport 8472 -j ACCEPT" in bad["fix"]
+        tested, failed = connectivity(l2_lab)
+        assert failed == pairs_with("h1", tested, ("pod", "mtu"))
     finally:
         in_host(l2_lab, "h1", "iptables", "-D", *rule)
 
@@ -176,6 +207,19 @@ def test_a_deleted_vxlan_device_is_named(l2_lab: labmod.Lab) -> None:
     healthy(l2_lab)
 
 
+def test_path_mtu_lowered_on_the_underlay(l2_lab: labmod.Lab) -> None:
+    """The switch port of h2 takes smaller frames than the hosts send: small packets
+    pass, full-size ones to and from h2 vanish. Doctor on a host cannot see a link
+    beyond its own (it passes); connectivity names the pairs."""
+    in_switch(l2_lab, "ip", "link", "set", "h2", "mtu", "1400")
+    try:
+        tested, failed = connectivity(l2_lab)
+        assert failed == pairs_with("h2", tested, ("mtu",))
+        healthy(l2_lab)
+    finally:
+        in_switch(l2_lab, "ip", "link", "set", "h2", "mtu", "1500")
+
+
 def gc(lab: labmod.Lab, host: str) -> None:
     from xvmcni.cli.status import agent_request
     reply = agent_request(lab.agent_socket(host), "gc", timeout=30)
@@ -198,6 +242,9 @@ def test_multicast_dropped_on_the_switch(l2_lab: labmod.Lab) -> None:
         assert (bad["check"], bad["subject"]) == ("multicast", "xvmvx10")
         assert "multicast does not cross your underlay" in bad["cause"]
         assert "IGMP querier" in bad["fix"] and "etcd" in bad["fix"]
+        # New probes on every host must find each other by flooding: all pairs fail.
+        tested, failed = connectivity(l2_lab)
+        assert failed == {c for c in tested if c[1] in ("pod", "mtu")}
     finally:
         in_switch(l2_lab, "nft", "delete table bridge xdmcast")
     # Healthy again once the underlay carries the group: h1 floods, others answer.
@@ -211,6 +258,9 @@ def test_multicast_dropped_on_the_switch(l2_lab: labmod.Lab) -> None:
 def test_a_healthy_routed_lab_passes(routed_lab: labmod.Lab) -> None:
     assert pod_reaches(routed_lab, "h1-p1", "h3-p1")
     healthy(routed_lab)
+    tested, failed = connectivity(routed_lab)
+    assert failed == set()
+    assert len(tested) == 3 * (1 + 2 * 3)  # gateway; per other host pod, mtu, underlay
 
 
 def _cidr_of(lab: labmod.Lab, host: str) -> str:
@@ -267,6 +317,10 @@ def test_strict_rp_filter_with_a_conflicting_route(routed_lab: labmod.Lab) -> No
             bad = only_problem(routed_lab)
             assert (bad["check"], bad["subject"]) == ("kernel", "rp_filter xvmrv10")
             assert "leaves through eth0" in bad["cause"] and "rp_filter=2" in bad["fix"]
+            tested, failed = connectivity(routed_lab)
+            assert {("h1", "pod", "h2"), ("h2", "pod", "h1"), ("h1", "underlay", "h3")} \
+                <= failed <= pairs_with("h1", tested, ("pod", "mtu", "underlay"))
+            assert ("h1", "pod", "h3") not in failed  # its route is not the conflicting one
         finally:
             in_host(routed_lab, "h1", "ip", "route", "del", half)
     finally:
@@ -283,3 +337,23 @@ def test_a_stopped_agent_is_named(routed_lab: labmod.Lab) -> None:
     finally:
         labmod.agent_start(routed_lab.name, "h1")
     healthy(routed_lab)
+
+
+def test_connectivity_removes_its_probes_on_ctrl_c(routed_lab: labmod.Lab) -> None:
+    """Interrupted right after the first probe is attached: that probe is deleted
+    (CNI DEL: its address is free again, its namespace gone) before the interrupt
+    goes on."""
+    from xvmcni.diagnose import connectivity as conn
+
+    def interrupt(line: str) -> None:
+        if "attached" in line:
+            raise KeyboardInterrupt
+
+    agents = [(h.name, routed_lab.agent_socket(h.name)) for h in routed_lab.hosts]
+    with pytest.raises(KeyboardInterrupt):
+        conn.run(agents, None, interrupt)
+    assert not [n for n in os.listdir("/run/netns") if n.startswith("xvmprobe-")]
+    status, found = doctor(routed_lab, "h1")
+    assert status == 0
+    records = next(f for f in found if f["check"] == "ipam" and f["subject"] == "records")
+    assert records["cause"].startswith("1 containers recorded")  # the lab's pod only

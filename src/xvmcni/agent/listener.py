@@ -42,7 +42,7 @@ class Service(Protocol):
     def cni(self, env: dict[str, str], stdin: str, deadline: float | None,
             caller_gone: Callable[[], bool]) -> Outcome: ...
 
-    def operation(self, op: str) -> dict[str, Any]: ...
+    def operation(self, op: str, args: dict[str, Any] | None = None) -> dict[str, Any]: ...
 
 
 class _Connection(socketserver.BaseRequestHandler):
@@ -80,7 +80,12 @@ class _Connection(socketserver.BaseRequestHandler):
         except ValueError as exc:
             return wire.error(f"malformed request: {exc}")
         if "op" in message:
-            return self.server.service.operation(str(message["op"]))
+            args = message.get("args")
+            if args is None:
+                return self.server.service.operation(str(message["op"]))
+            if not isinstance(args, dict):
+                return wire.error("malformed request: 'args' must be an object")
+            return self.server.service.operation(str(message["op"]), args)
         try:
             env, stdin, deadline = _cni_request(message)
         except (KeyError, TypeError, ValueError) as exc:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from xvmcni import commands, networks
-from xvmcni.agent import listener, peers, reconcile
+from xvmcni.agent import listener, peers, probes, reconcile
 from xvmcni.agent.metrics import Metrics
 from xvmcni.cni import wire
 from xvmcni.cni.invocation import Outcome, answer
@@ -79,6 +79,9 @@ class Agent:
         # The last reconcile pass (unix time and per-network reports), for status and
         # xvmctl doctor; None before the first one.
         self.last_reconcile: dict[str, Any] | None = None
+        # Throwaway probe containers for xvmctl connectivity.
+        self.probes = probes.Probes(lambda env, stdin: self.cni(env, stdin), self.networks,
+                                    self.runtime)
 
     # --- requests --------------------------------------------------------------------
 
@@ -158,7 +161,9 @@ class Agent:
             return None
         return self._answer(env, raw)
 
-    def operation(self, op: str) -> dict[str, Any]:
+    def operation(self, op: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
+        if op.startswith("probe-"):
+            return self.probes.operation(op, args or {})
         if op == "status":
             return self.status()
         if op == "gc":
@@ -246,6 +251,7 @@ class Agent:
             self._server.serve_forever(poll_interval=0.2)
         finally:
             listener.close(self._server, self.options.socket_path)
+            self.probes.delete_all()
             self.pool.shutdown(wait=True, cancel_futures=False)
             self.peers.stop()
             self.reaper.stop()
@@ -277,6 +283,7 @@ class Agent:
     def _gc_loop(self) -> None:
         while not self._stop.wait(self.options.gc_interval):
             try:
+                self.probes.expire()
                 self.reconcile_all()
             except Exception:  # the loop must survive one bad pass; it is logged
                 log.exception("periodic reconcile failed")

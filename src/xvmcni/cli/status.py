@@ -51,14 +51,18 @@ class AgentUnavailable(Exception):
         return self.msg
 
 
-def agent_request(path: str, op: str, timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any]:
-    """Send one admin operation to the agent at ``path`` and return its JSON answer.
+def agent_request(path: str, op: str, timeout: float = DEFAULT_TIMEOUT,
+                  args: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Send one admin operation (with ``args``, for those that take some) to the agent
+    at ``path`` and return its JSON answer.
 
     Raises ``AgentUnavailable`` with a readable message for every way this can fail:
     no socket, a stale socket (agent gone), no permission, no or a bad answer.
     """
     try:
-        data = wire.exchange(path, wire.encode_op(op), time.monotonic() + timeout)
+        request = wire.encode_op(op) if args is None else \
+            json.dumps({"op": op, "args": args}).encode()
+        data = wire.exchange(path, request, time.monotonic() + timeout)
     except wire.NoAgent as exc:
         raise _not_connected(path, exc.cause) from exc
     except wire.NoAnswer as exc:

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from xvmcni.cli import status
+from xvmcni.cli.connectivity import add_connectivity
 from xvmcni.cli.doctor import add_doctor
 from xvmcni.config import DEFAULT_DATA_DIR
 from xvmcni.lab.model import PluginError
@@ -368,6 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     add_agent_commands(sub)
     add_doctor(sub)
+    add_connectivity(sub)
     add_ipam(sub)
     add_lab(sub)
     return parser

@@ -118,7 +118,11 @@ class RoutedInspector:
                 continue
             direct = s.encap == NONE or (s.encap == AUTO and peer.underlay in local.network)
             if not direct:
+                # The VXLAN packets on the underlay; inside them, answers from the
+                # peer's own address (a pod talked to that host) come out of the tunnel.
                 found.append((_host_prefix(peer), s.host_interface))
+                if peer.underlay.version == 4:
+                    found.append((_host_prefix(peer), s.vxlan_name))
             for text in peer.pod_cidrs:
                 try:
                     cidr = ipaddress.ip_network(text, strict=False)

@@ -33,7 +33,7 @@ class FakeService:
             time.sleep(0.01)
         return Outcome(0, {"served": env.get("CNI_COMMAND")})
 
-    def operation(self, op: str) -> dict[str, Any]:
+    def operation(self, op: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
         return {"pong": True} if op == "ping" else {"error": "unknown"}
 
 

@@ -63,18 +63,25 @@ def run(t: Target) -> list[Finding]:
     peers = t.peers().peers
     if not peers:
         return []
-    found = []
+    # Per interface with strict filtering: the prefixes arriving there whose route
+    # back leaves elsewhere, by that other interface.
+    conflicts: dict[str, dict[str, list[str]]] = {}
     for prefix, dev in t.inspector.arrivals(t.network, t.model, peers):
         if prefix.version != 4 or rp_filter(dev) != 1:
             continue
         back = _route_dev(t, prefix)
         if back and back != dev:
-            found.append(fd.fail(
-                NAME, f"rp_filter {dev}", f"strict reverse-path filtering on {dev} drops "
-                f"packets from {prefix}: they arrive on {dev} but the route back to them "
-                f"leaves through {back}", f"sysctl -w net.ipv4.conf.{dev}.rp_filter=2 "
-                f"(and net.ipv4.conf.all.rp_filter=2), or remove the route to {prefix} "
-                f"via {back} (ip route show match {prefix})", t.name))
+            conflicts.setdefault(dev, {}).setdefault(back, []).append(str(prefix))
+    found = []
+    for dev, by_back in sorted(conflicts.items()):
+        backs = ", ".join(sorted(by_back))
+        prefixes = sorted({p for ps in by_back.values() for p in ps})
+        found.append(fd.fail(
+            NAME, f"rp_filter {dev}", f"strict reverse-path filtering on {dev} drops "
+            f"packets from {', '.join(prefixes)}: they arrive on {dev} but the route back "
+            f"to them leaves through {backs}", f"sysctl -w net.ipv4.conf.{dev}.rp_filter=2 "
+            f"(and net.ipv4.conf.all.rp_filter=2 if 'all' is 1), or remove the conflicting "
+            f"route (ip route get {prefixes[0].split('/')[0]})", t.name))
     if not found:
         found.append(fd.ok(NAME, "rp_filter", "no strict reverse-path filter conflicts with "
                            "the routes to this network's peers", t.name))
