@@ -155,7 +155,7 @@ class Probes:
             try:
                 with entered(fd):
                     reply = echo(str(target["dst"]), size=int(target.get("size", 56)),
-                                 df=bool(target.get("df")), timeout=0.5, tries=2)
+                                 df=bool(target.get("df")), timeout=0.5, tries=3)
             except (OSError, ValueError) as exc:
                 return {"ok": False, "error": str(exc)}
             finally:

@@ -128,8 +128,9 @@ def _targets(src: HostProbe, probes: list[HostProbe]) -> list[tuple[str, str, di
     return found
 
 
-def _test_from(src: HostProbe, probes: list[HostProbe]) -> list[Cell]:
-    planned = _targets(src, probes)
+def _ping(src: HostProbe, planned: list[tuple[str, str, dict[str, Any]]]) -> list[Cell]:
+    if not planned:
+        return []
     try:
         reply = agent_request(src.socket, "probe-ping", timeout=PROBE_TIMEOUT,
                               args={"probe": src.ident, "targets": [t for _, _, t in planned]})
@@ -141,6 +142,14 @@ def _test_from(src: HostProbe, probes: list[HostProbe]) -> list[Cell]:
                 for kind, dst, t in planned]
     return [Cell(src.host, kind, dst, str(t["dst"]), bool(r.get("ok")), str(r.get("error") or ""))
             for (kind, dst, t), r in zip(planned, results, strict=True)]
+
+
+def _test_from(src: HostProbe, probes: list[HostProbe]) -> list[Cell]:
+    """Small packets first, full-size after: by then neighbours and FDB entries are
+    learned, so the full-size test measures the path MTU, not the first lookup."""
+    planned = _targets(src, probes)
+    return (_ping(src, [p for p in planned if p[0] != "mtu"])
+            + _ping(src, [p for p in planned if p[0] == "mtu"]))
 
 
 def run(agents: list[tuple[str, str]], network: str | None, progress: Progress) -> Result:
