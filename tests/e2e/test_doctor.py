@@ -194,6 +194,18 @@ def test_stale_network_left_behind(l2_lab: labmod.Lab) -> None:
         in_host(l2_lab, "h1", "ip", "link", "del", "xvmbr77")
 
 
+def test_a_config_that_does_not_parse(l2_lab: labmod.Lab) -> None:
+    bad = l2_lab.state_dir / "h1" / "20-broken.conf"
+    bad.write_text(json.dumps({"cniVersion": "1.0.0", "name": "broken", "type": "xvm-cni",
+                               "vxlanID": 20, "subnet": "10.99.0.0/16"}))
+    try:
+        bad_one = only_problem(l2_lab)
+        assert (bad_one["check"], bad_one["subject"]) == ("config", f"{bad.parent}: broken")
+        assert "hostInterface" in bad_one["cause"]
+    finally:
+        bad.unlink()
+
+
 def test_a_deleted_vxlan_device_is_named(l2_lab: labmod.Lab) -> None:
     """One of our devices removed by hand: the objects check names it (and, as the
     device took the group membership with it, the multicast check says so)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +40,6 @@ class Host:
     options: Options
     ipr: Any
     networks: list[Network]
-    # Config entries naming our plugin that do not parse: (name, why).
-    unreadable: list[tuple[str, str]] = field(default_factory=list)
     _agent: dict[str, Any] | AgentUnavailable | None = None
     _ruleset: list[dict[str, Any]] | DataplaneError | None = None
 

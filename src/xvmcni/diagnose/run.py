@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from xvmcni import networks
-from xvmcni.agent.reconcile import known_networks
+from xvmcni.agent.reconcile import configs_in_dir, known_networks
 from xvmcni.dataplane.netlink import rtnl
 from xvmcni.diagnose import findings as fd
 from xvmcni.diagnose.findings import Finding
@@ -14,6 +14,7 @@ from xvmcni.diagnose.host import Host, Options
 from xvmcni.diagnose.models import inspector
 from xvmcni.diagnose.registry import HOST_CHECKS, NETWORK_CHECKS, guarded
 from xvmcni.diagnose.target import Target
+from xvmcni.errors import CniError
 from xvmcni.runtime import Runtime
 
 
@@ -36,6 +37,8 @@ def diagnose(options: Options, only: str | None = None) -> Report:
         found.append(fd.error("networks", only, f"no xvm-cni network {only!r} on this host "
                               f"(known: {names})"))
         return Report([], found)
+    if only is None:
+        found += _unparsable(options)
     runtime = Runtime.in_process()
     with rtnl() as ipr:
         host = Host(options, ipr, known)
@@ -57,4 +60,19 @@ def _network(host: Host, network: networks.Network, runtime: Runtime) -> list[Fi
         for name, check in NETWORK_CHECKS:
             found += guarded(name, lambda check=check: check(target),  # type: ignore[misc]
                              network.name)
+    return found
+
+
+def _unparsable(options: Options) -> list[Finding]:
+    """Configs naming our plugin that do not parse: every ADD of them fails."""
+    found = []
+    for conf_dir in options.conf_dirs:
+        for raw in configs_in_dir(conf_dir):
+            try:
+                networks.parse(raw)
+            except CniError as err:
+                name = str(raw.get("name", "?"))
+                found.append(fd.fail("config", f"{conf_dir}: {name}", f"the network's config "
+                                     f"is refused: {err}", "fix the field it names; until "
+                                     "then every ADD of this network fails with code 7"))
     return found
