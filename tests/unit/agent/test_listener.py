@@ -34,6 +34,8 @@ class FakeService:
         return Outcome(0, {"served": env.get("CNI_COMMAND")})
 
     def operation(self, op: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
+        if args is not None:
+            return {"op": op, "args": args}
         return {"pong": True} if op == "ping" else {"error": "unknown"}
 
 
@@ -73,6 +75,16 @@ def test_serves_cni_and_operations(served: tuple[str, FakeService]) -> None:
     assert reply == {"exit": 0, "stdout": '{"served": "DEL"}\n'}
     assert service.calls == [({"CNI_COMMAND": "DEL"}, "{}", 1234.5)]
     assert _ask(path, wire.encode_op("ping")) == {"pong": True}
+
+
+def test_operations_with_arguments(served: tuple[str, FakeService]) -> None:
+    """xvmctl connectivity's probe operations carry an object of arguments; anything
+    else is refused before the service sees it."""
+    path, _ = served
+    request = json.dumps({"op": "probe-add", "args": {"network": "n"}}).encode()
+    assert _ask(path, request) == {"op": "probe-add", "args": {"network": "n"}}
+    refused = _ask(path, json.dumps({"op": "probe-add", "args": ["n"]}).encode())
+    assert "'args' must be an object" in refused["error"]
 
 
 def test_request_without_deadline_is_an_older_plugin(served: tuple[str, FakeService]) -> None:
