@@ -1,6 +1,7 @@
-"""``xvmctl doctor`` with the etcd control plane (l2, unicast flooding): healthy
-hosts pass; a flood entry removed by hand is named as missing for its host; etcd
-stopped is named as the only problem (the data path keeps working)."""
+"""``xvmctl doctor`` and ``xvmctl connectivity`` with the etcd control plane (l2,
+unicast flooding): healthy hosts pass both; a flood entry removed by hand is named
+as missing for its host; etcd stopped is named as the only problem, and
+connectivity shows the data path still works."""
 
 from __future__ import annotations
 
@@ -50,6 +51,14 @@ def problems(found: list[dict[str, Any]]) -> list[tuple[str, str]]:
     return sorted((f["check"], f["subject"]) for f in found if f["status"] != "ok")
 
 
+def connectivity_ok(hosts: list[Host]) -> bool:
+    from xvmcni.diagnose import connectivity
+    result = connectivity.run([(h.name, h.agent_socket) for h in hosts], None,
+                              lambda line: None)
+    assert len(result.cells) == len(hosts) * (1 + 2 * (len(hosts) - 1))
+    return result.ok
+
+
 def test_doctor_with_etcd(lab: RoutedLab) -> None:  # noqa: F811
     switch_a, _ = build(lab)
     hosts = [add_host(lab, switch_a, f"{SUBNET_A}.{11 + i}", ROUTER_A, i + 1)
@@ -69,6 +78,7 @@ def test_doctor_with_etcd(lab: RoutedLab) -> None:  # noqa: F811
     status, found = doctor(hosts[0])
     assert (status, problems(found)) == (0, []), json.dumps(found, indent=1)
     assert any(f["check"] == "controlplane" and "reachable" in f["cause"] for f in found)
+    assert connectivity_ok(hosts)
 
     # One flood entry removed by hand: named, with the host it belongs to.
     other = underlay(hosts[1])
@@ -88,3 +98,4 @@ def test_doctor_with_etcd(lab: RoutedLab) -> None:  # noqa: F811
     bad = next(f for f in found if f["status"] != "ok")
     assert "cannot be reached" in bad["cause"] and "endpoint health" in bad["fix"]
     assert pings(hosts[0], pods[0], addresses[1])
+    assert connectivity_ok(hosts)
