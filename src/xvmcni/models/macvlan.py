@@ -1,0 +1,342 @@
+"""Model ``macvlan``: many L2 domains spanning the cluster, every host a router into
+each (seed 004, the vxlan + macvlan router).
+
+One configuration lists several networks ("segments" here; ``vxlans`` in the seed's
+spelling). A pod is put on one of them (``macvlan_choice``). Per segment a host that
+has pods on it holds (``dataplane/macvlannet``):
+
+    pod A1 ─┐ macvlan (bridge)                           ┌─ pod B1
+    pod A2 ─┤                     VXLAN VNI 100          │
+    host ───┘ xvmmh100 10.10.0.1 ── xvmmx100 ═══ underlay ═══ xvmmx100 ── xvmmh100 10.10.1.1
+
+Pods of a segment talk directly over the L2 (no hop: TTL unchanged); a pod's default
+route goes to its own host's router address, so traffic to other segments, to the
+hosts and beyond is routed by the pod's host. Each host's router address and pods
+come from its own slice of the segment's subnet (``ipam/hostslices``); with a
+control plane that lists the hosts (``static``, ``etcd``) every host routes each
+remote slice via that host's router address on the L2, so state grows with hosts,
+not pods, and no routing protocol is needed.
+
+A host joins a segment with its first pod there and leaves with its last: VXLAN
+device, host macvlan, addresses, routes, bypass rules and the isolation table go.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from xvmcni.cni.result import Interface, Route
+from xvmcni.controlplane import peercache
+from xvmcni.controlplane.base import Peer
+from xvmcni.dataplane import l2net, macvlannet, macvlanpod, names, nft, ownership
+from xvmcni.dataplane.errors import DataplaneError
+from xvmcni.dataplane.netlink import get_link, rtnl
+from xvmcni.dataplane.netns import netns_gone, open_netns
+from xvmcni.dataplane.routednet import Underlay, lookup_underlay
+from xvmcni.ipam.hostslices import HostRange, host_range
+from xvmcni.models.base import IPAddress, IPInterface, Plugged, Pod
+from xvmcni.models.macvlan_config import KIND, MacvlanSettings, Segment
+from xvmcni.models.routed_peers import derived_mac, vtep_mac
+
+log = logging.getLogger(__name__)
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+DEFAULT_ROUTES: dict[int, IPNetwork] = {4: ipaddress.IPv4Network((0, 0)),
+                                        6: ipaddress.IPv6Network((0, 0))}
+
+
+def mark_name(config_name: str, segment: str) -> str:
+    """The segment's name in ownership marks, state paths and etcd keys. '@' never
+    appears in a configuration's name, so no other network can have this one."""
+    return f"{config_name}@{segment}"
+
+
+@dataclass(frozen=True)
+class SegmentSettings:
+    """What the model needs: the whole configuration and the one segment it serves."""
+
+    config: MacvlanSettings
+    segment: Segment
+
+    @property
+    def network(self) -> str:
+        return mark_name(self.config.network, self.segment.name)
+
+    def others(self) -> tuple[IPNetwork, ...]:
+        return tuple(n for s in self.config.segments if s.name != self.segment.name
+                     for n in s.subnets)
+
+
+@dataclass
+class PodNamespace:
+    fd: int
+    ipr: Any
+
+
+class MacvlanModel:
+    kind = KIND
+
+    def __init__(self, settings: SegmentSettings, ipr: Any,
+                 static_peers: list[Peer] | None = None,
+                 state_dir: Path | None = None) -> None:
+        self.settings = settings
+        self.ipr = ipr
+        self._static_peers = static_peers
+        self._state_dir = state_dir
+        self._underlay: Underlay | None = None
+        self._vxlan_index: int | None = None
+
+    # --- host facts ----------------------------------------------------------------
+
+    @property
+    def segment(self) -> Segment:
+        return self.settings.segment
+
+    @property
+    def network(self) -> str:
+        return self.settings.network
+
+    def underlay(self) -> Underlay:
+        if self._underlay is None:
+            self._underlay = lookup_underlay(self.ipr, self.segment.host_interface)
+        return self._underlay
+
+    def local_address(self) -> IPAddress:
+        return self.segment.local_address or self.underlay().address.ip
+
+    def ranges(self, host: IPAddress | None = None) -> tuple[HostRange, ...]:
+        """This host's (or ``host``'s) router address and pod range per subnet."""
+        at = host if host is not None else self.underlay_address()
+        seg = self.segment
+        return tuple(host_range(subnet, at, seg.slice_prefix[subnet.version],
+                                seg.exclude_first, seg.exclude_last)
+                     for subnet in seg.subnets)
+
+    def routers(self) -> tuple[IPInterface, ...]:
+        found = []
+        for rng in self.ranges():
+            if rng.router is None:
+                raise DataplaneError(DataplaneError.INVALID,
+                                     f"this host's slice {rng.slice} of network "
+                                     f"{self.segment.name} lies wholly in the excluded "
+                                     "addresses", "lower excludeFirst/excludeLast")
+            found.append(rng.router_interface)
+        return tuple(found)
+
+    def mtu(self) -> int:
+        under = self.underlay()
+        fits = under.mtu - macvlannet.VXLAN_OVERHEAD[self.local_address().version]
+        return min(self.segment.mtu, fits) if self.segment.mtu else fits
+
+    def spec(self) -> macvlannet.SegmentSpec:
+        seg, cfg = self.segment, self.settings.config
+        return macvlannet.SegmentSpec(
+            network=self.network, vxlan=seg.vxlan_name, macvlan=seg.macvlan_name,
+            vni=seg.vni, port=seg.port, group=seg.group, ttl=seg.ttl, tos=seg.tos,
+            learning=seg.learning, local=self.local_address(),
+            underlay_index=self.underlay().index, mtu=self.mtu(), routers=self.routers(),
+            router_mac=derived_mac("xvm-cni router", self.network,
+                                   str(self.underlay_address())),
+            bypass_table=cfg.bypass_table, bypass_priority=cfg.bypass_priority,
+            protocol=cfg.route_protocol)
+
+    def container_routes(self, addresses: list[IPInterface]) -> list[Route]:
+        routers = {r.version: r.ip for r in self.routers()}
+        return [Route(DEFAULT_ROUTES[v], routers[v])
+                for v in sorted({a.version for a in addresses}) if v in routers]
+
+    def _side(self, pod: Pod, addresses: list[IPInterface], mac: str) -> macvlanpod.PodSide:
+        return macvlanpod.PodSide(
+            ifname=pod.ifname, addresses=tuple(addresses),
+            routes=tuple((r.dst, r.gw) for r in self.container_routes(addresses)
+                         if r.gw is not None),
+            mtu=self.mtu(), mac=mac,
+            owner=ownership.Mark(self.network, pod.container_id, pod.ifname))
+
+    # --- the interface -------------------------------------------------------------
+
+    def prepare(self) -> None:
+        self.underlay()
+        self.routers()
+
+    def readiness(self) -> str:
+        under = lookup_underlay(self.ipr, self.segment.host_interface)
+        return "" if under.up else (f"hostInterface {under.name} is down: pods cannot reach "
+                                    "other hosts")
+
+    def underlay_address(self) -> IPAddress:
+        return self.underlay().address.ip
+
+    def host_ifname(self, container_id: str, ifname: str) -> str:
+        # No host-side device per pod; the derived name keeps the registry's key.
+        return names.host_veth_name(container_id, ifname)
+
+    def join(self, in_use: bool) -> None:
+        spec = self.spec()
+        if not in_use:
+            log.info("joining network %s (VNI %d) with router %s", self.network, spec.vni,
+                     ", ".join(map(str, spec.routers)))
+        self._vxlan_index, _ = macvlannet.ensure(self.ipr, spec, in_use)
+        self._isolation()
+        peers = self._static_peers
+        if peers is None and self._state_dir is not None and not in_use:
+            peers = peercache.read(self._state_dir)
+        if peers is not None:
+            self.on_peers(peers)
+
+    def _isolation(self) -> None:
+        if self.segment.isolated:
+            nft.run_batch(macvlannet.isolation_batch(self.network, self.segment.subnets,
+                                                     self.settings.others()))
+        elif (("inet", nft.table_name(self.network)) in nft.list_tables()):
+            nft.run_batch(macvlannet.delete_isolation_batch(self.network))
+
+    @contextlib.contextmanager
+    def enter(self, pod: Pod) -> Iterator[PodNamespace]:
+        fd = open_netns(pod.netns)
+        try:
+            with rtnl(fd) as pod_ipr:
+                yield PodNamespace(fd, pod_ipr)
+        finally:
+            os.close(fd)
+
+    def _vxlan(self) -> int:
+        if self._vxlan_index is None:
+            link = get_link(self.ipr, self.segment.vxlan_name)
+            if link is None or not ownership.owned_by(link, self.network):
+                self._vxlan_index, _ = macvlannet.ensure(self.ipr, self.spec(), in_use=True)
+            else:
+                self._vxlan_index = int(link["index"])
+        return self._vxlan_index
+
+    def plug(self, pod_ns: Any, pod: Pod, addresses: list[IPInterface],
+             mac: str) -> Plugged:
+        side = self._side(pod, addresses, mac)
+        _, pod_mac = macvlanpod.plug(self.ipr, pod_ns.ipr, pod_ns.fd, self._vxlan(), side)
+        gateways: dict[int, IPAddress] = {r.dst.version: r.gw
+                                          for r in self.container_routes(addresses)
+                                          if r.gw is not None}
+        return Plugged(
+            interfaces=[Interface(pod.ifname, pod_mac, sandbox=pod.netns, mtu=side.mtu)],
+            container_index=0,
+            gateway=next(iter(gateways.values())) if len(gateways) == 1 else None,
+            routes=self.container_routes(addresses), gateways=gateways)
+
+    def unplug(self, pod: Pod, owned: bool) -> None:
+        if not pod.netns or netns_gone(pod.netns):
+            return  # the macvlan lives only in the pod: gone with its netns
+        owner = ownership.Mark(self.network, pod.container_id, pod.ifname)
+        try:
+            with self.enter(pod) as pod_ns:
+                macvlanpod.remove(pod_ns.ipr, pod.ifname, owner, owned)
+        except DataplaneError as exc:
+            if exc.kind != DataplaneError.CONTAINER:
+                raise
+            log.info("DEL %s: container netns unusable (%s): nothing to remove",
+                     pod.container_id[:12], exc.msg)
+
+    def check(self, pod_ns: Any, pod: Pod, addresses: list[IPInterface],
+              mac: str) -> list[str]:
+        found = self.problems()
+        vxlan = get_link(self.ipr, self.segment.vxlan_name)
+        if vxlan is not None:
+            found += macvlanpod.problems(pod_ns.ipr, int(vxlan["index"]),
+                                         self._side(pod, addresses, mac))
+        return found
+
+    def leave(self, unmarked_is_ours: bool = False) -> None:
+        seg = self.segment
+        if get_link(self.ipr, seg.vxlan_name) is None \
+                and get_link(self.ipr, seg.macvlan_name) is None:
+            return
+        log.info("last container of %s gone: removing %s, %s, its rules and routes",
+                 self.network, seg.macvlan_name, seg.vxlan_name)
+        spec = self._leave_spec()
+        macvlannet.remove(self.ipr, spec)
+        nft.run_batch(macvlannet.delete_isolation_batch(self.network))
+        self._vxlan_index = None
+
+    def _leave_spec(self) -> macvlannet.SegmentSpec:
+        """The spec for removal; without a usable underlay (hostInterface gone) the
+        names, table and protocol are all that removal needs."""
+        try:
+            return self.spec()
+        except DataplaneError:
+            cfg = self.settings.config
+            return macvlannet.SegmentSpec(
+                network=self.network, vxlan=self.segment.vxlan_name,
+                macvlan=self.segment.macvlan_name, vni=self.segment.vni, port=0, group=None,
+                ttl=0, tos=0, learning=True, local=ipaddress.IPv4Address(0),
+                underlay_index=0, mtu=0,
+                routers=tuple(ipaddress.ip_interface(f"{s.network_address}/{s.prefixlen}")
+                              for s in self.segment.subnets),
+                router_mac="", bypass_table=cfg.bypass_table,
+                bypass_priority=cfg.bypass_priority, protocol=cfg.route_protocol)
+
+    def problems(self) -> list[str]:
+        return macvlannet.problems(self.ipr, self.spec())
+
+    def repair(self, pods: list[tuple[Pod, list[IPInterface]]]) -> list[Pod]:
+        self._vxlan_index, _ = macvlannet.ensure(self.ipr, self.spec(), in_use=True)
+        self._isolation()
+        replugged = []
+        for pod, addresses in pods:
+            if not pod.netns or netns_gone(pod.netns):
+                continue
+            with self.enter(pod) as pod_ns:
+                if get_link(pod_ns.ipr, pod.ifname) is not None:
+                    continue  # running: never touch it
+                self.plug(pod_ns, pod, addresses, "")
+            replugged.append(pod)
+        return replugged
+
+    def remove_orphans(self, known: set[str]) -> list[str]:
+        return []  # nothing per pod lives on the host
+
+    # --- peers -----------------------------------------------------------------------
+
+    def on_peers(self, peers: list[Peer]) -> None:
+        """The flood list (without a multicast group) and a route per remote host's
+        slice via its router address; nothing before the host joined."""
+        seg = self.segment
+        me = self.underlay_address()
+        remote = [p for p in peers if p.underlay != me]
+        if seg.group is None:
+            wanted = {str(p.underlay) for p in remote
+                      if p.underlay.version == self.local_address().version}
+            l2net.program_flood(self.ipr, self.network, seg.vxlan_name, wanted)
+        mine = {r.slice for r in self.ranges()}
+        routes: dict[IPNetwork, IPAddress] = {}
+        for peer in remote:
+            for rng in self.ranges(peer.underlay):
+                if rng.slice in mine:
+                    log.warning("network %s: host %s (%s) has this host's slice %s: "
+                                "choose a perHostPrefix that separates them", self.network,
+                                peer.name, peer.underlay, rng.slice)
+                elif rng.router is not None:
+                    routes[rng.slice] = rng.router
+        changed = macvlannet.program_routes(self.ipr, self.spec(), routes)
+        if changed is not None and any(changed):
+            log.info("network %s: %d slice routes (+%d -%d)", self.network, len(routes),
+                     *changed)
+
+    def local_peer(self, name: str) -> Peer | None:
+        vxlan = get_link(self.ipr, self.segment.vxlan_name)
+        if vxlan is None or not ownership.owned_by(vxlan, self.network):
+            return None
+        address = self.underlay_address()
+        return Peer(name=name, underlay=address, vtep_mac=vtep_mac(self.network, address),
+                    pod_cidrs=tuple(str(r.slice) for r in self.ranges()))
+
+    def describe(self) -> dict[str, Any]:
+        seg = self.segment
+        return {"model": KIND, "network": seg.name, "vni": seg.vni,
+                "vxlan": seg.vxlan_name, "macvlan": seg.macvlan_name,
+                "subnets": [str(s) for s in seg.subnets]}
