@@ -163,7 +163,14 @@ def _parse_macvlan(raw: dict[str, Any], common: NetworkConfig,
                           "\"multicast\"")
     if common.ipam is not None and common.ipam.get("type") == "xvm-cni":
         raise config.fail("'ipam' names xvm-cni itself")
-    return Network(common, macvlan_config.parse_settings(raw, common.name), None, peers)
+    settings = macvlan_config.parse_settings(raw, common.name)
+    if peers is None:
+        # No control plane lists the hosts: the VXLAN devices find each other through a
+        # multicast group (the l2 model's default unless the network names one).
+        settings = dataclasses.replace(settings, segments=tuple(
+            s if s.group is not None else dataclasses.replace(s, group=l2.DEFAULT_GROUP)
+            for s in settings.segments))
+    return Network(common, settings, None, peers)
 
 
 def segments(network: Network) -> list[Network]:

@@ -1,0 +1,184 @@
+"""Model macvlan (issue 10) through the real plugin on three simulated hosts: pods of
+one network talk directly (TTL unchanged), pods of different networks through the
+node routers (TTL decremented twice), hosts reach pods on other hosts, networks are
+separate L2 domains, the last pod leaving removes everything, the network is chosen
+per pod, requested addresses are honoured or refused, IPv6 and dual-stack work."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .macvlan_lab import HOSTS, Lab, address, ip, links, ping_ttl, rules
+
+PROTO = "204"
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[Lab]:
+    if os.geteuid() != 0:
+        pytest.skip("needs root for network namespaces")
+    made = Lab(tmp_path)
+    try:
+        made.build()
+        yield made
+    finally:
+        made.destroy()
+
+
+def network_args(name: str) -> str:
+    return f"XVM_NETWORK={name}"
+
+
+def ours_left(netns: str) -> list[str]:
+    """Every kernel object of the model still on host ``netns``."""
+    left = [n for n in links(netns) if n.startswith(("xvmmx", "xvmmh"))]
+    for family in ("-4", "-6"):
+        left += [f"rule {r}" for r in rules(netns, family) if r.get("protocol") == PROTO]
+        routes = json.loads(ip(family, "-j", "-n", netns, "route", "show", "table", "all")
+                            or "[]")
+        left += [f"route {r}" for r in routes if str(r.get("protocol")) == PROTO]
+    return left
+
+
+def test_same_network_direct_other_network_through_routers(lab: Lab) -> None:
+    h1, h2 = lab.config("h1"), lab.config("h2")
+    a, ra = lab.add_pod("h1", h1, "a-blue")                      # default network: blue
+    b, rb = lab.add_pod("h2", h2, "b-blue", network_args("blue"))
+    c, rc = lab.add_pod("h2", h2, "c-red", network_args("red"))
+    _, _ = lab.add_pod("h1", h1, "d-red", network_args("red"))
+    assert address(ra).startswith("10.10.11.") and address(rb).startswith("10.10.12.")
+    assert address(rc).startswith("10.20.12.")
+    # The router address of each host is the first of its slice, the pods' gateway.
+    assert ra["ips"][0]["gateway"] == "10.10.11.1"
+    assert rc["ips"][0]["gateway"] == "10.20.12.1"
+    host1 = lab.hosts["h1"]
+    # Same network: straight over the L2, no router in between.
+    assert ping_ttl(host1, a, address(rb)) == 64
+    # Different networks: through h1's router, then h2's (each decrements the TTL once).
+    assert ping_ttl(host1, a, address(rc)) == 62
+    # A host reaches pods on other hosts (their own router on the far side answers for
+    # nothing: the pod itself replies).
+    assert host1.in_ns(host1.path, "ping", "-c", "1", "-W", "2", address(rb)).returncode == 0
+    assert host1.in_ns(host1.path, "ping", "-c", "1", "-W", "2", address(rc)).returncode == 0
+    # One route per remote host's slice, via that host's router, on the host macvlan.
+    routes = json.loads(ip("-j", "-n", host1.name, "route", "show", "proto", PROTO))
+    blue = {r["dst"]: r["gateway"] for r in routes if r["dev"] == "xvmmh110"}
+    assert blue == {"10.10.12.0/24": "10.10.12.1", "10.10.13.0/24": "10.10.13.1"}
+    # The bypass rule: subnet to subnet looks up table 192 first.
+    bypass = [r for r in rules(host1.name) if r.get("protocol") == PROTO]
+    assert {(r["src"], r["dst"], r["table"]) for r in bypass} == {
+        ("10.10.0.0", "10.10.0.0", "192"), ("10.20.0.0", "10.20.0.0", "192")}
+    del b
+
+
+def test_networks_are_separate_l2_domains(lab: Lab) -> None:
+    h1, h2 = lab.config("h1"), lab.config("h2")
+    a, _ = lab.add_pod("h1", h1, "a", network_args("blue"))
+    _, rc = lab.add_pod("h2", h2, "c", network_args("red"))
+    host = lab.hosts["h1"]
+    target = address(rc)
+    # Pretend the red pod were on blue's L2: a route on the link, then ARP for it.
+    ip("-n", a.rsplit("/", 1)[-1], "route", "add", f"{target}/32", "dev", "eth0")
+    assert ping_ttl(host, a, target) is None
+    neigh = ip("-n", a.rsplit("/", 1)[-1], "neigh", "show", target)
+    assert "lladdr" not in neigh, f"pod on blue resolved a red pod's MAC: {neigh}"
+
+
+def test_last_pod_leaving_removes_everything(lab: Lab) -> None:
+    conf = lab.config("h1", vxlans=[{**n, "isolated": True} if n["name"] == "red" else n
+                                    for n in lab.config("h1")["vxlans"]])
+    host = lab.hosts["h1"]
+    pods = [(lab.add_pod("h1", conf, f"p{i}", network_args(net))[0], f"p{i}", net)
+            for i, net in enumerate(("blue", "blue", "red", "green"))]
+    assert ours_left(host.name)
+    assert any("xvm_" in t for t in host.nft_tables())   # red is isolated
+    for pod, container, net in pods[:-1]:
+        assert host.cni("DEL", conf, container, pod).rc == 0
+    left = ours_left(host.name)
+    assert left and all("xvmmx110" not in x and "xvmmh120" not in x for x in left)
+    pod, container, net = pods[-1]
+    assert host.cni("DEL", conf, container, pod, args=network_args(net)).rc == 0
+    assert ours_left(host.name) == []
+    assert not [t for t in host.nft_tables() if t.startswith("inet xvm_")]
+    # A second DEL finds nothing and still succeeds.
+    assert host.cni("DEL", conf, container, pod).rc == 0
+
+
+def test_network_chosen_per_pod_and_requested_address(lab: Lab) -> None:
+    host = lab.hosts["h1"]
+    annotated = lab.config("h1", args={"annotations": {
+        "vxlan-cni.phdata.io/NetworkName": "red",
+        "vxlan-cni.phdata.io/RequestedAddress": "10.20.11.77"}})
+    _, result = lab.add_pod("h1", annotated, "ann")
+    assert address(result) == "10.20.11.77"
+    # By address alone (the 'ips' capability) the network is the one holding it.
+    by_ip = lab.config("h1", runtimeConfig={"ips": ["10.10.11.99/16"]})
+    _, result = lab.add_pod("h1", by_ip, "cap")
+    assert address(result) == "10.10.11.99"
+    # From the namespace's name.
+    by_ns = lab.config("h1", k8sNetworkFromNamespace=True, defaultNetwork=None)
+    _, result = lab.add_pod("h1", by_ns, "ns", "K8S_POD_NAMESPACE=green")
+    assert address(result).startswith("10.30.11.")
+    # Refused cleanly, the host unchanged: unknown network, taken address, an address
+    # outside the named network, no network at all.
+    for conf, args, code, words in (
+            (lab.config("h1"), network_args("purple"), 7, "not one of"),
+            (annotated, "", 103, "in use"),
+            (lab.config("h1"), "XVM_NETWORK=blue;IP=10.20.11.5", 7, "not inside"),
+            (by_ns, "K8S_POD_NAMESPACE=default", 7, "no network for this pod")):
+        before = host.snapshot()
+        res = host.cni("ADD", conf, "refused", host.new_pod(), args=args)
+        assert res.rc == 1 and res.out is not None and res.out["code"] == code, res.stdout
+        assert words in str(res.out["msg"]), res.out
+        after = host.snapshot()
+        assert (after["links"], after["nft"]) == (before["links"], before["nft"])
+
+
+def test_dual_stack_network(lab: Lab) -> None:
+    a, ra = lab.add_pod("h1", lab.config("h1"), "g1", network_args("green"))
+    b, rb = lab.add_pod("h2", lab.config("h2"), "g2", network_args("green"))
+    _, rr = lab.add_pod("h2", lab.config("h2"), "r2", network_args("red"))
+    lab.add_pod("h1", lab.config("h1"), "r1", network_args("red"))
+    host = lab.hosts["h1"]
+    v6a, v6b = address(ra, 6), address(rb, 6)
+    assert v6a.startswith("fd00:30::b:") and v6b.startswith("fd00:30::c:")
+    gateways = {item["address"].split("/")[0]: item.get("gateway") for item in ra["ips"]}
+    assert gateways[v6a] == "fd00:30::b:0:0:1"
+    assert ping_ttl(host, a, v6b) == 64                  # same L2, IPv6
+    assert ping_ttl(host, a, address(rb)) == 64          # same L2, IPv4
+    assert ping_ttl(host, a, address(rr)) == 62          # green -> red, IPv4
+    v6routes = json.loads(ip("-6", "-j", "-n", host.name, "route", "show", "proto", PROTO))
+    assert {ipaddress.ip_network(r["dst"]) for r in v6routes} == {
+        ipaddress.ip_network("fd00:30:0:0:c::/80"), ipaddress.ip_network("fd00:30:0:0:d::/80")}
+    # The host reaches the other host's pod over IPv6 too (slice route, then the L2).
+    assert host.in_ns(host.path, "ping", "-c", "1", "-W", "2", v6b).returncode == 0
+    assert [r for r in rules(host.name, "-6") if r.get("protocol") == PROTO]
+    del b
+
+
+def test_isolated_network_is_cut_off_from_the_others(lab: Lab) -> None:
+    isolated = [{**n, "isolated": True} if n["name"] == "red" else n
+                for n in lab.config("h1")["vxlans"]]
+    h1, h2 = lab.config("h1", vxlans=isolated), lab.config("h2", vxlans=isolated)
+    a, _ = lab.add_pod("h1", h1, "a", network_args("blue"))
+    lab.add_pod("h1", h1, "d", network_args("red"))
+    _, rc = lab.add_pod("h2", h2, "c", network_args("red"))
+    _, rb = lab.add_pod("h2", h2, "b", network_args("blue"))
+    host = lab.hosts["h1"]
+    assert ping_ttl(host, a, address(rb)) == 64
+    assert ping_ttl(host, a, address(rc)) is None
+
+
+def test_all_three_hosts(lab: Lab) -> None:
+    pods = {n: lab.add_pod(n, lab.config(n), f"x-{n}") for n in HOSTS}
+    for src in HOSTS:
+        for dst in HOSTS:
+            if src != dst:
+                assert ping_ttl(lab.hosts[src], pods[src][0], address(pods[dst][1])) == 64
