@@ -14,19 +14,32 @@ from pathlib import Path
 
 import pytest
 
+from xvmcni import plugin_file
+
+from .conftest import agent_op, start_agent
 from .macvlan_lab import HOSTS, Lab, address, ip, links, ping_ttl, rules
 
 PROTO = "204"
 
 
-@pytest.fixture
-def lab(tmp_path: Path) -> Iterator[Lab]:
+@pytest.fixture(params=["inprocess", "agent"])
+def lab(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Lab]:
+    """Three hosts; every test runs twice: plugin in-process, and the thin plugin
+    talking to an xvm-cnid on each host."""
     if os.geteuid() != 0:
         pytest.skip("needs root for network namespaces")
     made = Lab(tmp_path)
     try:
         made.build()
+        if request.param == "agent":
+            for name, host in made.hosts.items():
+                host.plugin = str(plugin_file.write(tmp_path / name / "bin" / "xvm-cni"))
+                start_agent(host)
         yield made
+        for host in made.hosts.values():
+            if host.agent is not None and host.calls:
+                served = sum(agent_op(host, "status")["agent"]["requests"].values())
+                assert served == host.calls, f"agent served {served} of {host.calls} calls"
     finally:
         made.destroy()
 
@@ -159,7 +172,7 @@ def test_dual_stack_network(lab: Lab) -> None:
     assert {ipaddress.ip_network(r["dst"]) for r in v6routes} == {
         ipaddress.ip_network("fd00:30:0:0:c::/80"), ipaddress.ip_network("fd00:30:0:0:d::/80")}
     # The host reaches the other host's pod over IPv6 too (slice route, then the L2).
-    assert host.in_ns(host.path, "ping", "-c", "1", "-W", "2", v6b).returncode == 0
+    assert host.in_ns(host.path, "ping", "-c", "3", "-i", "0.2", "-W", "2", v6b).returncode == 0
     assert [r for r in rules(host.name, "-6") if r.get("protocol") == PROTO]
     del b
 
