@@ -157,20 +157,20 @@ def _parse_routed_etcd(raw: dict[str, Any], common: NetworkConfig,
 
 def _parse_macvlan(raw: dict[str, Any], common: NetworkConfig,
                    peers: tuple[Peer, ...] | None) -> Network:
-    if common.control_plane == "etcd":
-        raise config.fail("the macvlan model does not run with the etcd control plane yet",
-                          "use controlPlane \"static\" (routes per host slice) or "
-                          "\"multicast\"")
+    """A macvlan configuration. Hosts learn about each other from the control plane:
+    ``static`` (listed), ``etcd`` (each host publishes the networks it joined, per
+    network), or none (``multicast``: the VXLAN devices use a group)."""
     if common.ipam is not None and common.ipam.get("type") == "xvm-cni":
         raise config.fail("'ipam' names xvm-cni itself")
     settings = macvlan_config.parse_settings(raw, common.name)
-    if peers is None:
+    etcd = etcdconfig.parse(raw["controlPlane"]) if common.control_plane == "etcd" else None
+    if peers is None and etcd is None:
         # No control plane lists the hosts: the VXLAN devices find each other through a
         # multicast group (the l2 model's default unless the network names one).
         settings = dataclasses.replace(settings, segments=tuple(
             s if s.group is not None else dataclasses.replace(s, group=l2.DEFAULT_GROUP)
             for s in settings.segments))
-    return Network(common, settings, None, peers)
+    return Network(common, settings, None, peers, etcd)
 
 
 def segments(network: Network) -> list[Network]:

@@ -97,8 +97,6 @@ def test_our_spelling_side_by_side() -> None:
     ({"vxlans": [{"id": 1, "name": "x", "cidr": "10.0.0.0/16", "hostInterface": "e",
                   "excludeFirst": "3"}]}, "must be a whole number"),
     ({"args": {"annotations": {"vxlan-cni.phdata.io/NetworkName": 3}}}, "must be a string"),
-    ({"controlPlane": {"type": "etcd", "endpoints": ["http://127.0.0.1:2379"]}},
-     "does not run with the etcd control plane yet"),
 ])
 def test_bad_input_is_a_clear_error(over: dict[str, Any], words: str) -> None:
     assert words in error(**over)
@@ -111,6 +109,15 @@ def test_static_peers_need_no_pod_cidrs() -> None:
     assert [p.name for p in parts] == ["vxlan-net@blue", "vxlan-net@red"]
     assert len({p.state_dir for p in parts}) == 2
     assert net.static_peers is not None and len(net.static_peers) == 2
+
+
+def test_etcd_control_plane_per_network() -> None:
+    net = networks.parse({**SEED, "controlPlane": {
+        "type": "etcd", "endpoints": ["http://127.0.0.1:2379"]}})
+    parts = networks.segments(net)
+    assert all(p.etcd is not None and p.blocks is None for p in parts)
+    red = parts[1].settings
+    assert isinstance(red, macvlan.SegmentSettings) and red.segment.group is None
 
 
 def test_multicast_default_group() -> None:
