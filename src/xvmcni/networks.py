@@ -30,7 +30,7 @@ from xvmcni.ipam.base import Ipam
 from xvmcni.ipam.blocks import BlockIpam, BlockSettings
 from xvmcni.ipam.cidr import CidrIpam, CidrPool
 from xvmcni.ipam.delegated import DelegatedIpam
-from xvmcni.ipam.hostslices import HostSliceIpam, host_range
+from xvmcni.ipam.hostslices import HostSliceIpam, RouterBlockIpam, host_range
 from xvmcni.ipam.pool import AddressPool, pool_for_host
 from xvmcni.ipam.slices import SliceIpam, SliceSettings
 from xvmcni.ipam.slices import parse_settings as parse_slices
@@ -190,8 +190,16 @@ def segment_network(network: Network, segment: macvlan_config.Segment,
     common = dataclasses.replace(network.config,
                                  name=macvlan.mark_name(network.config.name, segment.name),
                                  ipam=ipam_section)
-    return dataclasses.replace(network, config=common,
-                               settings=macvlan.SegmentSettings(settings, segment),
+    # etcd and an IPv4-only network with our own IPAM: cluster-wide address blocks.
+    claimed = None
+    v4 = segment.subnet(4)
+    if network.etcd is not None and ipam_section is None and segment.subnets == (v4,):
+        assert isinstance(v4, ipaddress.IPv4Network)
+        size = network.config.raw.get("blockSize")
+        claimed = blocks.parse_settings({} if size is None else {"blockSize": size}, v4)
+    return dataclasses.replace(network, config=common, blocks=claimed,
+                               settings=macvlan.SegmentSettings(settings, segment,
+                                                                claimed is not None),
                                requested=requested)
 
 
@@ -290,7 +298,8 @@ def ipam(network: Network, request: Request, host_address: Callable[[], Any],
     if isinstance(network.settings, routed.RoutedSettings):
         return _routed_ipam(network, routed_settings(network), request)
     if isinstance(network.settings, macvlan.SegmentSettings):
-        return _macvlan_ipam(network, network.settings.segment, request, host_address)
+        return _macvlan_ipam(network, network.settings.segment, request, host_address,
+                             planes)
     if network.config.ipam is not None:
         return DelegatedIpam(request, network.config.raw, network.l2.subnet.prefixlen)
     if network.blocks is not None:
@@ -331,9 +340,10 @@ def reserved_mac(network: Network, mac: str) -> str:
 
 
 def _macvlan_ipam(network: Network, segment: macvlan_config.Segment, request: Request,
-                  host_address: Callable[[], Any]) -> Ipam:
-    """This host's slice of each subnet (its router address first), or a delegated
-    cluster-aware IPAM plugin (IPv4)."""
+                  host_address: Callable[[], Any],
+                  planes: dict[Path, Any] | None = None) -> Ipam:
+    """This host's slice of each subnet (its router address first), blocks claimed
+    through etcd (IPv4-only networks), or a delegated cluster-aware IPAM plugin (IPv4)."""
     if network.config.ipam is not None:
         v4 = segment.subnet(4)
         if v4 is None:
@@ -341,6 +351,11 @@ def _macvlan_ipam(network: Network, segment: macvlan_config.Segment, request: Re
                               "subnet")
         raw = {**network.config.raw, "ipam": network.config.ipam}
         return DelegatedIpam(request, raw, v4.prefixlen)
+    if network.blocks is not None:
+        v4 = segment.subnet(4)
+        assert isinstance(v4, ipaddress.IPv4Network)
+        return RouterBlockIpam(v4, network.state_dir, _block_claimer(network, planes),
+                               segment.exclude_first, segment.exclude_last)
 
     def ranges() -> tuple[Any, ...]:
         # The host's address is looked up only when an address is chosen (DEL never).
@@ -393,8 +408,17 @@ def hold_blocks(network: Network, plane: Any, need_new: bool = False) -> list[st
     """This host's IPAM blocks of ``network`` through its etcd control plane, written to
     its state dir; raises the control plane's errors."""
     assert network.blocks is not None
-    return blocks.hold_blocks(plane, network.l2.subnet, network.blocks.prefix,
+    return blocks.hold_blocks(plane, _block_subnet(network), network.blocks.prefix,
                               network.state_dir, need_new)
+
+
+def _block_subnet(network: Network) -> ipaddress.IPv4Network:
+    """The subnet a network's blocks are cut from (l2's, or a macvlan network's IPv4)."""
+    if isinstance(network.settings, macvlan.SegmentSettings):
+        subnet = network.settings.segment.subnet(4)
+        assert isinstance(subnet, ipaddress.IPv4Network)
+        return subnet
+    return network.l2.subnet
 
 
 def _block_claimer(network: Network, planes: dict[Path, Any] | None) -> blocks.ClaimMore:

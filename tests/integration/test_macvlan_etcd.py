@@ -1,11 +1,14 @@
 """Model macvlan with the etcd control plane: three hosts and an etcd on one underlay
 switch, an xvm-cnid on every host. Each host publishes, per network, only the networks
 it has joined; the others' VXLAN devices flood to exactly those hosts (no multicast
-group) and route exactly their slices; a host that leaves a network drops out of
-every other host's flood list and routes within the lease TTL."""
+group) and route exactly their address blocks (claimed cluster-wide; the first usable
+address of a block is its host's router address) via the owner's router address; a
+host that leaves a network drops out of every other host's flood list and routes
+within the lease TTL."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shutil
@@ -20,6 +23,7 @@ import pytest
 
 from tests.support.etcd import EtcdServer
 from xvmcni import plugin_file
+from xvmcni.ipam.hostslices import cidr_range
 from xvmcni.lab import simhost
 
 from .conftest import Host, ip, start_agent, stop_agent
@@ -82,6 +86,14 @@ def slice_routes(host: Host, dev: str) -> dict[str, str]:
     return {r["dst"]: r["gateway"] for r in routes if r.get("dev") == dev}
 
 
+def block_route(result: dict[str, Any]) -> tuple[str, str]:
+    """(block, its router) of a pod's IPv4 address: /26 blocks, router = first usable."""
+    block = ipaddress.ip_network(f"{address(result)}/26", strict=False)
+    rng = cidr_range(ipaddress.IPv4Network("10.10.0.0/16"), block, exclude_first=5,
+                     exclude_last=5)
+    return str(block), str(rng.router)
+
+
 def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -105,21 +117,28 @@ def test_peers_per_network_through_etcd(lab: tuple[Lab, EtcdServer]) -> None:
     wait_for(lambda: flood(h1, "xvmmx110") == ["172.29.0.12"], 15, "h1's blue flood list")
     wait_for(lambda: flood(h2, "xvmmx110") == ["172.29.0.11"], 15, "h2's blue flood list")
     assert flood(h3, "xvmmx120") == [] and "xvmmx110" not in ip("-n", h3.name, "link")
-    wait_for(lambda: slice_routes(h1, "xvmmh110") == {"10.10.12.0/24": "10.10.12.1"}, 15,
-             "h1's route to h2's blue slice")
+    block_b, router_b = block_route(rb)
+    block_a, router_a = block_route(ra)
+    assert block_a != block_b
+    # The pod's gateway is its own host's router in the pod's block.
+    assert ra["ips"][0]["gateway"] == router_a
+    wait_for(lambda: slice_routes(h1, "xvmmh110") == {block_b: router_b}, 15,
+             "h1's route to h2's blue block")
     assert ping_ttl(h1, a, address(rb)) == 64
     # h3 joins blue: everyone learns it from etcd.
     d, rd = made.add_pod("h3", {**confs["h3"], "agentSocket": h3.agent_socket}, "d",
                          "XVM_NETWORK=blue")
     wait_for(lambda: flood(h1, "xvmmx110") == ["172.29.0.12", "172.29.0.13"], 15,
              "h1's blue flood list with h3")
-    wait_for(lambda: "10.10.13.0/24" in slice_routes(h1, "xvmmh110"), 15,
-             "h1's route to h3's blue slice")
+    block_d, router_d = block_route(rd)
+    assert block_d not in (block_a, block_b)
+    wait_for(lambda: slice_routes(h1, "xvmmh110").get(block_d) == router_d, 15,
+             "h1's route to h3's blue block")
     assert ping_ttl(h1, a, address(rd)) == 64
     # h3 leaves blue: its record goes, h1 forgets its flood entry and slice route.
     assert h3.cni("DEL", {**confs["h3"], "agentSocket": h3.agent_socket}, "d", d).rc == 0
     wait_for(lambda: flood(h1, "xvmmx110") == ["172.29.0.12"], 5 * TTL,
              "h3 gone from h1's blue flood list")
-    wait_for(lambda: "10.10.13.0/24" not in slice_routes(h1, "xvmmh110"), 5 * TTL,
-             "h1's route to h3's blue slice removed")
+    wait_for(lambda: block_d not in slice_routes(h1, "xvmmh110"), 5 * TTL,
+             "h1's route to h3's blue block removed")
     del b, c, ra, rc

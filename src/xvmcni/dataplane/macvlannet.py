@@ -53,15 +53,14 @@ class SegmentSpec:
     local: IPAddress
     underlay_index: int
     mtu: int
-    routers: tuple[IPInterface, ...]  # this host's router address per family
+    # This host's router addresses: one per family (slices), or one per address block
+    # it holds (etcd blocks; none before its first block).
+    routers: tuple[IPInterface, ...]
     router_mac: str
     bypass_table: int
     bypass_priority: int
     protocol: int
-
-    @property
-    def subnets(self) -> tuple[IPNetwork, ...]:
-        return tuple(r.network for r in self.routers)
+    subnets: tuple[IPNetwork, ...]
 
 
 def _claim(link: Any, name: str, network: str) -> None:
@@ -152,11 +151,23 @@ def _ensure_macvlan(ipr: Any, spec: SegmentSpec, vxlan_index: int) -> int:
                         macvlan_mode="bridge", address=spec.router_mac, mtu=spec.mtu)
     else:
         index = int(link["index"])
+    add_routers(ipr, spec, index)
+    return index
+
+
+def add_routers(ipr: Any, spec: SegmentSpec, index: int | None = None) -> None:
+    """Every router address of ``spec`` on the host macvlan (a block claimed since the
+    join brings one more)."""
+    if index is None:
+        link = get_link(ipr, spec.macvlan)
+        if link is None or not ownership.owned_by(link, spec.network):
+            raise DataplaneError(DataplaneError.KERNEL, f"host macvlan {spec.macvlan} is gone")
+        index = int(link["index"])
     # Loose reverse-path filtering on this device only: a pod's packet to a pod of
     # another network arrives here while the route back to its source may point to
     # another host's slice route (the kernel uses max(all, device): 2 = loose).
     sysctl.ensure_if_present(f"net.ipv4.conf.{spec.macvlan}.rp_filter", "2")
-    if not any(r.version == 6 for r in spec.routers):
+    if not any(s.version == 6 for s in spec.subnets):
         sysctl.ensure_if_present(f"net.ipv6.conf.{spec.macvlan}.disable_ipv6", "1")
     try:
         ipr.link("set", index=index, mtu=spec.mtu, state="up")
@@ -169,7 +180,6 @@ def _ensure_macvlan(ipr: Any, spec: SegmentSpec, vxlan_index: int) -> int:
     except NetlinkError as exc:
         if exc.code != errno.EEXIST:
             raise kernel_error(f"configure {spec.macvlan}", exc) from exc
-    return index
 
 
 def ensure(ipr: Any, spec: SegmentSpec, in_use: bool) -> tuple[int, int]:
@@ -180,7 +190,7 @@ def ensure(ipr: Any, spec: SegmentSpec, in_use: bool) -> tuple[int, int]:
         vxlan_index = _ensure_vxlan(ipr, spec, in_use)
         mv_index = _ensure_macvlan(ipr, spec, vxlan_index)
         _ensure_bypass(ipr, spec, mv_index)
-        for router in spec.routers:
+        for router in spec.subnets:
             sysctl.ensure("net.ipv4.ip_forward" if router.version == 4
                           else "net.ipv6.conf.all.forwarding", "1")
     except BaseException:

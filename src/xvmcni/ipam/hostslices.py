@@ -13,10 +13,13 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from xvmcni.errors import ADDRESS_IN_USE, INVALID_CONFIG, NOT_AVAILABLE, CniError
 from xvmcni.ipam.base import OwnRecords, Usage
+from xvmcni.ipam.blocks import BlockIpam, ClaimMore
 from xvmcni.ipam.cidr import CidrAllocator, CidrPool
+from xvmcni.ipam.pool import AddressPool
 from xvmcni.state.attachments import (
     AddressBook,
     Attachment,
@@ -56,7 +59,13 @@ class HostRange:
 
 def host_range(subnet: IPNetwork, host: IPAddress, prefix: int, exclude_first: int = 0,
                exclude_last: int = 0) -> HostRange:
-    owned = slice_of(subnet, host, prefix)
+    return cidr_range(subnet, slice_of(subnet, host, prefix), exclude_first, exclude_last)
+
+
+def cidr_range(subnet: IPNetwork, owned: IPNetwork, exclude_first: int = 0,
+               exclude_last: int = 0) -> HostRange:
+    """Router address and pods' range of ``owned`` (a host's slice, or an address block
+    it claimed through etcd), a part of ``subnet``."""
     v4_tail = 1 if subnet.version == 4 else 0   # the IPv4 broadcast address
     lo = max(int(owned.network_address) + 1,
              int(subnet.network_address) + max(1, exclude_first))
@@ -148,3 +157,25 @@ class HostSliceIpam(OwnRecords):
         if usage.size is not None and usage.used >= usage.size:
             raise CniError(NOT_AVAILABLE, f"address range {usage.range} is exhausted",
                            f"{usage.used} of {usage.size} addresses in use")
+
+
+class RouterBlockIpam(BlockIpam):
+    """Cluster-wide address blocks claimed through etcd (``ipam/blocks``), where the
+    first usable address of every block is its host's router address in the subnet;
+    pods get the rest. ``excludeFirst`` / ``excludeLast`` hold as with slices."""
+
+    def __init__(self, subnet: ipaddress.IPv4Network, state_dir: Path,
+                 claim_more: ClaimMore | None, exclude_first: int = 0,
+                 exclude_last: int = 0) -> None:
+        # The network address stands in for the l2 gateway: reserved anyway.
+        super().__init__(subnet, subnet.network_address, state_dir, claim_more)
+        self.exclude_first = exclude_first
+        self.exclude_last = exclude_last
+
+    def _pool(self, block: ipaddress.IPv4Network) -> AddressPool:
+        rng = cidr_range(self.subnet, block, self.exclude_first, self.exclude_last)
+        if rng.router is None:   # wholly excluded: an empty pool
+            return AddressPool(self.subnet, self.gateway, block.broadcast_address,
+                               block.network_address)
+        return AddressPool(self.subnet, self.gateway, ipaddress.IPv4Address(rng.first),
+                           ipaddress.IPv4Address(rng.last))

@@ -27,7 +27,7 @@ import contextlib
 import ipaddress
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,8 @@ from xvmcni.dataplane.errors import DataplaneError
 from xvmcni.dataplane.netlink import get_link, rtnl
 from xvmcni.dataplane.netns import netns_gone, open_netns
 from xvmcni.dataplane.routednet import Underlay, lookup_underlay
-from xvmcni.ipam.hostslices import HostRange, host_range
+from xvmcni.ipam import blocks
+from xvmcni.ipam.hostslices import HostRange, cidr_range, host_range
 from xvmcni.models.base import IPAddress, IPInterface, Plugged, Pod
 from xvmcni.models.macvlan_config import KIND, MacvlanSettings, Segment
 from xvmcni.models.routed_peers import derived_mac, vtep_mac
@@ -64,6 +65,9 @@ class SegmentSettings:
 
     config: MacvlanSettings
     segment: Segment
+    # etcd: the IPv4 subnet is shared out in blocks claimed cluster-wide (claims.json
+    # in the state dir), each block's first usable address a router address.
+    blocks: bool = False
 
     @property
     def network(self) -> str:
@@ -112,12 +116,31 @@ class MacvlanModel:
         return self.segment.local_address or self.underlay().address.ip
 
     def ranges(self, host: IPAddress | None = None) -> tuple[HostRange, ...]:
-        """This host's (or ``host``'s) router address and pod range per subnet."""
-        at = host if host is not None else self.underlay_address()
+        """This host's (or ``host``'s) router address and pod range per subnet; with
+        blocks, this host's per block it holds."""
         seg = self.segment
+        if self.settings.blocks and host is None:
+            held = blocks.read_claims(self._state_dir) if self._state_dir else []
+            return tuple(self._cidr_ranges(
+                [str(blocks.block_of_key(k)) for k in held]))
+        at = host if host is not None else self.underlay_address()
         return tuple(host_range(subnet, at, seg.slice_prefix[subnet.version],
                                 seg.exclude_first, seg.exclude_last)
                      for subnet in seg.subnets)
+
+    def _cidr_ranges(self, cidrs: Iterable[str]) -> list[HostRange]:
+        """Ranges of the given slices or blocks that lie in this network's subnets."""
+        out = []
+        for text in cidrs:
+            try:
+                cidr = ipaddress.ip_network(text)
+            except ValueError:
+                continue
+            subnet = self.segment.subnet(cidr.version)
+            if subnet is not None and cidr.subnet_of(subnet):  # type: ignore[arg-type]
+                out.append(cidr_range(subnet, cidr, self.segment.exclude_first,
+                                      self.segment.exclude_last))
+        return out
 
     def routers(self) -> tuple[IPInterface, ...]:
         found = []
@@ -145,12 +168,21 @@ class MacvlanModel:
             router_mac=derived_mac("xvm-cni router", self.network,
                                    str(self.underlay_address())),
             bypass_table=cfg.bypass_table, bypass_priority=cfg.bypass_priority,
-            protocol=cfg.route_protocol)
+            protocol=cfg.route_protocol, subnets=seg.subnets)
 
     def container_routes(self, addresses: list[IPInterface]) -> list[Route]:
-        routers = {r.version: r.ip for r in self.routers()}
-        return [Route(DEFAULT_ROUTES[v], routers[v])
-                for v in sorted({a.version for a in addresses}) if v in routers]
+        """A default route per family via the router address of the slice (or block)
+        the pod's address comes from; else this host's first of that family."""
+        ranges = self.ranges()
+        out: list[Route] = []
+        for addr in sorted(addresses, key=lambda a: a.version):
+            own = [r.router for r in ranges if addr.ip in r.slice and r.router is not None]
+            fallback = [r.router for r in ranges
+                        if r.subnet.version == addr.version and r.router is not None]
+            found = own or fallback
+            if found and all(r.dst.version != addr.version for r in out):
+                out.append(Route(DEFAULT_ROUTES[addr.version], found[0]))
+        return out
 
     def _side(self, pod: Pod, addresses: list[IPInterface], mac: str) -> macvlanpod.PodSide:
         return macvlanpod.PodSide(
@@ -218,8 +250,12 @@ class MacvlanModel:
 
     def plug(self, pod_ns: Any, pod: Pod, addresses: list[IPInterface],
              mac: str) -> Plugged:
+        vxlan_index = self._vxlan()
+        if self.settings.blocks:
+            # The address may come from a block claimed after the join: its router.
+            macvlannet.add_routers(self.ipr, self.spec())
         side = self._side(pod, addresses, mac)
-        _, pod_mac = macvlanpod.plug(self.ipr, pod_ns.ipr, pod_ns.fd, self._vxlan(), side)
+        _, pod_mac = macvlanpod.plug(self.ipr, pod_ns.ipr, pod_ns.fd, vxlan_index, side)
         gateways: dict[int, IPAddress] = {r.dst.version: r.gw
                                           for r in self.container_routes(addresses)
                                           if r.gw is not None}
@@ -278,7 +314,8 @@ class MacvlanModel:
                 routers=tuple(ipaddress.ip_interface(f"{s.network_address}/{s.prefixlen}")
                               for s in self.segment.subnets),
                 router_mac="", bypass_table=cfg.bypass_table,
-                bypass_priority=cfg.bypass_priority, protocol=cfg.route_protocol)
+                bypass_priority=cfg.bypass_priority, protocol=cfg.route_protocol,
+                subnets=self.segment.subnets)
 
     def problems(self) -> list[str]:
         return macvlannet.problems(self.ipr, self.spec())
@@ -315,7 +352,10 @@ class MacvlanModel:
         mine = {r.slice for r in self.ranges()}
         routes: dict[IPNetwork, IPAddress] = {}
         for peer in remote:
-            for rng in self.ranges(peer.underlay):
+            # Blocks: the ones the peer published; slices: derived from its address.
+            theirs = (self._cidr_ranges(peer.pod_cidrs) if self.settings.blocks
+                      else self.ranges(peer.underlay))
+            for rng in theirs:
                 if rng.slice in mine:
                     log.warning("network %s: host %s (%s) has this host's slice %s: "
                                 "choose a perHostPrefix that separates them", self.network,

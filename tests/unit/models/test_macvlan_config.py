@@ -4,6 +4,7 @@ for bad input, the per-pod network choice and the per-host slices."""
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from xvmcni import networks
 from xvmcni.cni.request import Request
 from xvmcni.errors import CniError
-from xvmcni.ipam.hostslices import host_range, slice_of
+from xvmcni.ipam.hostslices import RouterBlockIpam, host_range, slice_of
 from xvmcni.models import macvlan
 from xvmcni.models.macvlan_choice import choose_network
 from xvmcni.models.macvlan_config import MacvlanSettings, parse_settings
@@ -115,9 +116,20 @@ def test_etcd_control_plane_per_network() -> None:
     net = networks.parse({**SEED, "controlPlane": {
         "type": "etcd", "endpoints": ["http://127.0.0.1:2379"]}})
     parts = networks.segments(net)
-    assert all(p.etcd is not None and p.blocks is None for p in parts)
+    # IPv4-only networks share their subnet out in /26 blocks claimed through etcd.
+    assert all(p.etcd is not None and p.blocks is not None and p.blocks.prefix == 26
+               for p in parts)
     red = parts[1].settings
     assert isinstance(red, macvlan.SegmentSettings) and red.segment.group is None
+    assert red.blocks
+    dual = networks.parse({**SEED, "blockSize": 28, "controlPlane": {
+        "type": "etcd", "endpoints": ["http://127.0.0.1:2379"]}, "vxlans": [
+            {"id": 1, "name": "d", "cidr": ["10.1.0.0/16", "fd00::/64"], "hostInterface": "e"},
+            {"id": 2, "name": "v4", "cidr": "10.2.0.0/16", "hostInterface": "e"}],
+        "defaultNetwork": "d"})
+    d, v4 = networks.segments(dual)
+    assert d.blocks is None                       # dual-stack: per-host slices
+    assert v4.blocks is not None and v4.blocks.prefix == 28
 
 
 def test_multicast_default_group() -> None:
@@ -196,3 +208,12 @@ def test_excluded_addresses_are_never_used() -> None:
     assert str(ipaddress.ip_address(last.last)) == "10.10.255.249"
     gone = host_range(v4, ipaddress.ip_address("172.29.0.0"), 24, exclude_first=300)
     assert gone.router is None and gone.first > gone.last
+
+
+def test_block_pools_keep_the_router_address(tmp_path: Path) -> None:
+    ipam = RouterBlockIpam(ipaddress.IPv4Network("10.10.0.0/16"), tmp_path, None,
+                           exclude_first=5)
+    first = ipam.pools(["10.10.0.0_26"])[0]
+    assert (str(first.first), str(first.last)) == ("10.10.0.6", "10.10.0.62")  # .5 routes
+    later = ipam.pools(["10.10.7.64_26"])[0]
+    assert (str(later.first), str(later.last)) == ("10.10.7.66", "10.10.7.126")
