@@ -196,3 +196,26 @@ def test_all_three_hosts(lab: Lab) -> None:
         for dst in HOSTS:
             if src != dst:
                 assert ping_ttl(lab.hosts[src], pods[src][0], address(pods[dst][1])) == 64
+
+
+@pytest.mark.skipif(not os.access("/usr/lib/cni/host-local", os.X_OK),
+                    reason="needs the reference host-local plugin")
+def test_delegated_ipam_per_network(lab: Lab) -> None:
+    """A network with its own 'ipam' section: the delegated plugin chooses (here the
+    reference host-local with a range an operator keeps apart per host), we plumb."""
+    host = lab.hosts["h1"]
+    store = str(host.data_dir / "host-local")
+    nets = [{**n, "ipam": {"type": "host-local", "dataDir": store,
+                           "ranges": [[{"subnet": "10.20.0.0/16",
+                                        "rangeStart": "10.20.200.10",
+                                        "rangeEnd": "10.20.200.20"}]]}}
+            if n["name"] == "red" else n for n in lab.config("h1")["vxlans"]]
+    conf = lab.config("h1", vxlans=nets)
+    # IgnoreUnknown=1, as Kubernetes runtimes send it: host-local refuses our own key.
+    pod, result = lab.add_pod("h1", conf, "dl", "IgnoreUnknown=1;" + network_args("red"))
+    assert address(result) == "10.20.200.10"
+    assert result["ips"][0]["gateway"] == "10.20.11.1"
+    _, other = lab.add_pod("h2", lab.config("h2"), "o", network_args("red"))
+    assert ping_ttl(host, pod, address(other)) == 64
+    assert host.cni("DEL", conf, "dl", pod).rc == 0
+    assert not list((host.data_dir / "host-local").rglob("10.20.200.10"))
