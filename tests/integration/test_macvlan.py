@@ -64,8 +64,8 @@ def test_same_network_direct_other_network_through_routers(lab: Lab) -> None:
     a, ra = lab.add_pod("h1", h1, "a-blue")                      # default network: blue
     b, rb = lab.add_pod("h2", h2, "b-blue", network_args("blue"))
     _, rc = lab.add_pod("h2", h2, "c-red", network_args("red"))
-    # h1 routes to red because it has joined red too (see the README: a host routes
-    # into the networks it has pods on).
+    # h1 has joined red too: red's slices are routed over red's own L2 (the case of a
+    # host without a red pod is test_every_host_routes_into_networks_it_has_not_joined).
     lab.add_pod("h1", h1, "d-red", network_args("red"))
     assert address(ra).startswith("10.10.11.") and address(rb).startswith("10.10.12.")
     assert address(rc).startswith("10.20.12.")
@@ -219,3 +219,21 @@ def test_delegated_ipam_per_network(lab: Lab) -> None:
     assert ping_ttl(host, pod, address(other)) == 64
     assert host.cni("DEL", conf, "dl", pod).rc == 0
     assert not list((host.data_dir / "host-local").rglob("10.20.200.10"))
+
+
+def test_every_host_routes_into_networks_it_has_not_joined(lab: Lab) -> None:
+    """h1 has only a blue pod, h2 only a red one: each host reaches the other network
+    through the host that serves it (one route per remote slice via its underlay
+    address), under strict rp_filter; when h1's last pod goes, so do those routes."""
+    h1, h2 = lab.config("h1"), lab.config("h2")
+    a, _ = lab.add_pod("h1", h1, "a", network_args("blue"))
+    _, rc = lab.add_pod("h2", h2, "c", network_args("red"))
+    host = lab.hosts["h1"]
+    via_underlay = json.loads(ip("-j", "-n", host.name, "route", "show", "proto", PROTO,
+                                 "dev", "eth0"))
+    assert {r["dst"]: r["gateway"] for r in via_underlay if r["dst"].startswith("10.")} \
+        == {"10.20.12.0/24": "172.29.0.12", "10.20.13.0/24": "172.29.0.13",
+            "10.30.12.0/24": "172.29.0.12", "10.30.13.0/24": "172.29.0.13"}
+    assert ping_ttl(host, a, address(rc)) == 62
+    assert host.cni("DEL", h1, "a", a).rc == 0
+    assert ours_left(host.name) == []

@@ -307,6 +307,27 @@ def program_routes(ipr: Any, spec: SegmentSpec,
     return len(want - have), len(stale)
 
 
+def program_underlay_routes(ipr: Any, protocol: int, underlay_index: int,
+                            subnets: tuple[IPNetwork, ...],
+                            wanted: dict[IPNetwork, IPAddress]) -> tuple[int, int]:
+    """Exactly ``wanted`` (a remote host's slice or block of a network this host has
+    not joined -> that host's underlay address) as routes of ours via the underlay;
+    only routes of our protocol inside ``subnets`` are ours. (added, removed)."""
+    ours, foreign = routes.main_routes(ipr, protocol, {underlay_index})
+    ours = [r for r in ours
+            if any(r.dst.version == n.version and r.dst.subnet_of(n)  # type: ignore[arg-type]
+                   for n in subnets)]
+    want = {routes.RouteEntry(dst=dst, gateway=gw, oif=underlay_index)
+            for dst, gw in wanted.items() if dst not in foreign}
+    have = {routes.RouteEntry(dst=r.dst, gateway=r.gateway, oif=r.oif) for r in ours}
+    for entry in sorted(want - have, key=str):
+        routes.replace_route(ipr, entry, protocol)
+    stale = [r for r in ours if r.dst not in {w.dst for w in want}]
+    for entry in stale:
+        routes.delete_route(ipr, entry, protocol)
+    return len(want - have), len(stale)
+
+
 # --- isolation -------------------------------------------------------------------------
 
 def _prefix(net: IPNetwork) -> dict[str, Any]:

@@ -298,6 +298,12 @@ class MacvlanModel:
         macvlannet.remove(self.ipr, spec)
         nft.run_batch(macvlannet.delete_isolation_batch(self.network))
         self._vxlan_index = None
+        try:
+            # This network is now reached through the others (or, the last one gone,
+            # no route of ours stays).
+            self.converge_underlay()
+        except DataplaneError as exc:
+            log.warning("network %s: not converging underlay routes: %s", self.network, exc)
 
     def _leave_spec(self) -> macvlannet.SegmentSpec:
         """The spec for removal; without a usable underlay (hostInterface gone) the
@@ -349,13 +355,11 @@ class MacvlanModel:
             wanted = {str(p.underlay) for p in remote
                       if p.underlay.version == self.local_address().version}
             l2net.program_flood(self.ipr, self.network, seg.vxlan_name, wanted)
+        self.converge_underlay(peers)
         mine = {r.slice for r in self.ranges()}
         routes: dict[IPNetwork, IPAddress] = {}
         for peer in remote:
-            # Blocks: the ones the peer published; slices: derived from its address.
-            theirs = (self._cidr_ranges(peer.pod_cidrs) if self.settings.blocks
-                      else self.ranges(peer.underlay))
-            for rng in theirs:
+            for rng in self._peer_ranges(self.segment, peer):
                 if rng.slice in mine:
                     log.warning("network %s: host %s (%s) has this host's slice %s: "
                                 "choose a perHostPrefix that separates them", self.network,
@@ -366,6 +370,68 @@ class MacvlanModel:
         if changed is not None and any(changed):
             log.info("network %s: %d slice routes (+%d -%d)", self.network, len(routes),
                      *changed)
+
+    def _peer_ranges(self, segment: Segment, peer: Peer) -> list[HostRange]:
+        """A peer's slices or blocks of ``segment``: the ones it published (etcd), else
+        derived from its underlay address (static peers)."""
+        if peer.pod_cidrs:
+            out = []
+            for text in peer.pod_cidrs:
+                try:
+                    cidr = ipaddress.ip_network(text)
+                except ValueError:
+                    continue
+                subnet = segment.subnet(cidr.version)
+                if subnet is not None and cidr.subnet_of(subnet):  # type: ignore[arg-type]
+                    out.append(cidr_range(subnet, cidr, segment.exclude_first,
+                                          segment.exclude_last))
+            return out
+        return [host_range(subnet, peer.underlay, segment.slice_prefix[subnet.version],
+                           segment.exclude_first, segment.exclude_last)
+                for subnet in segment.subnets]
+
+    def _joined(self, segment: Segment) -> bool:
+        link = get_link(self.ipr, segment.vxlan_name)
+        return link is not None and ownership.owned_by(
+            link, mark_name(self.settings.config.network, segment.name))
+
+    def _peers_of(self, segment: Segment, mine: list[Peer] | None) -> list[Peer]:
+        if self._static_peers is not None:
+            return self._static_peers
+        if segment.name == self.segment.name and mine is not None:
+            return mine
+        if self._state_dir is None:
+            return []
+        sibling = self._state_dir.parent / mark_name(self.settings.config.network,
+                                                     segment.name)
+        return peercache.read(sibling) or []
+
+    def converge_underlay(self, peers: list[Peer] | None = None) -> None:
+        """Every host a router into every network: while this host has joined any
+        network of the configuration, the networks it has not joined are reached
+        through the hosts that serve them, one route per remote slice (or block) via
+        that host's underlay address (same family only). None joined: none at all."""
+        cfg = self.settings.config
+        under = self.underlay()
+        joined = {s.name for s in cfg.segments if self._joined(s)}
+        me = under.address.ip
+        wanted: dict[IPNetwork, IPAddress] = {}
+        if joined:
+            for seg in cfg.segments:
+                if seg.name in joined:
+                    continue
+                for peer in self._peers_of(seg, peers):
+                    if peer.underlay == me:
+                        continue
+                    for rng in self._peer_ranges(seg, peer):
+                        if rng.slice.version == peer.underlay.version:
+                            wanted[rng.slice] = peer.underlay
+        everything = tuple(n for s in cfg.segments for n in s.subnets)
+        added, removed = macvlannet.program_underlay_routes(
+            self.ipr, cfg.route_protocol, under.index, everything, wanted)
+        if added or removed:
+            log.info("%s: %d routes into networks this host has not joined (+%d -%d)",
+                     cfg.network, len(wanted), added, removed)
 
     def local_peer(self, name: str) -> Peer | None:
         vxlan = get_link(self.ipr, self.segment.vxlan_name)
