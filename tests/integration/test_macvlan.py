@@ -237,3 +237,26 @@ def test_every_host_routes_into_networks_it_has_not_joined(lab: Lab) -> None:
     assert ping_ttl(host, a, address(rc)) == 62
     assert host.cni("DEL", h1, "a", a).rc == 0
     assert ours_left(host.name) == []
+
+
+def test_check_gc_and_status(lab: Lab) -> None:
+    host = lab.hosts["h1"]
+    conf = lab.config("h1")
+    pod, result = lab.add_pod("h1", conf, "k", network_args("red"))
+    lab.add_pod("h1", conf, "g")   # blue, the default network
+    check = {**conf, "prevResult": result}
+    # CHECK finds the pod's network by its record (no XVM_NETWORK needed).
+    assert host.cni("CHECK", check, "k", pod).rc == 0, host.cni("CHECK", check, "k", pod)
+    ip("-n", pod.rsplit("/", 1)[-1], "route", "del", "default")
+    res = host.cni("CHECK", check, "k", pod)
+    assert res.rc == 1 and res.out is not None and res.out["code"] == 105, res.out
+    assert "route" in str(res.out.get("details", "")), res.out
+    assert host.cni("STATUS", {**conf, "cniVersion": "1.1.0"}).rc == 0
+    # GC with only "k" valid: "g" goes, and with it blue from this host.
+    gc = {**conf, "cniVersion": "1.1.0",
+          "cni.dev/valid-attachments": [{"containerID": "k", "ifname": "eth0"}]}
+    assert host.cni("GC", gc).rc == 0
+    names = links(host.name)
+    assert "xvmmx120" in names and "xvmmx110" not in names and "xvmmh110" not in names
+    assert host.cni("DEL", conf, "k", pod).rc == 0
+    assert ours_left(host.name) == []
