@@ -260,3 +260,25 @@ def test_check_gc_and_status(lab: Lab) -> None:
     assert "xvmmx120" in names and "xvmmx110" not in names and "xvmmh110" not in names
     assert host.cni("DEL", conf, "k", pod).rc == 0
     assert ours_left(host.name) == []
+
+
+def test_agent_reconcile_rebuilds_a_broken_host_side(lab: Lab) -> None:
+    """Someone deletes the network's VXLAN device (the pods' macvlans go with it) and
+    the bypass rule: the agent's reconcile rebuilds both and re-plugs the pod, which
+    reaches its peer on another host again with its address."""
+    host = lab.hosts["h1"]
+    if host.agent is None:
+        pytest.skip("reconcile is the agent's")
+    a, ra = lab.add_pod("h1", lab.config("h1"), "a", network_args("blue"))
+    _, rb = lab.add_pod("h2", lab.config("h2"), "b", network_args("blue"))
+    assert ping_ttl(host, a, address(rb)) == 64
+    ip("-n", host.name, "rule", "del", "table", "192", "from", "10.10.0.0/16")
+    ip("-n", host.name, "link", "del", "xvmmx110")
+    assert "eth0" not in ip("-n", a.rsplit("/", 1)[-1], "-o", "link")
+    report = agent_op(host, "gc")["networks"]
+    blue = next(r for r in report if r["name"] == "mvnet@blue")
+    assert not blue["error"] and blue["replugged"] == ["a/eth0"], blue
+    assert ping_ttl(host, a, address(rb)) == 64
+    assert address(ra) in ip("-n", a.rsplit("/", 1)[-1], "-o", "addr")
+    assert [r for r in rules(host.name) if r.get("protocol") == PROTO
+            and r.get("src") == "10.10.0.0"]

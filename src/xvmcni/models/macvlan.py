@@ -217,8 +217,13 @@ class MacvlanModel:
                      ", ".join(map(str, spec.routers)))
         self._vxlan_index, _ = macvlannet.ensure(self.ipr, spec, in_use)
         self._isolation()
+        self._program_known_peers(cached=not in_use)
+
+    def _program_known_peers(self, cached: bool) -> None:
+        """The static peers, or (``cached``) the agent's last peer set: a host joining
+        (or rebuilt) floods to and routes towards them without waiting for the agent."""
         peers = self._static_peers
-        if peers is None and self._state_dir is not None and not in_use:
+        if peers is None and self._state_dir is not None and cached:
             peers = peercache.read(self._state_dir)
         if peers is not None:
             self.on_peers(peers)
@@ -329,6 +334,7 @@ class MacvlanModel:
     def repair(self, pods: list[tuple[Pod, list[IPInterface]]]) -> list[Pod]:
         self._vxlan_index, _ = macvlannet.ensure(self.ipr, self.spec(), in_use=True)
         self._isolation()
+        self._program_known_peers(cached=True)
         replugged = []
         for pod, addresses in pods:
             if not pod.netns or netns_gone(pod.netns):
