@@ -43,6 +43,7 @@ from xvmcni.dataplane.routednet import Underlay, lookup_underlay
 from xvmcni.ipam import blocks
 from xvmcni.ipam.hostslices import HostRange, cidr_range, host_range
 from xvmcni.models.base import IPAddress, IPInterface, Plugged, Pod
+from xvmcni.models.bridged import PodNamespace
 from xvmcni.models.macvlan_config import KIND, MacvlanSettings, Segment
 from xvmcni.models.routed_peers import derived_mac, vtep_mac
 
@@ -57,6 +58,21 @@ def mark_name(config_name: str, segment: str) -> str:
     """The segment's name in ownership marks, state paths and etcd keys. '@' never
     appears in a configuration's name, so no other network can have this one."""
     return f"{config_name}@{segment}"
+
+
+def cidr_ranges(segment: Segment, cidrs: Iterable[str]) -> list[HostRange]:
+    """Router address and pod range of each given slice or block (as a control plane
+    publishes them) that lies in one of ``segment``'s subnets; others are ignored."""
+    out = []
+    for text in cidrs:
+        try:
+            cidr = ipaddress.ip_network(text)
+        except ValueError:
+            continue
+        subnet = segment.subnet(cidr.version)
+        if subnet is not None and cidr.subnet_of(subnet):  # type: ignore[arg-type]
+            out.append(cidr_range(subnet, cidr, segment.exclude_first, segment.exclude_last))
+    return out
 
 
 @dataclass(frozen=True)
@@ -76,12 +92,6 @@ class SegmentSettings:
     def others(self) -> tuple[IPNetwork, ...]:
         return tuple(n for s in self.config.segments if s.name != self.segment.name
                      for n in s.subnets)
-
-
-@dataclass
-class PodNamespace:
-    fd: int
-    ipr: Any
 
 
 class MacvlanModel:
@@ -121,26 +131,11 @@ class MacvlanModel:
         seg = self.segment
         if self.settings.blocks and host is None:
             held = blocks.read_claims(self._state_dir) if self._state_dir else []
-            return tuple(self._cidr_ranges(
-                [str(blocks.block_of_key(k)) for k in held]))
+            return tuple(cidr_ranges(seg, [str(blocks.block_of_key(k)) for k in held]))
         at = host if host is not None else self.underlay_address()
         return tuple(host_range(subnet, at, seg.slice_prefix[subnet.version],
                                 seg.exclude_first, seg.exclude_last)
                      for subnet in seg.subnets)
-
-    def _cidr_ranges(self, cidrs: Iterable[str]) -> list[HostRange]:
-        """Ranges of the given slices or blocks that lie in this network's subnets."""
-        out = []
-        for text in cidrs:
-            try:
-                cidr = ipaddress.ip_network(text)
-            except ValueError:
-                continue
-            subnet = self.segment.subnet(cidr.version)
-            if subnet is not None and cidr.subnet_of(subnet):  # type: ignore[arg-type]
-                out.append(cidr_range(subnet, cidr, self.segment.exclude_first,
-                                      self.segment.exclude_last))
-        return out
 
     def routers(self) -> tuple[IPInterface, ...]:
         found = []
@@ -381,17 +376,7 @@ class MacvlanModel:
         """A peer's slices or blocks of ``segment``: the ones it published (etcd), else
         derived from its underlay address (static peers)."""
         if peer.pod_cidrs:
-            out = []
-            for text in peer.pod_cidrs:
-                try:
-                    cidr = ipaddress.ip_network(text)
-                except ValueError:
-                    continue
-                subnet = segment.subnet(cidr.version)
-                if subnet is not None and cidr.subnet_of(subnet):  # type: ignore[arg-type]
-                    out.append(cidr_range(subnet, cidr, segment.exclude_first,
-                                          segment.exclude_last))
-            return out
+            return cidr_ranges(segment, peer.pod_cidrs)
         return [host_range(subnet, peer.underlay, segment.slice_prefix[subnet.version],
                            segment.exclude_first, segment.exclude_last)
                 for subnet in segment.subnets]
