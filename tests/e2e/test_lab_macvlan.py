@@ -53,12 +53,17 @@ def test_two_networks_over_three_hosts(make_lab_name: Callable[[str], str]) -> N
         labmod.lab_down(name)
 
 
-def test_dual_stack_lab(make_lab_name: Callable[[str], str]) -> None:
+@pytest.mark.parametrize("family", ["dual", "ipv6"])
+def test_dual_stack_and_ipv6_labs(make_lab_name: Callable[[str], str], family: str) -> None:
     name = make_lab_name("mv6")
+    wanted = [4, 6] if family == "dual" else [6]
     try:
-        lab = labmod.lab_up(name, hosts=2, pods=2, model="macvlan", family="dual")
-        assert probes.lab_families(lab) == [4, 6]
-        for version in (4, 6):
+        lab = labmod.lab_up(name, hosts=2, pods=2, model="macvlan", family=family)
+        assert probes.lab_families(lab) == wanted
+        # Pods of one network share an L2 across hosts: their MACs must differ (IPv6
+        # slices repeat the last 32 bits on every host).
+        assert len({p.mac for p in lab.pods}) == len(lab.pods)
+        for version in wanted:
             matrix = probes.ping_matrix(lab, family=version)
             assert matrix.ok, matrix.failures()
     finally:

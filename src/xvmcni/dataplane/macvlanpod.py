@@ -6,6 +6,7 @@ default route per family via this host's router address."""
 from __future__ import annotations
 
 import errno
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,20 @@ class PodSide:
     owner: ownership.Mark
 
 
+def pod_mac(addresses: tuple[IPInterface, ...]) -> str:
+    """The pod's MAC on its network's L2, unique there: ``0a:58:<IPv4>`` as the other
+    models give; without IPv4, a hash of the whole IPv6 address (its last 32 bits
+    repeat in every host's slice, and all hosts' pods share this L2)."""
+    if any(a.version == 4 for a in addresses):
+        return container_mac(list(addresses))
+    v6 = next((a.ip for a in addresses if a.version == 6), None)
+    if v6 is None:
+        return ""
+    digest = bytearray(hashlib.sha256(b"xvm-cni pod\0" + v6.packed).digest()[:6])
+    digest[0] = (digest[0] & 0xFC) | 0x02  # unicast, locally administered
+    return ":".join(f"{b:02x}" for b in digest)
+
+
 def _ours(link: Any, owner: ownership.Mark) -> bool:
     return link_kind(link) == "macvlan" and ownership.owner(link) == owner
 
@@ -43,7 +58,7 @@ def plug(host_ipr: Any, pod_ipr: Any, pod_fd: int, vxlan_index: int,
                              f"interface {side.ifname} already exists in the container's "
                              "netns", "choose another CNI_IFNAME or remove that interface")
     if fresh:
-        mac = side.mac or container_mac(list(side.addresses))
+        mac = side.mac or pod_mac(side.addresses)
         spec: dict[str, Any] = {"ifname": side.ifname, "kind": "macvlan",
                                 "link": vxlan_index, "macvlan_mode": "bridge",
                                 "net_ns_fd": pod_fd, "mtu": side.mtu}
