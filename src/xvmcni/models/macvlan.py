@@ -46,8 +46,12 @@ from xvmcni.models.base import IPAddress, IPInterface, Plugged, Pod
 from xvmcni.models.bridged import PodNamespace
 from xvmcni.models.macvlan_config import KIND, MacvlanSettings, Segment
 from xvmcni.models.routed_peers import derived_mac, vtep_mac
+from xvmcni.state.locks import network_lock
 
 log = logging.getLogger(__name__)
+
+# Route programming is quick; a holder stuck longer than this is a bug worth an error.
+ROUTES_LOCK_TIMEOUT = 30.0
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 DEFAULT_ROUTES: dict[int, IPNetwork] = {4: ipaddress.IPv4Network((0, 0)),
@@ -301,7 +305,8 @@ class MacvlanModel:
         try:
             # This network is now reached through the others (or, the last one gone,
             # no route of ours stays).
-            self.converge_underlay()
+            with self._routes_lock():
+                self.converge_underlay()
         except DataplaneError as exc:
             log.warning("network %s: not converging underlay routes: %s", self.network, exc)
 
@@ -356,6 +361,19 @@ class MacvlanModel:
             wanted = {str(p.underlay) for p in remote
                       if p.underlay.version == self.local_address().version}
             l2net.program_flood(self.ipr, self.network, seg.vxlan_name, wanted)
+        with self._routes_lock():
+            self._program_routes(peers, remote)
+
+    def _routes_lock(self) -> contextlib.AbstractContextManager[None]:
+        """One configuration's networks share the underlay routes: which network a
+        slice is routed through depends on which ones this host has joined, so one
+        network's join and another's peer update must not interleave."""
+        if self._state_dir is None:
+            return contextlib.nullcontext()
+        return network_lock(self._state_dir.parent / self.settings.config.network,
+                            ROUTES_LOCK_TIMEOUT)
+
+    def _program_routes(self, peers: list[Peer], remote: list[Peer]) -> None:
         self.converge_underlay(peers)
         mine = {r.slice for r in self.ranges()}
         routes: dict[IPNetwork, IPAddress] = {}
