@@ -10,6 +10,7 @@ import ipaddress
 import json
 import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -282,3 +283,27 @@ def test_agent_reconcile_rebuilds_a_broken_host_side(lab: Lab) -> None:
     assert address(ra) in ip("-n", a.rsplit("/", 1)[-1], "-o", "addr")
     assert [r for r in rules(host.name) if r.get("protocol") == PROTO
             and r.get("src") == "10.10.0.0"]
+
+
+def test_parallel_adds_on_two_networks(lab: Lab) -> None:
+    """Six ADDs at once on one host, three per network (each network's first one joins
+    while the other network's run): every pod gets a distinct address, and the routes
+    settle as a serial run leaves them (slice routes on each network's macvlan, none
+    over the underlay, since this host has joined both)."""
+    host = lab.hosts["h1"]
+    conf = lab.config("h1")
+    pods = [(host.new_pod(), f"par{i}", ("blue", "red")[i % 2]) for i in range(6)]
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        results = list(pool.map(
+            lambda p: host.add(conf, p[1], p[0], args=network_args(p[2])), pods))
+    addresses = [address(r) for r in results]
+    assert len(set(addresses)) == 6
+    routes = json.loads(ip("-j", "-n", host.name, "route", "show", "proto", PROTO))
+    by_dev = {(r["dev"], r["dst"]) for r in routes}
+    assert by_dev == {("xvmmh110", "10.10.12.0/24"), ("xvmmh110", "10.10.13.0/24"),
+                      ("xvmmh120", "10.20.12.0/24"), ("xvmmh120", "10.20.13.0/24"),
+                      ("eth0", "10.30.12.0/24"), ("eth0", "10.30.13.0/24")}
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        codes = list(pool.map(lambda p: host.cni("DEL", conf, p[1], p[0]).rc, pods))
+    assert codes == [0] * 6
+    assert ours_left(host.name) == []
