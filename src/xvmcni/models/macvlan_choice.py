@@ -94,8 +94,12 @@ def choose_network(settings: MacvlanSettings, annotations: Mapping[str, str],
     if settings.from_namespace:
         why += f", none named like its namespace {shown(namespace)}" if namespace else \
             ", no namespace given (CNI_ARGS K8S_POD_NAMESPACE)"
+    details = f"networks: {known}"
+    if settings.read_annotations:
+        details += ("; k8sReadAnnotations: Kubernetes pod annotations are not read yet, "
+                    "pass them in args.annotations")
     raise CniError(INVALID_CONFIG, f"no network for this pod: {why}, and no "
-                   "'defaultNetwork'", f"networks: {known}")
+                   "'defaultNetwork'", details)
 
 
 def _with_addresses(choice: Choice) -> Choice:

@@ -177,6 +177,10 @@ def test_no_network_at_all_says_why() -> None:
         choose_network(s, {}, {"K8S_POD_NAMESPACE": "kube-system"}, [])
     assert caught.value.code == 7
     assert "kube-system" in str(caught.value) and "defaultNetwork" in str(caught.value)
+    reading = settings(args=None, defaultNetwork=None, k8sReadAnnotations=True)
+    with pytest.raises(CniError) as caught:
+        choose_network(reading, {}, {}, [])
+    assert "pod annotations are not read yet" in str(caught.value)
 
 
 def test_choose_segment_from_request() -> None:
