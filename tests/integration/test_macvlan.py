@@ -307,3 +307,18 @@ def test_parallel_adds_on_two_networks(lab: Lab) -> None:
         codes = list(pool.map(lambda p: host.cni("DEL", conf, p[1], p[0]).rc, pods))
     assert codes == [0] * 6
     assert ours_left(host.name) == []
+
+
+def test_a_foreign_device_of_our_name_is_never_touched(lab: Lab) -> None:
+    host = lab.hosts["h1"]
+    ip("-n", host.name, "link", "add", "xvmmh110", "type", "bridge")
+    before = host.snapshot()
+    res = host.cni("ADD", lab.config("h1"), "f", host.new_pod(), args=network_args("blue"))
+    assert res.rc == 1 and res.out is not None and res.out["code"] == 7, res.stdout
+    assert "xvmmh110" in str(res.out["msg"]) and "someone else" in str(res.out["msg"])
+    after = host.snapshot()
+    assert after["links"] == before["links"] and "xvmmx110" not in after["links"]
+    assert links(host.name)["xvmmh110"]["linkinfo"]["info_kind"] == "bridge"
+    # Only the foreign device itself: the VXLAN device the join made is gone again,
+    # and no rule or route of ours was left.
+    assert ours_left(host.name) == ["xvmmh110"]
