@@ -109,3 +109,21 @@ def test_podman_container_on_the_macvlan_model(make_lab_name: Callable[[str], st
             rig.cleanup()
     finally:
         labmod.lab_down(name)
+
+
+def test_across_a_routed_underlay(make_lab_name: Callable[[str], str]) -> None:
+    """The seed needed one L2 underlay; here h2 sits behind a router carrying no
+    multicast: unicast flooding to the static peers carries blue across it, and red
+    (joined nowhere) is routed over the underlay only to on-link hosts."""
+    name = make_lab_name("mvr")
+    try:
+        lab = labmod.lab_up(name, hosts=3, pods=1, model="macvlan", underlay="routed")
+        matrix = probes.ping_matrix(lab)
+        assert matrix.ok, matrix.failures()
+        h1 = lab.host("h1").netns
+        routes = subprocess.run(["ip", "-n", h1, "route", "show", "proto", "204", "dev",
+                                 "eth0"], capture_output=True, text=True,
+                                check=True).stdout.split("\n")
+        assert [r.split()[0] for r in routes if r] == ["10.20.13.0/24"]  # h3 is on-link
+    finally:
+        labmod.lab_down(name)

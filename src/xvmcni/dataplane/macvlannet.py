@@ -321,7 +321,12 @@ def program_underlay_routes(ipr: Any, protocol: int, underlay_index: int,
             for dst, gw in wanted.items() if dst not in foreign}
     have = {routes.RouteEntry(dst=r.dst, gateway=r.gateway, oif=r.oif) for r in ours}
     for entry in sorted(want - have, key=str):
-        routes.replace_route(ipr, entry, protocol)
+        try:
+            routes.replace_route(ipr, entry, protocol)
+        except DataplaneError as exc:
+            # One unreachable next hop must not cost the pod its ADD, nor the others
+            # their routes: these routes serve other networks' traffic only.
+            log.error("no route to %s via %s: %s", entry.dst, entry.gateway, exc)
     stale = [r for r in ours if r.dst not in {w.dst for w in want}]
     for entry in stale:
         routes.delete_route(ipr, entry, protocol)

@@ -430,7 +430,9 @@ class MacvlanModel:
                 if seg.name in joined:
                     continue
                 for peer in self._peers_of(seg, peers):
-                    if peer.underlay == me:
+                    # Plain routes need an on-link next hop: peers behind an underlay
+                    # router are reached only on networks both hosts have joined.
+                    if peer.underlay == me or peer.underlay not in under.address.network:
                         continue
                     for rng in self._peer_ranges(seg, peer):
                         if rng.slice.version == peer.underlay.version:
