@@ -5,6 +5,8 @@
 # sudo ./demo.sh routed   — the same with the routed model (a pod CIDR per host, routes
 #                            over VXLAN) on a routed underlay: hosts in two subnets behind a
 #                            router that carries no multicast.
+# sudo ./demo.sh macvlan  — the macvlan model (seed 004): networks blue and red over the
+#                            three hosts, every host a router into both.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")"
@@ -21,7 +23,8 @@ mode=${1:-l2}
 case "$mode" in
     l2) lab_args=() ;;
     routed) lab=xvmdemort; lab_args=(--model routed --encap vxlan --underlay routed) ;;
-    *) echo "demo.sh: unknown demo '$mode' (use: l2, routed)" >&2; exit 2 ;;
+    macvlan) lab=xvmdemomv; lab_args=(--model macvlan) ;;
+    *) echo "demo.sh: unknown demo '$mode' (use: l2, routed, macvlan)" >&2; exit 2 ;;
 esac
 teardown() {
     echo "demo: tearing down lab $lab"
