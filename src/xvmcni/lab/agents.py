@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from xvmcni.cli.status import AgentUnavailable, agent_request
+from xvmcni.controlplane.etcdconfig import HOSTNAME_ENV
 from xvmcni.lab import plumbing, procs
 from xvmcni.lab.model import Host, Lab, Progress, StateFile, load_lab
 from xvmcni.lab.names import AGENT_LOG, LabError, agent_socket_path, lab_dir
@@ -83,8 +84,11 @@ def _spawn(lab: Lab, host: Host) -> int:
     try:
         with open(lab.state_dir / host.name / AGENT_LOG, "ab") as log, \
                 plumbing.inside(host.netns_path):
+            # Lab hosts share the machine's host name: each agent is told its own
+            # (the name it publishes and claims under in etcd).
             proc = subprocess.Popen(agent_argv(lab, host), stdin=subprocess.DEVNULL,
-                                    stdout=log, stderr=log, cwd="/", start_new_session=True)
+                                    stdout=log, stderr=log, cwd="/", start_new_session=True,
+                                    env={**os.environ, HOSTNAME_ENV: host.name})
     except plumbing.NetnsError as exc:
         raise LabError(f"host namespace of {host.name} is gone", str(exc)) from exc
     except OSError as exc:

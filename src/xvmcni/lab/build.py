@@ -19,6 +19,7 @@ from typing import Any
 from xvmcni import plugin_file
 from xvmcni.lab import plumbing, simhost
 from xvmcni.lab.agents import count_served, lab_agents, start_agents
+from xvmcni.lab.etcdnode import etcd_binary, lab_etcds, start_etcd
 from xvmcni.lab.model import (
     MAX_HOSTS,
     MAX_PODS,
@@ -60,11 +61,13 @@ MODELS = ("l2", "routed")
 ENCAPS = ("vxlan", "none", "auto")
 UNDERLAYS = ("flat", "routed")
 FAMILIES = ("ipv4", "ipv6", "dual")
+CONTROLS = ("none", "etcd")
 
 
 def lab_up(name: str = DEFAULT_NAME, hosts: int = 3, pods: int = 2, plugin: str | None = None,
            progress: Progress = quiet, agent: bool = True, model: str = "l2",
-           encap: str = "vxlan", underlay: str = "flat", family: str = "ipv4") -> Lab:
+           encap: str = "vxlan", underlay: str = "flat", family: str = "ipv4",
+           control: str = "none") -> Lab:
     """Build the lab and attach every pod; on failure remove what this call made.
 
     ``agent``: start one ``xvm-cnid`` per host and, unless ``plugin`` names another
@@ -76,6 +79,10 @@ def lab_up(name: str = DEFAULT_NAME, hosts: int = 3, pods: int = 2, plugin: str 
     pod CIDR per host, ``encap`` vxlan | none | auto, and every host listed as a
     static peer). ``underlay``: ``flat`` (one subnet) or ``routed`` (odd hosts in
     172.30.0.0/24, even ones in 172.30.1.0/24, behind a router carrying no multicast).
+    ``control``: ``none`` (l2 floods by multicast, routed lists every host as a static
+    peer) or ``etcd`` (an etcd in namespace ``NAME-etcd`` on the underlay; every
+    agent publishes its host and watches the others, routed hosts claim their pod
+    CIDRs and l2 hosts their address blocks from it, l2 floods by unicast).
 
     Raises ``LabError`` (``PluginError`` when the plugin refused an ADD).
     """
@@ -87,6 +94,13 @@ def lab_up(name: str = DEFAULT_NAME, hosts: int = 3, pods: int = 2, plugin: str 
         raise LabError(f"--underlay {underlay!r} is unknown", "use " + " or ".join(UNDERLAYS))
     if family not in FAMILIES:
         raise LabError(f"--family {family!r} is unknown", "use " + ", ".join(FAMILIES))
+    if model == "routed" and encap == "none" and (underlay != "flat" or family != "ipv4"):
+        # Plain routes need a next hop on the host's own subnet, of the pods' family.
+        raise LabError("--encap none needs --underlay flat and --family ipv4",
+                       "the lab's underlay is IPv4, and a host behind the router is no "
+                       "direct next hop; --encap auto tunnels exactly those")
+    if control not in CONTROLS:
+        raise LabError(f"--control {control!r} is unknown", "use " + " or ".join(CONTROLS))
     if family != "ipv4" and model != "routed":
         raise LabError(f"--family {family} needs --model routed",
                        "the l2 model carries IPv4 only")
@@ -98,19 +112,24 @@ def lab_up(name: str = DEFAULT_NAME, hosts: int = 3, pods: int = 2, plugin: str 
     if os.geteuid() != 0:
         raise LabError("the lab needs root", "it creates network namespaces")
     thin = agent and not plugin
+    if control == "etcd":
+        if not agent or (plugin and plugin_flavor(find_plugin(plugin)) != "xvm"):
+            raise LabError("--control etcd needs xvm-cni with its agents",
+                           "the agents publish the hosts and watch each other in etcd")
+        etcd_binary()  # fail before building anything when etcd is missing
     plugin_path = str(lab_dir(name) / PLUGIN_DIR / "xvm-cni") if thin else find_plugin(plugin)
     if lab_dir(name).exists() or lab_netns(name):
         raise LabError(f"lab {name!r} already exists",
                        f"remove it first: xvmctl lab down --name {name}")
-    stray = lab_agents(name)
+    stray = lab_agents(name) or lab_etcds(name)
     if stray:
-        raise LabError(f"xvm-cnid processes of an earlier lab {name!r} still run "
+        raise LabError(f"processes of an earlier lab {name!r} still run "
                        f"(pids {' '.join(map(str, sorted(stray)))})",
                        f"remove them first: xvmctl lab down --name {name}")
 
     flavor = plugin_flavor(plugin_path)
     lab = Lab(name=name, plugin=plugin_path, flavor=flavor, agent=agent and flavor == "xvm",
-              model=model, encap=encap, underlay=underlay, family=family)
+              model=model, encap=encap, underlay=underlay, family=family, control=control)
     lab.state_dir.mkdir(parents=True, mode=0o700)
     state = StateFile(lab)
     state.save()
@@ -147,6 +166,8 @@ def _build(lab: Lab, state: StateFile, hosts: int, pods: int, progress: Progress
              "multicast snooping off")
     if routed:
         _build_router(lab, record, progress)
+    if lab.control == "etcd":
+        start_etcd(lab, state, record, progress)
 
     # Every host's record first: a routed config lists all hosts as peers.
     lab.hosts.extend(new_host(lab.name, i, routed) for i in range(1, hosts + 1))

@@ -12,8 +12,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from xvmcni.controlplane.etcdconfig import HOSTNAME_ENV
 from xvmcni.lab import invoke, plumbing
-from xvmcni.lab.model import POD_IFNAME, Lab, PluginError, Pod
+from xvmcni.lab.model import POD_IFNAME, Lab, PluginError, Pod, etcd_endpoint
 from xvmcni.lab.names import PLUGIN_DIR, LabError
 
 PLUGIN_TIMEOUT = invoke.TIMEOUT
@@ -65,13 +66,20 @@ def host_config(lab: Lab, index: int, host_dir: Path) -> dict[str, Any]:
                 "bridge": "br0", "isGateway": True,
                 "ipam": {"type": "host-local", "subnet": f"10.88.{index}.0/24",
                          "dataDir": data_dir}}
-    config = ({**XVM_CONFIG, "dataDir": data_dir} if lab.model == "l2"
-              else routed_config(lab, index, data_dir))
+    if lab.model == "l2":
+        config = {**XVM_CONFIG, "dataDir": data_dir}
+    elif lab.control == "etcd":
+        config = routed_etcd_config(lab, data_dir)
+    else:
+        config = routed_config(lab, index, data_dir)
+    if lab.control == "etcd":
+        config["controlPlane"] = etcd_section()
     if lab.agent:
         config["agentSocket"] = lab.agent_socket(host_dir.name)
     return config
 
 
+ETCD_TTL = 10
 ROUTED_CLUSTER = {"ipv4": ["10.244.0.0/16"], "ipv6": ["fd00:10:244::/48"],
                   "dual": ["10.244.0.0/16", "fd00:10:244::/48"]}
 
@@ -94,6 +102,21 @@ def routed_config(lab: Lab, index: int, data_dir: str) -> dict[str, Any]:
             "clusterCIDR": ROUTED_CLUSTER[lab.family], "encap": lab.encap, "vxlanID": 10,
             "mtu": 1500, "dataDir": data_dir,
             "controlPlane": {"type": "static", "peers": peers}}
+
+
+def routed_etcd_config(lab: Lab, data_dir: str) -> dict[str, Any]:
+    """The routed model with etcd: no 'podCIDR', every host claims its own from the
+    cluster CIDR (a /24 and/or a /64) and finds the others in etcd."""
+    return {"cniVersion": "1.0.0", "name": "xvm-routed", "type": "xvm-cni",
+            "model": "routed", "hostInterface": "eth0",
+            "clusterCIDR": ROUTED_CLUSTER[lab.family], "encap": lab.encap, "vxlanID": 10,
+            "mtu": 1500, "dataDir": data_dir}
+
+
+def etcd_section() -> dict[str, Any]:
+    """``controlPlane`` of a lab with ``--control etcd``: its own etcd, so the default
+    prefix; a short TTL so a host that goes disappears from its peers quickly."""
+    return {"type": "etcd", "endpoints": [etcd_endpoint()], "ttl": ETCD_TTL}
 
 
 def config_file_name(flavor: str) -> str:
@@ -136,6 +159,9 @@ def run_plugin(lab: Lab, command: str, pod: Pod, config: bytes,
     env = invoke.cni_env(command, pod.container_id, pod.netns_path, ifname=POD_IFNAME,
                          agent_socket=lab.agent_socket(pod.host),
                          path=os.environ.get("PATH") or invoke.DEFAULT_PATH)
+    # The host's name in etcd (lab hosts share the machine's host name): an ADD that
+    # runs in-process claims CIDRs or blocks under it, as the host's agent does.
+    env[HOSTNAME_ENV] = pod.host
     host = lab.host(pod.host)
 
     def failed(code: int | None, msg: str, details: str = "", stderr: str = "",
