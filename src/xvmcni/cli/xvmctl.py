@@ -134,7 +134,7 @@ def cmd_lab_down(args: argparse.Namespace) -> int:
         return _error(exc)
     style = status.style_for(sys.stdout)
     if not (report.removed_netns or report.removed_dir or report.deleted
-            or report.agents_stopped):
+            or report.agents_stopped or report.etcd_stopped):
         print(f"lab {args.name}: nothing to remove")
         return EXIT_OK
     if report.leftovers:
@@ -145,6 +145,8 @@ def cmd_lab_down(args: argparse.Namespace) -> int:
         note = style.red(f" ({len(report.del_failures)} CNI DEL failed, see above)")
     pods = "pod" if len(report.deleted) == 1 else "pods"
     agents = f"{len(report.agents_stopped)} xvm-cnid stopped, " if report.agents_stopped else ""
+    if report.etcd_stopped:
+        agents += "etcd stopped, "
     print(f"lab {args.name} removed: {len(report.deleted)} {pods} detached, {agents}"
           f"{len(report.removed_netns)} namespaces and {lab_dir(args.name)} deleted" + note)
     return EXIT_OK
