@@ -80,7 +80,8 @@ def agent_argv(lab: Lab, host: Host) -> list[str]:
             "--metrics-port", str(AGENT_METRICS_PORT)]
 
 
-def _spawn(lab: Lab, host: Host) -> int:
+def spawn_agent(lab: Lab, host: Host) -> int:
+    """Start the host's xvm-cnid (not waiting for it); its pid."""
     try:
         with open(lab.state_dir / host.name / AGENT_LOG, "ab") as log, \
                 plumbing.inside(host.netns_path):
@@ -96,7 +97,8 @@ def _spawn(lab: Lab, host: Host) -> int:
     return procs.adopt(proc)
 
 
-def _wait_ready(lab: Lab, host: Host, pid: int, timeout: float = AGENT_START_TIMEOUT) -> None:
+def wait_agent_ready(lab: Lab, host: Host, pid: int,
+                     timeout: float = AGENT_START_TIMEOUT) -> None:
     """Until the agent answers ``ping`` on the host's socket; LabError (with the tail
     of its log) when it exits or stays silent; a silent one is killed."""
     sock = lab.agent_socket(host.name)
@@ -124,10 +126,10 @@ def start_agents(lab: Lab, state: StateFile, progress: Progress) -> None:
     """Start every host's agent at once, then wait for each to answer."""
     began = time.monotonic()
     for host in lab.hosts:
-        host.agent_pid = _spawn(lab, host)
+        host.agent_pid = spawn_agent(lab, host)
         state.save()  # recorded before it is up: a crash now still finds it
     for host in lab.hosts:
-        _wait_ready(lab, host, host.agent_pid)
+        wait_agent_ready(lab, host, host.agent_pid)
         progress(f"agent   {host.name}: xvm-cnid pid {host.agent_pid} answers on "
                  f"{lab.agent_socket(host.name)} ({time.monotonic() - began:.1f} s)")
 
@@ -201,9 +203,9 @@ def _stop_host_agent(lab: Lab, host: Host, kill: bool, action: AgentAction) -> N
 
 def _start_host_agent(lab: Lab, host: Host, action: AgentAction) -> None:
     began = time.monotonic()
-    host.agent_pid = _spawn(lab, host)
+    host.agent_pid = spawn_agent(lab, host)
     StateFile(lab).save()
-    _wait_ready(lab, host, host.agent_pid)
+    wait_agent_ready(lab, host, host.agent_pid)
     action.new_pid = host.agent_pid
     action.start_seconds = time.monotonic() - began
 

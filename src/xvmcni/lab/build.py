@@ -172,20 +172,7 @@ def _build(lab: Lab, state: StateFile, hosts: int, pods: int, progress: Progress
     # Every host's record first: a routed config lists all hosts as peers.
     lab.hosts.extend(new_host(lab.name, i, routed) for i in range(1, hosts + 1))
     for i, host in enumerate(lab.hosts, start=1):
-        host_dir = lab.state_dir / host.name
-        (host_dir / "data").mkdir(parents=True)
-        config = host_config(lab, i, host_dir)
-        host.config_path = str(host_dir / config_file_name(lab.flavor))
-        host.data_dir = str(config.get("dataDir") or config["ipam"]["dataDir"])
-        Path(host.config_path).write_text(json.dumps(config, indent=2) + "\n")
-        switch = _switch_of(lab, host)
-        simhost.create_host(switch, host.netns, host.name, host.underlay, UNDERLAY_MTU,
-                            record)
-        if routed:
-            subnet = ipaddress.IPv4Interface(host.underlay).network
-            plumbing.add_default_route(host.netns_path, router_address(subnet).ip)
-        progress(f"host    {host.netns}: eth0 {host.underlay} on {switch} port {host.name}, "
-                 f"config {host.config_path}")
+        make_host(lab, host, i, record, progress)
 
     if lab.agent:
         start_agents(lab, state, progress)
@@ -204,6 +191,25 @@ def _build(lab: Lab, state: StateFile, hosts: int, pods: int, progress: Progress
     lab.phase = "up"
     state.save()
     progress(f"lab {lab.name} is up ({time.monotonic() - started:.1f} s)")
+
+
+def make_host(lab: Lab, host: Host, index: int, record: Callable[[str], None],
+              progress: Progress) -> None:
+    """Host ``h<index>``: its directory, CNI config and dataDir, its namespace cabled
+    to its subnet's switch (and, on a routed underlay, a default route via the router)."""
+    host_dir = lab.state_dir / host.name
+    (host_dir / "data").mkdir(parents=True)
+    config = host_config(lab, index, host_dir)
+    host.config_path = str(host_dir / config_file_name(lab.flavor))
+    host.data_dir = str(config.get("dataDir") or config["ipam"]["dataDir"])
+    Path(host.config_path).write_text(json.dumps(config, indent=2) + "\n")
+    switch = _switch_of(lab, host)
+    simhost.create_host(switch, host.netns, host.name, host.underlay, UNDERLAY_MTU, record)
+    if lab.underlay == "routed":
+        subnet = ipaddress.IPv4Interface(host.underlay).network
+        plumbing.add_default_route(host.netns_path, router_address(subnet).ip)
+    progress(f"host    {host.netns}: eth0 {host.underlay} on {switch} port {host.name}, "
+             f"config {host.config_path}")
 
 
 def _switch_of(lab: Lab, host: Host) -> str:
