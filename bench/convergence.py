@@ -44,6 +44,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import benchlib as bl
@@ -92,85 +93,100 @@ def _quiet_progress(line: str) -> None:
         print(f"  {line}", file=sys.stderr)
 
 
-class Poller(threading.Thread):
-    """From one pod: an ICMP echo to every target not yet reached, every ``interval``
-    seconds, on one raw socket; the first reply from a target is its time."""
+class Poller:
+    """ICMP echoes from many pods in one thread (threads per pod would compete with the
+    agents for the 2 cores): one raw socket per pod, made inside its namespace; every
+    ``interval`` seconds an echo to every target that pod has not reached yet. A
+    pair's time is its first echo reply."""
 
-    def __init__(self, pod: labapi.Pod, targets: list[str], interval: float,
-                 deadline: float) -> None:
-        super().__init__(name=f"poll-{pod.name}", daemon=True)
-        self.pod = pod
-        self.pending = set(targets)
-        self.reached: dict[str, float] = {}
+    def __init__(self, pairs: dict[str, list[str]], paths: dict[str, str],
+                 interval: float) -> None:
         self.interval = interval
-        self.deadline = deadline
+        self.pending = {pod: set(targets) for pod, targets in pairs.items()}
+        self.reached: dict[tuple[str, str], float] = {}
         self.sent = 0
-        self.error = ""
         self.echo_id = secrets.randbits(16)
-        self.started = threading.Event()
-
-    def run(self) -> None:
-        try:
-            with plumbing.inside(self.pod.netns_path):
+        self.socks: dict[socket.socket, str] = {}
+        for pod in pairs:
+            with plumbing.inside(paths[pod]):
                 sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-            try:
-                self.started.set()
-                self._loop(sock)
-            finally:
-                sock.close()
-        except (OSError, plumbing.NetnsError) as exc:
-            self.error = str(exc)
-            self.started.set()
+            sock.setblocking(False)
+            self.socks[sock] = pod
+        payload = b"xvmconv!"
+        header = struct.pack("!BBHHH", ICMP_ECHO_REQUEST, 0, 0, self.echo_id, 0)
+        self.packet = struct.pack("!BBHHH", ICMP_ECHO_REQUEST, 0, checksum(header + payload),
+                                  self.echo_id, 0) + payload
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="poller", daemon=True)
 
-    def _loop(self, sock: socket.socket) -> None:
-        seq = 0
-        while self.pending and time.monotonic() < self.deadline:
-            for target in sorted(self.pending):
-                seq = (seq + 1) & 0xFFFF
-                header = struct.pack("!BBHHH", ICMP_ECHO_REQUEST, 0, 0, self.echo_id, seq)
-                payload = b"xvmconv!"
-                packet = struct.pack("!BBHHH", ICMP_ECHO_REQUEST, 0,
-                                     checksum(header + payload), self.echo_id, seq) + payload
-                with contextlib.suppress(OSError):  # no route yet: that is what we wait for
-                    sock.sendto(packet, (target, 0))
-                    self.sent += 1
+    def close(self) -> None:
+        self.stop.set()
+        if self.thread.is_alive():
+            self.thread.join()
+        for sock in self.socks:
+            sock.close()
+
+    @property
+    def unreached(self) -> list[str]:
+        return [f"{pod}->{t}" for pod, targets in self.pending.items() for t in sorted(targets)]
+
+    def _loop(self) -> None:
+        socks = list(self.socks)
+        while not self.stop.is_set() and any(self.pending.values()):
+            for sock, pod in self.socks.items():
+                for target in self.pending[pod]:
+                    with contextlib.suppress(OSError):  # no route yet: what we wait for
+                        sock.sendto(self.packet, (target, 0))
+                        self.sent += 1
             until = time.monotonic() + self.interval
-            while self.pending and (left := until - time.monotonic()) > 0:
-                ready, _, _ = select.select([sock], [], [], left)
-                if not ready:
-                    break
-                packet, (src, _) = sock.recvfrom(2048)
+            while (left := until - time.monotonic()) > 0:
+                ready, _, _ = select.select(socks, [], [], left)
                 now = time.monotonic()
-                icmp = packet[(packet[0] & 0x0F) * 4:]
-                if len(icmp) >= 8 and icmp[0] == ICMP_ECHO_REPLY \
-                        and struct.unpack("!H", icmp[4:6])[0] == self.echo_id \
-                        and src in self.pending:
-                    self.pending.discard(src)
-                    self.reached[src] = now
+                for sock in ready:
+                    self._read(sock, now)
+
+    def _read(self, sock: socket.socket, now: float) -> None:
+        pod = self.socks[sock]
+        while True:
+            try:
+                packet, (src, _) = sock.recvfrom(2048)
+            except BlockingIOError:
+                return
+            icmp = packet[(packet[0] & 0x0F) * 4:]
+            if len(icmp) >= 8 and icmp[0] == ICMP_ECHO_REPLY \
+                    and struct.unpack("!H", icmp[4:6])[0] == self.echo_id \
+                    and src in self.pending[pod]:
+                self.pending[pod].discard(src)
+                self.reached[(pod, src)] = now
 
 
-def agent_log_times(lab: labapi.Lab, host: labapi.Host) -> dict[str, float]:
-    """Wall-clock times of the agent's first "ready" and "publishing" log lines."""
-    wanted = {"ready": "xvm-cnid ready", "publishing": "publishing ",
-              "peers": "following peers"}
-    found: dict[str, float] = {}
+def _log_time(entry: dict[str, Any]) -> float:
+    stamp = str(entry["ts"]).rstrip("Z")
+    whole, _, frac = stamp.partition(".")
+    return calendar.timegm(time.strptime(whole, "%Y-%m-%dT%H:%M:%S")) + float(f"0.{frac or 0}")
+
+
+def agent_log_time(lab: labapi.Lab, host: labapi.Host, text: str, after: float) -> float | None:
+    """Wall-clock time of the host's agent's first log line holding ``text`` logged
+    after ``after`` (the log's times have millisecond resolution)."""
     try:
         lines = (lab.state_dir / host.name / AGENT_LOG).read_text().splitlines()
     except OSError:
-        return found
+        return None
     for line in lines:
         try:
             entry = json.loads(line)
         except ValueError:
             continue
-        msg = str(entry.get("msg", ""))
-        for key, text in wanted.items():
-            if key not in found and text in msg:
-                stamp = str(entry["ts"]).rstrip("Z")
-                whole, _, frac = stamp.partition(".")
-                found[key] = calendar.timegm(time.strptime(whole, "%Y-%m-%dT%H:%M:%S")) \
-                    + float(f"0.{frac or 0}")
-    return found
+        if text in str(entry.get("msg", "")):
+            at = _log_time(entry)
+            if at >= after - 0.001:
+                return at
+    return None
+
+
+# What an agent logs when it has programmed a changed peer set, per model.
+PROGRAMMED = {"routed": "peer routes now", "l2": "flood list: added"}
 
 
 @dataclass
@@ -181,6 +197,10 @@ class Join:
     outbound: float = float("nan")         # last new pod -> existing pod
     agent_ready: float = float("nan")      # the agent answered ping on its socket
     published: float = float("nan")        # the agent logged "publishing"
+    # When each existing host's agent logged that it programmed the new peer: the
+    # watch's fan-out (p50 and last over the hosts).
+    programmed_p50: float = float("nan")
+    programmed_last: float = float("nan")
     pairs: int = 0
     unreached: list[str] = field(default_factory=list)
     echoes_sent: int = 0
@@ -192,41 +212,68 @@ def measure_join(plane: ControlPlane, lab: labapi.Lab, index: int, pods: int,
                               progress=_quiet_progress)
     new = lab.pods_of(host.name)
     old = [p for p in lab.pods if p.host != host.name]
-    deadline = time.monotonic() + timeout
-    pollers = [Poller(p, [n.ip for n in new], interval, deadline) for p in old]
-    pollers += [Poller(n, [p.ip for p in old], interval, deadline) for n in new]
-    for poller in pollers:
-        poller.start()
-    for poller in pollers:
-        poller.started.wait()
-    join = Join(host.name, pairs=sum(len(p.pending) for p in pollers))
-    wall0 = time.time()
-    t0 = time.monotonic()
-    plane.join(lab, host)
-    agents.wait_agent_ready(lab, host, host.agent_pid)
-    join.agent_ready = time.monotonic() - t0
-    for poller in pollers:
-        poller.join(timeout=max(0.0, deadline - time.monotonic()) + 5)
-    errors = [f"{p.pod.name}: {p.error}" for p in pollers if p.error]
-    if errors:
-        raise RuntimeError("poller failed: " + "; ".join(errors))
+    pairs = {p.name: [n.ip for n in new] for p in old} | {n.name: [p.ip for p in old]
+                                                           for n in new}
+    poller = Poller(pairs, {p.name: p.netns_path for p in old + new}, interval)
+    join = Join(host.name, pairs=sum(len(t) for t in pairs.values()))
+    try:
+        poller.thread.start()
+        wall0 = time.time()
+        t0 = time.monotonic()
+        plane.join(lab, host)
+        agents.wait_agent_ready(lab, host, host.agent_pid)
+        join.agent_ready = time.monotonic() - t0
+        poller.thread.join(timeout=timeout)
+    finally:
+        poller.close()
     # A reply before the agent started would mean a stale record made the host known:
     # not a join. Never seen; checked so that it cannot pass unnoticed.
-    early = [f"{p.pod.name}->{t}" for p in pollers for t, at in p.reached.items() if at < t0]
+    early = [f"{a}->{b}" for (a, b), at in poller.reached.items() if at < t0]
     if early:
         raise RuntimeError(f"reached before the agent started: {' '.join(early[:5])}")
-    inbound = [t - t0 for p in pollers[:len(old)] for t in p.reached.values()]
-    outbound = [t - t0 for p in pollers[len(old):] for t in p.reached.values()]
-    join.unreached = [f"{p.pod.name}->{t}" for p in pollers for t in sorted(p.pending)]
-    join.echoes_sent = sum(p.sent for p in pollers)
+    new_names = {n.name for n in new}
+    inbound = [at - t0 for (a, _), at in poller.reached.items() if a not in new_names]
+    outbound = [at - t0 for (a, _), at in poller.reached.items() if a in new_names]
+    join.unreached = poller.unreached
+    join.echoes_sent = poller.sent
     if not join.unreached:
         join.inbound, join.outbound = max(inbound), max(outbound)
         join.seconds = max(join.inbound, join.outbound)
-    logged = agent_log_times(lab, host)
-    if "publishing" in logged:
-        join.published = logged["publishing"] - wall0
+    published = agent_log_time(lab, host, "publishing ", wall0)
+    if published is not None:
+        join.published = published - wall0
+    seen = [agent_log_time(lab, h, PROGRAMMED[lab.model], wall0)
+            for h in lab.hosts if h.name != host.name]
+    if seen and None not in seen:
+        times = sorted(t - wall0 for t in seen if t is not None)
+        join.programmed_p50, join.programmed_last = bl.percentile(times, 50), times[-1]
     grow.remove_host(lab, host.name, progress=_quiet_progress)
     return lab, join
+
+
+def cpu_busy(seconds: float = 1.0) -> float:
+    """Share of all CPUs busy over ``seconds`` (from /proc/stat)."""
+    def sample() -> tuple[int, int]:
+        first = Path("/proc/stat").read_text().split("\n", 1)[0]
+        fields = [int(v) for v in first.split()[1:]]
+        return sum(fields), fields[3] + fields[4]  # total, idle + iowait
+
+    total0, idle0 = sample()
+    time.sleep(seconds)
+    total1, idle1 = sample()
+    return 1.0 - (idle1 - idle0) / max(1, total1 - total0)
+
+
+def settle(minimum: float, limit: float = 180.0, busy: float = 0.5) -> float:
+    """Wait ``minimum`` seconds, then until the CPUs are less than ``busy`` busy (a lab
+    of 50 agents takes a while to quiet down after its build), at most ``limit``; the
+    busy share last seen."""
+    time.sleep(minimum)
+    deadline = time.monotonic() + limit
+    share = cpu_busy()
+    while share >= busy and time.monotonic() < deadline:
+        share = cpu_busy()
+    return share
 
 
 def run_size(args: argparse.Namespace, plane: ControlPlane, hosts: int) -> dict[str, Any]:
@@ -240,23 +287,25 @@ def run_size(args: argparse.Namespace, plane: ControlPlane, hosts: int) -> dict[
         result["load_before_build"] = load
         print(f"N={hosts}: lab {name} up in {result['build_seconds']:.1f} s "
               f"({len(lab.pods)} pods)", file=sys.stderr)
-        time.sleep(args.settle)  # the agents' first passes, the build's load, settle
+        result["cpu_busy_after_settle"] = settle(args.settle)
+        result["idle_cpu_busy"] = cpu_busy(5.0)  # the idle lab: N agents and etcd
         joins = []
         for i in range(args.joins):
+            busy = settle(args.gap)
             load = os.getloadavg()
             # A fresh host each time (h<N+1>, h<N+2>, ...): nothing of an earlier join
             # (its record, its claim) can make this one look converged early.
             lab, join = measure_join(plane, lab, hosts + 1 + i, args.pods, args.interval,
                                      args.timeout)
-            record = vars(join) | {"loadavg": load}
+            record = vars(join) | {"loadavg": load, "cpu_busy_before": busy}
             joins.append(record)
             shown = f"{join.seconds:.3f} s" if not join.unreached else \
                 f"NOT CONVERGED ({len(join.unreached)} pairs)"
             print(f"N={hosts} join {i + 1}/{args.joins} {join.host}: {shown}  (agent ready "
-                  f"{join.agent_ready:.3f} s, published {join.published:.3f} s, in "
-                  f"{join.inbound:.3f} s, out {join.outbound:.3f} s; load {load[0]:.1f})",
+                  f"{join.agent_ready:.3f} s, published {join.published:.3f} s, peers "
+                  f"programmed {join.programmed_p50:.3f}/{join.programmed_last:.3f} s, in "
+                  f"{join.inbound:.3f} s, out {join.outbound:.3f} s; CPUs {busy:.0%} busy before)",
                   file=sys.stderr)
-            time.sleep(args.gap)
         result["joins"] = joins
     finally:
         with contextlib.suppress(KeyboardInterrupt):
@@ -280,13 +329,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", choices=["routed", "l2"], default="routed")
     p.add_argument("--encap", choices=["vxlan", "none", "auto"], default="vxlan")
     p.add_argument("--underlay", choices=["flat", "routed"], default="flat")
-    p.add_argument("--interval", type=float, default=0.01,
-                   help="seconds between echoes to a target not yet reached (default 0.01)")
+    p.add_argument("--interval", type=float, default=0.02,
+                   help="seconds between echoes to a target not yet reached (default 0.02)")
     p.add_argument("--timeout", type=float, default=30.0, help="per join (default 30)")
     p.add_argument("--settle", type=float, default=5.0,
-                   help="seconds between lab up and the first join (default 5)")
+                   help="seconds between lab up and the first join, at least; then until "
+                        "the CPUs are less than half busy (default 5)")
     p.add_argument("--gap", type=float, default=1.0,
-                   help="seconds between one join's cleanup and the next (default 1)")
+                   help="seconds between one join's cleanup and the next, at least; then "
+                        "until the CPUs are less than half busy (default 1)")
     p.add_argument("--out", help="JSON output (default bench/results/convergence.json)")
     return p.parse_args(argv)
 
@@ -305,8 +356,11 @@ def summarize(sizes: list[dict[str, Any]]) -> list[list[str]]:
         rows.append([str(size["hosts"]), str(len(joins)), str(len(joins) - len(done)),
                      bl.fmt(bl.percentile(done, 50), 3), bl.fmt(bl.percentile(done, 90), 3),
                      bl.fmt(bl.percentile(done, 99), 3), bl.fmt(max(done, default=0.0), 3),
-                     stat("agent_ready", 50), stat("published", 50), stat("inbound", 50),
-                     stat("outbound", 50), bl.fmt(size.get("build_seconds", float("nan")))])
+                     stat("agent_ready", 50), stat("published", 50),
+                     stat("programmed_p50", 50), stat("programmed_last", 50),
+                     stat("inbound", 50), stat("outbound", 50),
+                     bl.fmt(size.get("build_seconds", float("nan"))),
+                     f"{size.get('idle_cpu_busy', float('nan')):.0%}"])
     return rows
 
 
@@ -320,10 +374,12 @@ def main(argv: list[str] | None = None) -> None:
     rows = summarize(sizes)
     print(f"convergence, control plane {args.control}, model {args.model} "
           f"(encap {args.encap}), underlay {args.underlay}, {args.pods} pod(s) per host; "
-          "seconds from the new host's agent spawn")
+          "seconds from the new host's agent spawn; idle lab CPU: share of all CPUs busy "
+          "with the lab idle (the whole machine)")
     print(bl.table(["N hosts", "joins", "failed", "p50", "p90", "p99", "max",
-                    "agent ready p50", "published p50", "in p50", "out p50",
-                    "lab build s"], rows))
+                    "agent ready p50", "published p50", "peers programmed p50",
+                    "last peer programmed p50", "in p50", "out p50",
+                    "lab build s", "idle lab CPU"], rows))
     for size in sizes:
         verdict = "meets" if size["p99"] <= TARGET_P99 else "MISSES"
         print(f"N={size['hosts']}: p99 {size['p99']:.3f} s, target {TARGET_P99:g} s: {verdict}")
