@@ -264,10 +264,11 @@ def cpu_busy(seconds: float = 1.0) -> float:
     return 1.0 - (idle1 - idle0) / max(1, total1 - total0)
 
 
-def settle(minimum: float, limit: float = 180.0, busy: float = 0.5) -> float:
+def settle(minimum: float, limit: float = 20.0, busy: float = 0.5) -> float:
     """Wait ``minimum`` seconds, then until the CPUs are less than ``busy`` busy (a lab
-    of 50 agents takes a while to quiet down after its build), at most ``limit``; the
-    busy share last seen."""
+    of 50 agents takes a while to quiet down after its build), at most ``limit`` more
+    (other engineers' test runs share the machine: it may never get quiet); the busy
+    share last seen, recorded with the join."""
     time.sleep(minimum)
     deadline = time.monotonic() + limit
     share = cpu_busy()
