@@ -8,12 +8,13 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Callable
 
 import pytest
 
 from xvmcni import lab as labmod
-from xvmcni.lab import etcdnode, plumbing, probes
+from xvmcni.lab import etcdnode, grow, plumbing, probes
 from xvmcni.lab.names import STATE_FILE, etcd_netns, lab_dir
 
 pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="lab tests need root"),
@@ -99,4 +100,37 @@ def test_down_removes_an_etcd_lab_without_its_state_file(
         report = labmod.lab_down(name)
     assert report.clean, report.leftovers
     assert report.etcd_stopped
+    assert_gone(name, links_before)
+
+
+def test_a_host_joins_and_leaves_a_running_etcd_lab(
+        make_lab_name: Callable[[str], str]) -> None:
+    """No other host's configuration changes: a new host is found through etcd (every
+    pod reaches its pod and back), and once drained it disappears from every peer."""
+    name = make_lab_name("g")
+    links_before = root_links()
+    try:
+        labmod.lab_up(name, hosts=2, pods=1, model="routed", underlay="routed",
+                      control="etcd")
+        lab, host = grow.add_host(name, 1)
+        assert host.name == "h3" and host.agent_pid
+        matrix = probes.ping_matrix(lab)
+        assert matrix.ok, matrix.failures()
+        peers = {p.host: p for p in labmod.lab_status(name).peers}
+        assert all(len(peers[h].routes) == 2 for h in ("h1", "h2")), peers
+        grow.remove_host(lab, "h3")
+        assert labmod.load_lab(name).host("h1") and not plumbing.netns_exists(host.netns)
+        # Within 5 s, under the TTL (10 s): the record was withdrawn, not left to expire.
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            peers = {p.host: p for p in labmod.lab_status(name).peers}
+            if all(len(p.routes) == 1 for p in peers.values()):
+                break
+            time.sleep(0.1)
+        assert set(peers) == {"h1", "h2"}
+        assert all(len(p.routes) == 1 for p in peers.values()), peers
+        assert probes.ping_matrix(labmod.load_lab(name)).ok
+    finally:
+        report = labmod.lab_down(name)
+    assert report.clean, report.leftovers
     assert_gone(name, links_before)
