@@ -7,6 +7,11 @@
 #                            router that carries no multicast.
 # sudo ./demo.sh macvlan  — the macvlan model (seed 004): networks blue and red over the
 #                            three hosts, every host a router into both.
+# sudo ./demo.sh routed-etcd — the routed demo with the etcd control plane: an etcd in its
+#                            own namespace on the underlay; each host's agent claims its pod
+#                            CIDR there, publishes itself and programs the others.
+# sudo ./demo.sh l2-etcd  — seed 000's l2 network across that router: etcd instead of
+#                            multicast (unicast flooding, address blocks claimed in etcd).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")"
@@ -16,15 +21,23 @@ if [[ $EUID -ne 0 ]]; then
     exit 1
 fi
 
-./scripts/bootstrap.sh
-
 lab=xvmdemo
 mode=${1:-l2}
+if [[ $mode == *-etcd ]]; then
+    ./scripts/bootstrap.sh --etcd
+else
+    ./scripts/bootstrap.sh
+fi
 case "$mode" in
     l2) lab_args=() ;;
     routed) lab=xvmdemort; lab_args=(--model routed --encap vxlan --underlay routed) ;;
     macvlan) lab=xvmdemomv; lab_args=(--model macvlan) ;;
-    *) echo "demo.sh: unknown demo '$mode' (use: l2, routed, macvlan)" >&2; exit 2 ;;
+    routed-etcd)
+        lab=xvmdemoet
+        lab_args=(--model routed --encap vxlan --underlay routed --control etcd) ;;
+    l2-etcd) lab=xvmdemoel; lab_args=(--model l2 --underlay routed --control etcd) ;;
+    *) echo "demo.sh: unknown demo '$mode' (use: l2, routed, routed-etcd, l2-etcd, macvlan)" >&2
+       exit 2 ;;
 esac
 teardown() {
     echo "demo: tearing down lab $lab"

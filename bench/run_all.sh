@@ -10,7 +10,7 @@ if [[ $EUID -ne 0 ]]; then
     exit 1
 fi
 PY=.venv/bin/python
-for bench in addel burst throughput overlay_throughput footprint soak; do
+for bench in addel burst throughput overlay_throughput footprint soak convergence scale; do
     echo "== bench/$bench.py ($(date +%H:%M:%S), load $(cut -d' ' -f1-3 /proc/loadavg))"
     "$PY" "bench/$bench.py"
     echo

@@ -3,6 +3,7 @@
 #
 #   sudo scripts/bootstrap.sh          # what `demo.sh` needs
 #   sudo scripts/bootstrap.sh --test   # plus podman, runc, busybox-static, reference CNI plugins
+#   sudo scripts/bootstrap.sh --etcd   # plus etcd-server (demo.sh routed-etcd / l2-etcd)
 #
 # Installs missing system packages (one `apt-get update`, only when something is
 # missing), creates .venv, `pip install -e '.[dev]'` when the package is not
@@ -14,11 +15,13 @@ warn() { printf 'bootstrap: warning: %s\n' "$*" >&2; }
 die() { printf 'bootstrap: error: %s\n' "$*" >&2; exit 1; }
 
 with_test=0
+with_etcd=0
 for arg in "$@"; do
     case "$arg" in
         --test) with_test=1 ;;
-        -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
-        *) die "unknown argument: $arg (usage: bootstrap.sh [--test])" ;;
+        --etcd) with_etcd=1 ;;
+        -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+        *) die "unknown argument: $arg (usage: bootstrap.sh [--test] [--etcd])" ;;
     esac
 done
 
@@ -29,6 +32,8 @@ cd "$repo"
 packages=(iproute2 nftables python3-venv python3-pip kmod procps iputils-ping iperf3)
 if [[ $with_test -eq 1 ]]; then
     packages+=(containernetworking-plugins busybox-static podman runc etcd-server etcd-client)
+elif [[ $with_etcd -eq 1 ]]; then
+    packages+=(etcd-server)
 fi
 
 installed() {

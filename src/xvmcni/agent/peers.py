@@ -9,8 +9,12 @@ first container, when the VXLAN device exists) and withdraws it when the host
 leaves; it keeps the host's IPAM blocks (l2) or pod CIDRs (routed) in ``claims.json``.
 
 A tick every ``interval`` seconds (or at once after an ADD or DEL through the
-agent, ``nudge``) picks up new networks, joins and leaves, and re-applies the
-last peer set (repairing anything removed by hand).
+agent, ``nudge``) picks up new networks, joins and leaves. The last peer set is
+re-applied (repairing anything removed by hand) after a nudge and otherwise every
+``REAPPLY_INTERVAL`` seconds: a full re-apply reads the network's routes,
+neighbours and FDB back from the kernel, and with 50 idle agents on 2 cores doing
+that every tick cost more CPU than anything else they do (bench/convergence.py).
+A new peer set from the control plane is applied at once, on its own thread.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from xvmcni.state.locks import network_lock
 log = logging.getLogger(__name__)
 
 SYNC_INTERVAL = 5.0
+REAPPLY_INTERVAL = 30.0
 # How often the network list is read again from the config and data dirs without a
 # nudge (it parses every config: not on every tick).
 RESCAN_INTERVAL = 30.0
@@ -67,6 +72,7 @@ class PeerSync:
         self._thread: threading.Thread | None = None
         self._rescan = True
         self._scanned = 0.0
+        self._reapplied = 0.0
         self._wanted: dict[Path, Network] = {}
 
     def start(self) -> None:
@@ -77,6 +83,7 @@ class PeerSync:
 
     def nudge(self) -> None:
         self._rescan = True
+        self._reapplied = 0.0  # an ADD or DEL: re-apply on this pass
         self._wake.set()
 
     def stop(self) -> None:
@@ -123,10 +130,13 @@ class PeerSync:
                 if state_dir not in self._tracked:
                     self._track(network)
             tracked = list(self._tracked.values())
+        reapply = time.monotonic() - self._reapplied >= REAPPLY_INTERVAL
+        if reapply:
+            self._reapplied = time.monotonic()
         for item in tracked:
             self._hold_blocks(item)
             self._publish(item)
-            if item.peers is not None:
+            if reapply and item.peers is not None:
                 self._program(item.network, item.peers)
 
     def _track(self, network: Network) -> None:

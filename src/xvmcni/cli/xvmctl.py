@@ -90,7 +90,8 @@ def cmd_lab_up(args: argparse.Namespace) -> int:
     try:
         lab = build.lab_up(args.name, args.hosts, args.pods, plugin=args.plugin,
                             progress=progress, agent=not args.no_agent, model=args.model,
-                            encap=args.encap, underlay=args.underlay, family=args.family)
+                            encap=args.encap, underlay=args.underlay, family=args.family,
+                            control=args.control)
     except LabError as exc:
         return _error(exc)
     progress(f"pinging {len(lab.pods)} pods pairwise and their gateway, then full-size "
@@ -135,7 +136,7 @@ def cmd_lab_down(args: argparse.Namespace) -> int:
         return _error(exc)
     style = status.style_for(sys.stdout)
     if not (report.removed_netns or report.removed_dir or report.deleted
-            or report.agents_stopped):
+            or report.agents_stopped or report.etcd_stopped):
         print(f"lab {args.name}: nothing to remove")
         return EXIT_OK
     if report.leftovers:
@@ -146,6 +147,8 @@ def cmd_lab_down(args: argparse.Namespace) -> int:
         note = style.red(f" ({len(report.del_failures)} CNI DEL failed, see above)")
     pods = "pod" if len(report.deleted) == 1 else "pods"
     agents = f"{len(report.agents_stopped)} xvm-cnid stopped, " if report.agents_stopped else ""
+    if report.etcd_stopped:
+        agents += "etcd stopped, "
     print(f"lab {args.name} removed: {len(report.deleted)} {pods} detached, {agents}"
           f"{len(report.removed_netns)} namespaces and {lab_dir(args.name)} deleted" + note)
     return EXIT_OK
@@ -339,6 +342,11 @@ def add_lab(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     up.add_argument("--underlay", choices=["flat", "routed"], default="flat",
                     help="flat: one underlay subnet; routed: two subnets behind a router "
                          "that carries no multicast (default: flat)")
+    up.add_argument("--control", choices=["none", "etcd"], default="none",
+                    help="control plane: none (l2 floods by multicast, routed lists every "
+                         "host as a static peer; the default) or etcd (an etcd in its own "
+                         "namespace on the underlay: hosts publish themselves and claim pod "
+                         "CIDRs or address blocks there, l2 floods by unicast)")
     up.set_defaults(func=cmd_lab_up)
 
     down = lab_sub.add_parser("down", help="detach every pod (CNI DEL), remove everything")

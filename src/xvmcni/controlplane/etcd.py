@@ -268,17 +268,30 @@ class EtcdControlPlane:
         on_change(self.peers())
 
     def _drain(self, on_change: PeersChanged) -> bool:
-        """Apply watch events until the watch dies; True when a full list is needed."""
+        """Apply watch events until the watch dies; True when a full list is needed.
+
+        Events that queued up while the last peer set was being programmed are applied
+        together and programmed once: in a burst (many hosts joining, a CPU-starved
+        host) programming every intermediate set would fall further and further behind.
+        """
         while not self._stop.is_set():
             try:
-                item = self._events.get(timeout=0.5)
+                batch = [self._events.get(timeout=0.5)]
             except queue.Empty:
                 continue
-            if isinstance(item, Compacted):
-                return True
-            if isinstance(item, BaseException):
-                raise EtcdUnavailable(str(item) or type(item).__name__)
-            if self._apply(item):
+            while True:
+                try:
+                    batch.append(self._events.get_nowait())
+                except queue.Empty:
+                    break
+            changed = False
+            for item in batch:
+                if isinstance(item, Compacted):
+                    return True
+                if isinstance(item, BaseException):
+                    raise EtcdUnavailable(str(item) or type(item).__name__)
+                changed |= self._apply(item)
+            if changed:
                 on_change(self.peers())
         return False
 

@@ -8,6 +8,7 @@ root namespace is never touched):
     NAME-h<i>        a host: eth0 = 172.30.0.(10+i)/24, MTU 1500, lo up
     NAME-h<i>-p<j>   a pod, attached to its host by running the real plugin
                      executable inside the host's namespace
+    NAME-etcd        with --control etcd: etcd on the underlay, 172.30.0.2:2379
 
 Files live under /run/xvm-cni/lab/NAME/: ``state.json`` (what was created, written
 after every step so ``down`` works after a crash) and one directory per host with
@@ -30,9 +31,11 @@ Modules, each with one job (imports point down this list):
     plugin    which plugin and config a lab uses; one CNI call for one pod
     procs     xvm-cnid processes by command line; stopping them
     agents    one xvm-cnid per host: start, stop, restart, health
+    etcdnode  the lab's etcd (--control etcd) in namespace NAME-etcd
     status    what exists of a lab right now
     teardown  lab down
     build     lab up
+    grow      a host joining / leaving a running etcd lab
     icmp      ICMP echo from inside a namespace
     probes    ping matrix and path-MTU check
     view      text rendering

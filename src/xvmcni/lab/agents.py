@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from xvmcni.cli.status import AgentUnavailable, agent_request
+from xvmcni.controlplane.etcdconfig import HOSTNAME_ENV
 from xvmcni.lab import plumbing, procs
 from xvmcni.lab.model import Host, Lab, Progress, StateFile, load_lab
 from xvmcni.lab.names import AGENT_LOG, LabError, agent_socket_path, lab_dir
@@ -79,12 +80,16 @@ def agent_argv(lab: Lab, host: Host) -> list[str]:
             "--metrics-port", str(AGENT_METRICS_PORT)]
 
 
-def _spawn(lab: Lab, host: Host) -> int:
+def spawn_agent(lab: Lab, host: Host) -> int:
+    """Start the host's xvm-cnid (not waiting for it); its pid."""
     try:
         with open(lab.state_dir / host.name / AGENT_LOG, "ab") as log, \
                 plumbing.inside(host.netns_path):
+            # Lab hosts share the machine's host name: each agent is told its own
+            # (the name it publishes and claims under in etcd).
             proc = subprocess.Popen(agent_argv(lab, host), stdin=subprocess.DEVNULL,
-                                    stdout=log, stderr=log, cwd="/", start_new_session=True)
+                                    stdout=log, stderr=log, cwd="/", start_new_session=True,
+                                    env={**os.environ, HOSTNAME_ENV: host.name})
     except plumbing.NetnsError as exc:
         raise LabError(f"host namespace of {host.name} is gone", str(exc)) from exc
     except OSError as exc:
@@ -92,7 +97,8 @@ def _spawn(lab: Lab, host: Host) -> int:
     return procs.adopt(proc)
 
 
-def _wait_ready(lab: Lab, host: Host, pid: int, timeout: float = AGENT_START_TIMEOUT) -> None:
+def wait_agent_ready(lab: Lab, host: Host, pid: int,
+                     timeout: float = AGENT_START_TIMEOUT) -> None:
     """Until the agent answers ``ping`` on the host's socket; LabError (with the tail
     of its log) when it exits or stays silent; a silent one is killed."""
     sock = lab.agent_socket(host.name)
@@ -120,10 +126,10 @@ def start_agents(lab: Lab, state: StateFile, progress: Progress) -> None:
     """Start every host's agent at once, then wait for each to answer."""
     began = time.monotonic()
     for host in lab.hosts:
-        host.agent_pid = _spawn(lab, host)
+        host.agent_pid = spawn_agent(lab, host)
         state.save()  # recorded before it is up: a crash now still finds it
     for host in lab.hosts:
-        _wait_ready(lab, host, host.agent_pid)
+        wait_agent_ready(lab, host, host.agent_pid)
         progress(f"agent   {host.name}: xvm-cnid pid {host.agent_pid} answers on "
                  f"{lab.agent_socket(host.name)} ({time.monotonic() - began:.1f} s)")
 
@@ -197,9 +203,9 @@ def _stop_host_agent(lab: Lab, host: Host, kill: bool, action: AgentAction) -> N
 
 def _start_host_agent(lab: Lab, host: Host, action: AgentAction) -> None:
     began = time.monotonic()
-    host.agent_pid = _spawn(lab, host)
+    host.agent_pid = spawn_agent(lab, host)
     StateFile(lab).save()
-    _wait_ready(lab, host, host.agent_pid)
+    wait_agent_ready(lab, host, host.agent_pid)
     action.new_pid = host.agent_pid
     action.start_seconds = time.monotonic() - began
 

@@ -19,6 +19,7 @@ from typing import Any
 from xvmcni import plugin_file
 from xvmcni.lab import plumbing, simhost
 from xvmcni.lab.agents import count_served, lab_agents, start_agents
+from xvmcni.lab.etcdnode import etcd_binary, lab_etcds, start_etcd
 from xvmcni.lab.model import (
     MAX_HOSTS,
     MAX_PODS,
@@ -61,11 +62,13 @@ MODELS = ("l2", "routed", "macvlan")
 ENCAPS = ("vxlan", "none", "auto")
 UNDERLAYS = ("flat", "routed")
 FAMILIES = ("ipv4", "ipv6", "dual")
+CONTROLS = ("none", "etcd")
 
 
 def lab_up(name: str = DEFAULT_NAME, hosts: int = 3, pods: int = 2, plugin: str | None = None,
            progress: Progress = quiet, agent: bool = True, model: str = "l2",
-           encap: str = "vxlan", underlay: str = "flat", family: str = "ipv4") -> Lab:
+           encap: str = "vxlan", underlay: str = "flat", family: str = "ipv4",
+           control: str = "none") -> Lab:
     """Build the lab and attach every pod; on failure remove what this call made.
 
     ``agent``: start one ``xvm-cnid`` per host and, unless ``plugin`` names another
@@ -77,6 +80,10 @@ def lab_up(name: str = DEFAULT_NAME, hosts: int = 3, pods: int = 2, plugin: str 
     pod CIDR per host, ``encap`` vxlan | none | auto, and every host listed as a
     static peer). ``underlay``: ``flat`` (one subnet) or ``routed`` (odd hosts in
     172.30.0.0/24, even ones in 172.30.1.0/24, behind a router carrying no multicast).
+    ``control``: ``none`` (l2 floods by multicast, routed lists every host as a static
+    peer) or ``etcd`` (an etcd in namespace ``NAME-etcd`` on the underlay; every
+    agent publishes its host and watches the others, routed hosts claim their pod
+    CIDRs and l2 hosts their address blocks from it, l2 floods by unicast).
 
     Raises ``LabError`` (``PluginError`` when the plugin refused an ADD).
     """
@@ -88,6 +95,13 @@ def lab_up(name: str = DEFAULT_NAME, hosts: int = 3, pods: int = 2, plugin: str 
         raise LabError(f"--underlay {underlay!r} is unknown", "use " + " or ".join(UNDERLAYS))
     if family not in FAMILIES:
         raise LabError(f"--family {family!r} is unknown", "use " + ", ".join(FAMILIES))
+    if model == "routed" and encap == "none" and (underlay != "flat" or family != "ipv4"):
+        # Plain routes need a next hop on the host's own subnet, of the pods' family.
+        raise LabError("--encap none needs --underlay flat and --family ipv4",
+                       "the lab's underlay is IPv4, and a host behind the router is no "
+                       "direct next hop; --encap auto tunnels exactly those")
+    if control not in CONTROLS:
+        raise LabError(f"--control {control!r} is unknown", "use " + " or ".join(CONTROLS))
     if family != "ipv4" and model not in ("routed", "macvlan"):
         raise LabError(f"--family {family} needs --model routed or macvlan",
                        "the l2 model carries IPv4 only")
@@ -99,21 +113,26 @@ def lab_up(name: str = DEFAULT_NAME, hosts: int = 3, pods: int = 2, plugin: str 
     if os.geteuid() != 0:
         raise LabError("the lab needs root", "it creates network namespaces")
     thin = agent and not plugin
+    if control == "etcd":
+        if not agent or (plugin and plugin_flavor(find_plugin(plugin)) != "xvm"):
+            raise LabError("--control etcd needs xvm-cni with its agents",
+                           "the agents publish the hosts and watch each other in etcd")
+        etcd_binary()  # fail before building anything when etcd is missing
     plugin_path = str(lab_dir(name) / PLUGIN_DIR / "xvm-cni") if thin else find_plugin(plugin)
     if model == "macvlan" and plugin_flavor(plugin_path) != "xvm":
         raise LabError("--model macvlan needs the xvm-cni plugin")
     if lab_dir(name).exists() or lab_netns(name):
         raise LabError(f"lab {name!r} already exists",
                        f"remove it first: xvmctl lab down --name {name}")
-    stray = lab_agents(name)
+    stray = lab_agents(name) or lab_etcds(name)
     if stray:
-        raise LabError(f"xvm-cnid processes of an earlier lab {name!r} still run "
+        raise LabError(f"processes of an earlier lab {name!r} still run "
                        f"(pids {' '.join(map(str, sorted(stray)))})",
                        f"remove them first: xvmctl lab down --name {name}")
 
     flavor = plugin_flavor(plugin_path)
     lab = Lab(name=name, plugin=plugin_path, flavor=flavor, agent=agent and flavor == "xvm",
-              model=model, encap=encap, underlay=underlay, family=family)
+              model=model, encap=encap, underlay=underlay, family=family, control=control)
     lab.state_dir.mkdir(parents=True, mode=0o700)
     state = StateFile(lab)
     state.save()
@@ -150,24 +169,13 @@ def _build(lab: Lab, state: StateFile, hosts: int, pods: int, progress: Progress
              "multicast snooping off")
     if routed:
         _build_router(lab, record, progress)
+    if lab.control == "etcd":
+        start_etcd(lab, state, record, progress)
 
     # Every host's record first: a routed config lists all hosts as peers.
     lab.hosts.extend(new_host(lab.name, i, routed) for i in range(1, hosts + 1))
     for i, host in enumerate(lab.hosts, start=1):
-        host_dir = lab.state_dir / host.name
-        (host_dir / "data").mkdir(parents=True)
-        config = host_config(lab, i, host_dir)
-        host.config_path = str(host_dir / config_file_name(lab.flavor))
-        host.data_dir = str(config.get("dataDir") or config["ipam"]["dataDir"])
-        Path(host.config_path).write_text(json.dumps(config, indent=2) + "\n")
-        switch = _switch_of(lab, host)
-        simhost.create_host(switch, host.netns, host.name, host.underlay, UNDERLAY_MTU,
-                            record)
-        if routed:
-            subnet = ipaddress.IPv4Interface(host.underlay).network
-            plumbing.add_default_route(host.netns_path, router_address(subnet).ip)
-        progress(f"host    {host.netns}: eth0 {host.underlay} on {switch} port {host.name}, "
-                 f"config {host.config_path}")
+        make_host(lab, host, i, record, progress)
 
     if lab.agent:
         start_agents(lab, state, progress)
@@ -186,6 +194,25 @@ def _build(lab: Lab, state: StateFile, hosts: int, pods: int, progress: Progress
     lab.phase = "up"
     state.save()
     progress(f"lab {lab.name} is up ({time.monotonic() - started:.1f} s)")
+
+
+def make_host(lab: Lab, host: Host, index: int, record: Callable[[str], None],
+              progress: Progress) -> None:
+    """Host ``h<index>``: its directory, CNI config and dataDir, its namespace cabled
+    to its subnet's switch (and, on a routed underlay, a default route via the router)."""
+    host_dir = lab.state_dir / host.name
+    (host_dir / "data").mkdir(parents=True)
+    config = host_config(lab, index, host_dir)
+    host.config_path = str(host_dir / config_file_name(lab.flavor))
+    host.data_dir = str(config.get("dataDir") or config["ipam"]["dataDir"])
+    Path(host.config_path).write_text(json.dumps(config, indent=2) + "\n")
+    switch = _switch_of(lab, host)
+    simhost.create_host(switch, host.netns, host.name, host.underlay, UNDERLAY_MTU, record)
+    if lab.underlay == "routed":
+        subnet = ipaddress.IPv4Interface(host.underlay).network
+        plumbing.add_default_route(host.netns_path, router_address(subnet).ip)
+    progress(f"host    {host.netns}: eth0 {host.underlay} on {switch} port {host.name}, "
+             f"config {host.config_path}")
 
 
 def _switch_of(lab: Lab, host: Host) -> str:

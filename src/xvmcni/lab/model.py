@@ -33,6 +33,8 @@ UNDERLAY = ipaddress.IPv4Network("172.30.0.0/24")
 # multicast: what clouds and most data centres give hosts in different racks.
 SECOND_UNDERLAY = ipaddress.IPv4Network("172.30.1.0/24")
 ROUTER_OFFSET = 254
+ETCD_OFFSET = 2    # --control etcd: etcd's own namespace is .2 of the first subnet
+ETCD_CLIENT_PORT = 2379
 HOST_OFFSET = 10  # host i gets .(10+i): .11, .12, ...
 UNDERLAY_MTU = 1500
 MAX_HOSTS = 200
@@ -83,6 +85,16 @@ def underlay_address(index: int, routed: bool = False) -> str:
 def router_address(subnet: ipaddress.IPv4Network) -> ipaddress.IPv4Interface:
     """The routed underlay's router in ``subnet``: its .254."""
     return ipaddress.IPv4Interface((subnet.network_address + ROUTER_OFFSET, subnet.prefixlen))
+
+
+def etcd_address() -> ipaddress.IPv4Interface:
+    """Where the lab's etcd listens on the underlay: 172.30.0.2/24 (the first subnet,
+    also with a routed underlay: the second subnet's hosts reach it via the router)."""
+    return ipaddress.IPv4Interface((UNDERLAY.network_address + ETCD_OFFSET, UNDERLAY.prefixlen))
+
+
+def etcd_endpoint() -> str:
+    return f"http://{etcd_address().ip}:{ETCD_CLIENT_PORT}"
 
 
 @dataclass
@@ -163,6 +175,8 @@ class Lab:
     encap: str = "vxlan"                 # routed model: vxlan | none | auto
     underlay: str = "flat"               # flat: one subnet; routed: two, behind a router
     family: str = "ipv4"                 # routed model: ipv4 | ipv6 | dual pod addresses
+    control: str = "none"                # none (multicast / static peers) | etcd
+    etcd_pid: int = 0                    # --control etcd: the lab's etcd; 0: none started
 
     @property
     def state_dir(self) -> Path:
@@ -199,6 +213,7 @@ class Lab:
             model=str(data.get("model", "l2")), encap=str(data.get("encap", "vxlan")),
             underlay=str(data.get("underlay", "flat")),
             family=str(data.get("family", "ipv4")),
+            control=str(data.get("control", "none")), etcd_pid=int(data.get("etcd_pid", 0)),
         )
 
 

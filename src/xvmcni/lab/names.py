@@ -19,9 +19,10 @@ PLUGIN_DIR = "bin"             # the thin plugin of agent mode: <lab>/bin/xvm-cn
 # Lower-case letters and digits only: a '-' in the lab name would make
 # "<name>-h1" of one lab look like a lab of its own to the prefix scan.
 NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,23}$")
-# The lab's own infrastructure: the underlay switch(es) and, with a routed underlay,
-# the router between the two underlay subnets.
-_INFRA = "sw|sw2|rt"
+ETCD_DIR = "etcd"              # <lab>/etcd/: the lab's etcd data dir and log
+# The lab's own infrastructure: the underlay switch(es), with a routed underlay the
+# router between the two underlay subnets, and with --control etcd etcd's own host.
+_INFRA = "sw|sw2|rt|etcd"
 _ANY_LAB_NETNS = re.compile(rf"^([a-z][a-z0-9]*)-({_INFRA}|h\d+(-p\d+)?)$")
 
 
@@ -73,6 +74,11 @@ def router_netns(name: str) -> str:
     return f"{name}-rt"
 
 
+def etcd_netns(name: str) -> str:
+    """The namespace etcd runs in (--control etcd), cabled to the underlay like a host."""
+    return f"{name}-etcd"
+
+
 def host_netns(name: str, host: str) -> str:
     return f"{name}-{host}"
 
@@ -82,7 +88,7 @@ def pod_netns(name: str, host: str, index: int) -> str:
 
 
 def is_lab_netns(name: str, netns: str) -> bool:
-    """True when ``netns`` is the switch, a host or a pod of lab ``name``."""
+    """True when ``netns`` is infrastructure, a host or a pod of lab ``name``."""
     return re.match(rf"^{re.escape(name)}-({_INFRA}|h\d+(-p\d+)?)$", netns) is not None
 
 

@@ -12,8 +12,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from xvmcni.controlplane.etcdconfig import HOSTNAME_ENV
 from xvmcni.lab import invoke, plumbing
-from xvmcni.lab.model import POD_IFNAME, Lab, PluginError, Pod
+from xvmcni.lab.model import POD_IFNAME, Lab, PluginError, Pod, etcd_endpoint
 from xvmcni.lab.names import PLUGIN_DIR, LabError
 
 PLUGIN_TIMEOUT = invoke.TIMEOUT
@@ -67,14 +68,20 @@ def host_config(lab: Lab, index: int, host_dir: Path) -> dict[str, Any]:
                          "dataDir": data_dir}}
     if lab.model == "macvlan":
         config = macvlan_config(lab, data_dir)
+    elif lab.model == "l2":
+        config = {**XVM_CONFIG, "dataDir": data_dir}
+    elif lab.control == "etcd":
+        config = routed_etcd_config(lab, data_dir)
     else:
-        config = ({**XVM_CONFIG, "dataDir": data_dir} if lab.model == "l2"
-                  else routed_config(lab, index, data_dir))
+        config = routed_config(lab, index, data_dir)
+    if lab.control == "etcd":
+        config["controlPlane"] = etcd_section()
     if lab.agent:
         config["agentSocket"] = lab.agent_socket(host_dir.name)
     return config
 
 
+ETCD_TTL = 10
 ROUTED_CLUSTER = {"ipv4": ["10.244.0.0/16"], "ipv6": ["fd00:10:244::/48"],
                   "dual": ["10.244.0.0/16", "fd00:10:244::/48"]}
 
@@ -136,6 +143,21 @@ def pod_config(lab: Lab, pod: Pod, config_text: str) -> str:
     return json.dumps(config)
 
 
+def routed_etcd_config(lab: Lab, data_dir: str) -> dict[str, Any]:
+    """The routed model with etcd: no 'podCIDR', every host claims its own from the
+    cluster CIDR (a /24 and/or a /64) and finds the others in etcd."""
+    return {"cniVersion": "1.0.0", "name": "xvm-routed", "type": "xvm-cni",
+            "model": "routed", "hostInterface": "eth0",
+            "clusterCIDR": ROUTED_CLUSTER[lab.family], "encap": lab.encap, "vxlanID": 10,
+            "mtu": 1500, "dataDir": data_dir}
+
+
+def etcd_section() -> dict[str, Any]:
+    """``controlPlane`` of a lab with ``--control etcd``: its own etcd, so the default
+    prefix; a short TTL so a host that goes disappears from its peers quickly."""
+    return {"type": "etcd", "endpoints": [etcd_endpoint()], "ttl": ETCD_TTL}
+
+
 def config_file_name(flavor: str) -> str:
     return "10-xvm.conf" if flavor == "xvm" else "10-reference.conf"
 
@@ -176,6 +198,9 @@ def run_plugin(lab: Lab, command: str, pod: Pod, config: bytes,
     env = invoke.cni_env(command, pod.container_id, pod.netns_path, ifname=POD_IFNAME,
                          agent_socket=lab.agent_socket(pod.host),
                          path=os.environ.get("PATH") or invoke.DEFAULT_PATH)
+    # The host's name in etcd (lab hosts share the machine's host name): an ADD that
+    # runs in-process claims CIDRs or blocks under it, as the host's agent does.
+    env[HOSTNAME_ENV] = pod.host
     host = lab.host(pod.host)
 
     def failed(code: int | None, msg: str, details: str = "", stderr: str = "",

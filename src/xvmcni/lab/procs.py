@@ -1,4 +1,4 @@
-"""Finding and stopping xvm-cnid processes by their command line.
+"""Finding and stopping xvm-cnid (and the lab's etcd) processes by their command line.
 
 A lab's agents outlive the process that started them, so they are found again by
 pid (state.json) or, after a crash, by command line: an xvm-cnid whose ``--socket``
@@ -14,6 +14,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -86,13 +87,45 @@ def alive(pid: int) -> bool:
 
 def agents_under(root: Path) -> dict[int, str]:
     """Running xvm-cnid processes whose socket lies under ``root`` (pid -> socket)."""
+    return _scan(agent_socket_of, root)
+
+
+def etcd_data_dir_of(pid: int) -> str | None:
+    """The ``--data-dir`` of process ``pid`` if it is an etcd, else None."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    argv = [arg.decode(errors="replace") for arg in raw.split(b"\0")]
+    if not argv or os.path.basename(argv[0]) != "etcd":
+        return None
+    for i, arg in enumerate(argv):
+        if arg == "--data-dir" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--data-dir="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def is_etcd(pid: int, data_dir: str) -> bool:
+    """True while ``pid`` is an etcd on ``data_dir`` (not a reused pid)."""
+    _reap(pid)
+    return etcd_data_dir_of(pid) == data_dir
+
+
+def etcds_under(root: Path) -> dict[int, str]:
+    """Running etcd processes whose data dir lies under ``root`` (pid -> data dir)."""
+    return _scan(etcd_data_dir_of, root)
+
+
+def _scan(key_of: Callable[[int], str | None], root: Path) -> dict[int, str]:
     found: dict[int, str] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
-        sock = agent_socket_of(int(entry))
-        if sock is not None and Path(sock).is_relative_to(root):
-            found[int(entry)] = sock
+        key = key_of(int(entry))
+        if key is not None and Path(key).is_relative_to(root):
+            found[int(entry)] = key
     return found
 
 
@@ -103,29 +136,36 @@ class Stopped:
     survivors: list[int] = field(default_factory=list)
 
 
+# Is pid still the process we mean (by its key: an agent's socket, etcd's data dir)?
+StillOurs = Callable[[int, str], bool]
+
+
 def stop(pids: dict[int, str], sig: int = signal.SIGTERM,
-         timeout: float = STOP_TIMEOUT) -> Stopped:
-    """Signal every agent at once, wait for all, SIGKILL whoever outlives ``timeout``."""
+         timeout: float = STOP_TIMEOUT, still: StillOurs | None = None) -> Stopped:
+    """Signal every agent at once, wait for all, SIGKILL whoever outlives ``timeout``.
+    ``still``: how to tell a pid is still ours (default: an xvm-cnid on that socket)."""
     result = Stopped()
-    left = _signal_and_wait(pids, sig, timeout)
+    check = still or is_agent
+    left = _signal_and_wait(pids, sig, timeout, check)
     if left and sig != signal.SIGKILL:
         result.forced = sorted(left)
-        left = _signal_and_wait(left, signal.SIGKILL, 5.0)
+        left = _signal_and_wait(left, signal.SIGKILL, 5.0, check)
     result.survivors = sorted(left)
     result.stopped = sorted(set(pids) - set(left))
     return result
 
 
-def _signal_and_wait(pids: dict[int, str], sig: int, timeout: float) -> dict[int, str]:
-    """Send ``sig`` to each agent; return those still running after ``timeout``."""
+def _signal_and_wait(pids: dict[int, str], sig: int, timeout: float,
+                     still: StillOurs) -> dict[int, str]:
+    """Send ``sig`` to each process; return those still running after ``timeout``."""
     for pid, sock in pids.items():
-        if is_agent(pid, sock):  # never signal a pid that was reused meanwhile
+        if still(pid, sock):  # never signal a pid that was reused meanwhile
             with contextlib.suppress(ProcessLookupError):  # exited just now: fine
                 os.kill(pid, sig)
     deadline = time.monotonic() + timeout
     left = dict(pids)
     while True:
-        left = {pid: sock for pid, sock in left.items() if is_agent(pid, sock)}
+        left = {pid: sock for pid, sock in left.items() if still(pid, sock)}
         if not left or time.monotonic() > deadline:
             return left
         time.sleep(0.01)

@@ -25,6 +25,7 @@ from xvmcni.lab.names import (
 
 # The route protocol the lab's routed networks use (the model's default, as xcluster-cni).
 ROUTE_PROTOCOL = 202
+FLOOD_MAC = "00:00:00:00:00:00"
 
 
 @dataclass
@@ -37,13 +38,15 @@ class NsStatus:
 
 @dataclass
 class HostPeers:
-    """What a host's kernel holds for its peers (routed model): our routes, and the
-    permanent neighbour and FDB entries on our VXLAN devices."""
+    """What a host's kernel holds for its peers: our routes (routed model), and the
+    permanent neighbour and FDB entries on our VXLAN devices; ``flood`` lists the
+    remote hosts an l2 network floods to by unicast (all-zeros FDB entries)."""
 
     host: str
     routes: list[str] = field(default_factory=list)   # "10.244.2.0/24 via 10.244.2.0"
     neighbours: int = 0
     fdb: int = 0
+    flood: list[str] = field(default_factory=list)
     error: str = ""
 
 
@@ -97,7 +100,8 @@ def lab_status(name: str) -> LabStatus:
     if lab_dir(name).is_dir():
         status.files = sorted(str(p) for p in lab_dir(name).rglob("*") if p.is_file())
     status.agents = agent_health(name, status.lab)
-    if status.lab is not None and status.lab.model == "routed":
+    if status.lab is not None and (status.lab.model == "routed"
+                                   or status.lab.control == "etcd"):
         present_hosts = [h for h in status.lab.hosts if h.netns in present]
         status.peers = [programmed_peers(h.name, h.netns_path) for h in present_hosts]
     return status
@@ -119,7 +123,9 @@ def programmed_peers(host: str, path: str) -> HostPeers:
                                             f"via {route.get('RTA_GATEWAY')}")
             for index in indexes:
                 found.neighbours += len(routes.permanent_neighbours(ipr, index))
-                found.fdb += len(routes.permanent_fdb(ipr, index))
+                entries = routes.permanent_fdb(ipr, index)
+                found.fdb += len(entries)
+                found.flood += sorted(str(e.dst) for e in entries if e.mac == FLOOD_MAC)
     except (plumbing.NetnsError, OSError) as exc:
         found.error = str(exc)
     return found

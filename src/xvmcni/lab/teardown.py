@@ -15,6 +15,7 @@ from pathlib import Path
 
 from xvmcni.lab import plumbing
 from xvmcni.lab.agents import lab_agents, stop_lab_agents
+from xvmcni.lab.etcdnode import lab_etcds, stop_lab_etcd
 from xvmcni.lab.model import Host, Lab, Pod, Progress, load_state, quiet
 from xvmcni.lab.names import (
     DEFAULT_NAME,
@@ -38,6 +39,7 @@ class DownReport:
     leftovers: list[str] = field(default_factory=list)
     agents_stopped: list[int] = field(default_factory=list)   # xvm-cnid pids
     agents_forced: list[int] = field(default_factory=list)    # of those: needed SIGKILL
+    etcd_stopped: list[int] = field(default_factory=list)     # the lab's etcd (pids)
 
     @property
     def clean(self) -> bool:
@@ -61,7 +63,8 @@ def lab_down(name: str = DEFAULT_NAME, plugin: str | None = None,
         progress(f"warning: {exc}; removing by name instead")
         lab = None
     present = set(lab_netns(name))
-    if lab is None and not present and not lab_dir(name).exists() and not lab_agents(name):
+    if lab is None and not present and not lab_dir(name).exists() and not lab_agents(name) \
+            and not lab_etcds(name):
         return report
 
     if lab is None:
@@ -78,6 +81,8 @@ def lab_down(name: str = DEFAULT_NAME, plugin: str | None = None,
     # running would serve (and reconcile) a lab that no longer exists.
     stopped = stop_lab_agents(lab, progress)
     report.agents_stopped, report.agents_forced = stopped.stopped, stopped.forced
+    # After the agents (their DELs withdraw records from it), before its namespace.
+    report.etcd_stopped = stop_lab_etcd(lab, progress).stopped
 
     for ns in sorted(set(lab.netns_created) | present, key=teardown_order):
         try:
@@ -99,6 +104,7 @@ def lab_down(name: str = DEFAULT_NAME, plugin: str | None = None,
 
     report.leftovers = lab_netns(name) + ([str(lab_dir(name))] if lab_dir(name).exists() else [])
     report.leftovers += [f"xvm-cnid pid {pid}" for pid in sorted(lab_agents(name))]
+    report.leftovers += [f"etcd pid {pid}" for pid in sorted(lab_etcds(name))]
     return report
 
 

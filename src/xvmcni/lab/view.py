@@ -21,8 +21,9 @@ from xvmcni.cli.status import (
 )
 from xvmcni.lab.agents import AGENT_METRICS_PORT, AgentHealth
 from xvmcni.lab.icmp import PingReply
-from xvmcni.lab.model import UNDERLAY, Lab
-from xvmcni.lab.names import AGENT_SOCKET, lab_dir
+from xvmcni.lab.model import UNDERLAY, Lab, etcd_endpoint
+from xvmcni.lab.names import AGENT_SOCKET, etcd_netns, lab_dir
+from xvmcni.lab.plugin import ROUTED_CLUSTER
 from xvmcni.lab.probes import GATEWAY, Matrix, MtuCheck
 from xvmcni.lab.status import HostPeers, LabStatus
 
@@ -46,12 +47,19 @@ def render_summary(lab: Lab, style: Style) -> str:
         f"  underlay {UNDERLAY} on switch netns {lab.switch_netns} "
         "(bridge br0, multicast snooping off)",
     ]
-    if lab.flavor == "xvm":
+    if lab.flavor == "xvm" and lab.model == "routed":
+        how = "claimed through etcd" if lab.control == "etcd" else "static peers"
+        lines.append(f"  network xvm-routed: a pod CIDR per host ({how}) from "
+                     f"{', '.join(ROUTED_CLUSTER[lab.family])}, encap {lab.encap}")
+    elif lab.flavor == "xvm":
         lines.append("  network xvm-network 10.244.0.0/16, gateway 10.244.0.1 (anycast on "
                      "every host), VXLAN 10 over eth0")
     else:
         lines.append("  reference bridge plugin: one 10.88.<host>.0/24 per host, "
                      "no cross-host network")
+    if lab.control == "etcd":
+        lines.append(f"  control  etcd {etcd_endpoint()} in netns {etcd_netns(lab.name)}: "
+                     "hosts publish themselves there and watch each other")
     lines += render_mode(lab, style)
     lines.append("")
     rows = []
@@ -241,18 +249,19 @@ def render_status(status: LabStatus, style: Style) -> str:
 
 
 def render_peers(peers: list[HostPeers], style: Style) -> str:
-    """Per host, the peers as the kernel has them programmed (routed model)."""
+    """Per host, the peers as the kernel has them programmed (routed model; l2 with
+    etcd: the hosts it floods to)."""
     rows = []
     for host in peers:
         if host.error:
             rows.append([host.host, style.red(host.error), "", ""])
             continue
-        first, *rest = host.routes or ["(none)"]
+        first, *rest = host.routes + [f"flood to {dst}" for dst in host.flood] or ["(none)"]
         rows.append([host.host, first, str(host.neighbours), str(host.fdb)])
         rows += [["", route, "", ""] for route in rest]
     lines = [style.bold("Peers") + "  (programmed in each host's kernel: our routes, "
              "permanent neighbour and FDB entries of our VXLAN devices)"]
-    lines += table(["HOST", "ROUTES (protocol 202)", "NEIGH", "FDB"], rows)
+    lines += table(["HOST", "ROUTES (protocol 202) / FLOOD (l2)", "NEIGH", "FDB"], rows)
     return "\n".join(lines)
 
 

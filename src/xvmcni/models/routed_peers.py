@@ -106,6 +106,10 @@ def desired(local: Local, peers: Iterable[Peer]) -> Desired:
             if cidr in want.routes:
                 want.skipped.append(f"{peer.name}: {cidr} is claimed by another peer too")
                 continue
+            # auto: a family the underlay cannot route directly (IPv6 pods over an
+            # IPv4 underlay) goes through the tunnel, as to a host on another subnet.
+            if direct and local.encap == AUTO and cidr.version != peer.underlay.version:
+                direct = local.vxlan_index is None
             if direct:
                 if cidr.version != peer.underlay.version:
                     want.skipped.append(f"{peer.name}: {cidr} cannot be routed directly via "

@@ -24,10 +24,12 @@ def test_namespace_names_of_a_lab() -> None:
     assert names.host_netns("lab", "h3") == "lab-h3"
     assert names.pod_netns("lab", "h3", 2) == "lab-h3-p2"
     assert names.netns_path("lab-h3") == "/run/netns/lab-h3"
+    assert names.etcd_netns("lab") == "lab-etcd"
 
 
 @pytest.mark.parametrize(("netns", "mine"), [
-    ("lab-sw", True), ("lab-h1", True), ("lab-h12-p3", True),
+    ("lab-sw", True), ("lab-h1", True), ("lab-h12-p3", True), ("lab-etcd", True),
+    ("lab-etcd2", False),
     ("lab2-h1", False), ("lab-h1-p", False), ("lab-x1", False), ("xlab-sw", False),
     ("lab-h1-p1-p1", False),
 ])

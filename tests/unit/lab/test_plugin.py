@@ -44,3 +44,23 @@ def test_an_explicit_plugin_must_be_executable(tmp_path: Path) -> None:
         plugin.find_plugin(str(path))
     path.chmod(0o755)
     assert plugin.find_plugin(str(path)) == str(path)
+
+
+@pytest.mark.parametrize("model", ["l2", "routed"])
+def test_etcd_hosts_are_valid_networks_that_find_each_other_in_etcd(
+        tmp_path: Path, model: str) -> None:
+    """--control etcd: every host's config parses, names the lab's etcd, and (routed)
+    lists no pod CIDR and no peers: the host claims one and learns the others."""
+    from xvmcni import networks
+    lab = Lab(name="xtc", plugin="", flavor="xvm", agent=True, model=model, control="etcd",
+              family="dual" if model == "routed" else "ipv4")
+    config = plugin.host_config(lab, 1, tmp_path / "h1")
+    assert config["controlPlane"]["type"] == "etcd"
+    assert config["controlPlane"]["endpoints"] == ["http://172.30.0.2:2379"]
+    assert "podCIDR" not in config and "group" not in config
+    network = networks.parse(config)
+    assert network.etcd is not None and network.static_peers is None
+    if model == "routed":
+        assert network.cidrs is not None and len(network.cidrs.cluster_cidrs) == 2
+    else:
+        assert network.blocks is not None and network.l2.group is None

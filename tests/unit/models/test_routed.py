@@ -146,6 +146,21 @@ def test_auto_routes_the_own_subnet_directly() -> None:
     assert list(want.neighbours) == [V4("10.244.3.0")]
 
 
+def test_auto_tunnels_a_family_the_underlay_cannot_route() -> None:
+    """Dual-stack pods over an IPv4 underlay: the near host's IPv4 CIDR is routed
+    directly, its IPv6 CIDR (no IPv6 next hop exists) goes over VXLAN."""
+    local = Local(**{**LOCAL.__dict__, "encap": "auto",
+                     "pod_cidrs": (N4("10.244.1.0/24"), ipaddress.ip_network("fd00:1:1::/64")),
+                     "gateways": (V4("10.244.1.1"), ipaddress.ip_address("fd00:1:1::1"))})
+    near = Peer("near", V4("192.168.1.12"), "", ("10.244.2.0/24", "fd00:1:2::/64"))
+    want = desired(local, [near])
+    assert want.routes[N4("10.244.2.0/24")].oif == 2                   # direct
+    v6 = want.routes[ipaddress.ip_network("fd00:1:2::/64")]
+    assert (v6.oif, v6.onlink) == (9, True) and not want.skipped         # tunnelled
+    assert list(want.fdb.values()) == [FdbEntry(vtep_mac("net", V4("192.168.1.12")),
+                                                V4("192.168.1.12"))]
+
+
 def test_overlapping_and_foreign_family_cidrs_are_left_out() -> None:
     peers = [Peer("clash", V4("192.168.1.20"), "", ("10.244.1.0/25",)),
              Peer("v6", V4("192.168.1.21"), "", ("fd00:1::/64",))]
