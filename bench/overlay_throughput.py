@@ -1,5 +1,6 @@
-"""Overlay throughput against its ceiling: pod->pod across hosts for l2, routed vxlan and
-routed none, vs host->host and vs a hand-built kernel VXLAN between the same two hosts.
+"""Overlay throughput against its ceiling: pod->pod across hosts for l2, routed vxlan,
+routed none and macvlan, vs host->host and vs a hand-built kernel VXLAN between the same
+two hosts.
 
     sudo .venv/bin/python bench/overlay_throughput.py [--seconds 5] [--rounds 3]
         [--streams 1 4] [--out FILE]
@@ -7,10 +8,12 @@ routed none, vs host->host and vs a hand-built kernel VXLAN between the same two
 Three 2-host labs, one pod per host, built with the project's lab API (agents on,
 flat underlay, MTU 1500): ``l2`` (seed-000 bridge + VXLAN), ``routed`` with
 ``encap: vxlan`` (bridge per host, L3 VXLAN, programmed peers) and ``routed`` with
-``encap: none`` (plain routes between hosts). On the two hosts of the routed-vxlan lab
-the benchmark itself adds a hand-built VXLAN device (``ip link add NAME type vxlan id
-4242 local A remote B dstport 4789 dev eth0``, MTU 1450, 192.168.250.{1,2}/24, no
-bridge, no veth, no CNI): the ceiling an overlay can reach on these hosts.
+``encap: none`` (plain routes between hosts), and ``macvlan`` (seed 004: pods are
+macvlan children of a VXLAN device, same network, no bridge, no veth). On the two
+hosts of the routed-vxlan lab the benchmark itself adds a hand-built VXLAN device
+(``ip link add NAME type vxlan id 4242 local A remote B dstport 4789 dev eth0``, MTU
+1450, 192.168.250.{1,2}/24, no bridge, no veth, no CNI): the ceiling an overlay can
+reach on these hosts.
 
 Cases, each h1 -> h2 with iperf3 (server and client in their namespaces via
 ``nsenter --net``), ``--seconds`` per run, for every ``--streams`` count:
@@ -20,6 +23,7 @@ Cases, each h1 -> h2 with iperf3 (server and client in their namespaces via
     l2 pod->pod         h1-p1 -> h2-p1 in the l2 lab
     routed-vxlan pod->pod
     routed-none pod->pod
+    macvlan pod->pod    h1-p1 -> h2-p1, both on network blue
 
 All cases run once per round, ``--rounds`` rounds, the order rotated each round so
 no case always follows the same neighbour. Reported: the median of the receiver's
@@ -51,9 +55,10 @@ HAND_BUILT = "hand-built vxlan"
 L2 = "l2 pod->pod"
 ROUTED_VXLAN = "routed-vxlan pod->pod"
 ROUTED_NONE = "routed-none pod->pod"
-CASES = (HOST_TO_HOST, HAND_BUILT, L2, ROUTED_VXLAN, ROUTED_NONE)
+MACVLAN = "macvlan pod->pod"
+CASES = (HOST_TO_HOST, HAND_BUILT, L2, ROUTED_VXLAN, ROUTED_NONE, MACVLAN)
 # Which baseline each case is held against (besides host->host for all).
-CEILING = {L2: HAND_BUILT, ROUTED_VXLAN: HAND_BUILT}
+CEILING = {L2: HAND_BUILT, ROUTED_VXLAN: HAND_BUILT, MACVLAN: HAND_BUILT}
 GOAL = {ROUTED_VXLAN: (HAND_BUILT, 0.95), ROUTED_NONE: (HOST_TO_HOST, 0.95)}
 
 # The hand-built tunnel: inside the lab's own host namespaces only.
@@ -72,7 +77,7 @@ class LabSpec:
 
 
 LABS = (LabSpec("l", "l2", "vxlan"), LabSpec("v", "routed", "vxlan"),
-        LabSpec("n", "routed", "none"))
+        LabSpec("n", "routed", "none"), LabSpec("m", "macvlan", "vxlan"))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -153,6 +158,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             L2: (pod_end(labs["l"], "h1-p1"), pod_end(labs["l"], "h2-p1")),
             ROUTED_VXLAN: (pod_end(base, "h1-p1"), pod_end(base, "h2-p1")),
             ROUTED_NONE: (pod_end(labs["n"], "h1-p1"), pod_end(labs["n"], "h2-p1")),
+            MACVLAN: (pod_end(labs["m"], "h1-p1"), pod_end(labs["m"], "h2-p1")),
         }
         devices = {key: describe_links(lab) for key, lab in labs.items()}
         order = list(CASES)

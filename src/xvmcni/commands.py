@@ -84,9 +84,52 @@ def run(request: Request, runtime: Runtime) -> dict[str, Any] | None:
     log.debug("%s container=%s ifname=%s netns=%s", request.command, request.container_id,
               request.ifname, request.netns)
     try:
-        return _COMMANDS[request.command](Call(request, network, runtime))
+        result = None
+        for part in _parts(request, network, runtime):
+            result = _COMMANDS[request.command](Call(request, part, runtime))
+        return result
     except DataplaneError as err:
         raise to_cni(err) from err
+
+
+def _parts(request: Request, network: Network, runtime: Runtime) -> list[Network]:
+    """The networks a command runs on: the network itself, or for a configuration of
+    several (macvlan) the one the pod is on (ADD: the one chosen for it; DEL and CHECK:
+    the one holding its record, else the chosen one), every one with state for GC and
+    every one for STATUS."""
+    parts = networks.segments(network)
+    if len(parts) == 1 and parts[0] is network:
+        return parts
+    if request.command == "STATUS":
+        return parts
+    if request.command == "GC":
+        return [p for p in parts if p.state_dir.exists()]
+    held = _holding(parts, request, runtime)
+    if request.command == "ADD":
+        chosen = networks.choose_segment(network, request)
+        if held is not None and held.name != chosen.name:
+            raise CniError(INVALID_CONFIG, f"container {request.container_id[:12]} "
+                           f"({request.ifname}) is attached to {held.name} already, not "
+                           f"to {chosen.name}", "DEL it before adding it elsewhere")
+        return [chosen]
+    if held is not None:
+        return [held]
+    try:
+        return [networks.choose_segment(network, request)]
+    except CniError:
+        if request.command == "DEL":
+            return []  # on none of the networks, and none chosen: nothing to remove
+        raise
+
+
+def _holding(parts: list[Network], request: Request, runtime: Runtime) -> Network | None:
+    for part in parts:
+        if not (part.state_dir / REGISTRY_FILE).exists():
+            continue
+        with runtime.registry(part.state_dir) as registry:
+            if registry.get(request.container_id, request.ifname) is not None:
+                return part
+    return None
 
 
 def _require_version(command: str, version: str) -> None:
@@ -142,7 +185,7 @@ def _attempt(what: str, step: Callable[..., object], *args: Any) -> None:
 def requested_addresses(request: Request, network: Network) -> list[IPAddress]:
     """Static addresses from CNI_ARGS ``IP=`` or the ``ips`` capability (the IPAM
     judges them: how many per family, and where they may lie)."""
-    raw: list[str] = []
+    raw: list[str] = [str(addr) for addr in network.requested]
     if request.args.get("IP"):
         raw.extend(part for part in request.args["IP"].split(",") if part)
     caps = network.config.runtime_config.get("ips")
@@ -159,7 +202,8 @@ def requested_addresses(request: Request, network: Network) -> list[IPAddress]:
         except ValueError as exc:
             raise CniError(INVALID_CONFIG,
                            f"requested IP {shown(text)} is not an address") from exc
-        out.append(addr)
+        if addr not in out:
+            out.append(addr)
     return out
 
 

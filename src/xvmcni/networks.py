@@ -30,15 +30,17 @@ from xvmcni.ipam.base import Ipam
 from xvmcni.ipam.blocks import BlockIpam, BlockSettings
 from xvmcni.ipam.cidr import CidrIpam, CidrPool
 from xvmcni.ipam.delegated import DelegatedIpam
+from xvmcni.ipam.hostslices import HostSliceIpam, RouterBlockIpam, host_range
 from xvmcni.ipam.pool import AddressPool, pool_for_host
 from xvmcni.ipam.slices import SliceIpam, SliceSettings
 from xvmcni.ipam.slices import parse_settings as parse_slices
-from xvmcni.models import l2, routed
+from xvmcni.models import l2, macvlan, macvlan_config, routed
 from xvmcni.models.base import NetworkModel
+from xvmcni.models.macvlan_choice import choose_network
 from xvmcni.runtime import LOCK_TIMEOUT, Runtime
 from xvmcni.state.locks import network_lock
 
-MODELS = ("l2", "routed")
+MODELS = ("l2", "routed", macvlan_config.KIND)
 # Each control plane is built from its "controlPlane" section (validated by parse).
 CONTROL_PLANES: dict[str, Callable[[dict[str, Any]], ControlPlane]] = {
     "multicast": lambda section: MulticastControlPlane(),
@@ -53,7 +55,10 @@ _ROUTED_HINTS = ("podCIDR", "podcidr")
 @dataclass(frozen=True)
 class Network:
     config: NetworkConfig
-    settings: l2.L2Settings | routed.RoutedSettings
+    # macvlan: the whole configuration (MacvlanSettings) until a request picks one of
+    # its networks; then the picked one (SegmentSettings, see segments()).
+    settings: (l2.L2Settings | routed.RoutedSettings | macvlan_config.MacvlanSettings
+               | macvlan.SegmentSettings)
     # Our own allocator's settings; None when a delegated IPAM plugin chooses.
     slices: SliceSettings | None
     # Peers written in the configuration (controlPlane type "static"), else None.
@@ -63,6 +68,8 @@ class Network:
     blocks: BlockSettings | None = None
     # routed with etcd and no 'podCIDR': how this host claims its pod CIDRs.
     cidrs: podcidrs.CidrClaimSettings | None = None
+    # macvlan: addresses the pod's annotations request (beside IP= and 'ips').
+    requested: tuple[Any, ...] = ()
 
     @property
     def name(self) -> str:
@@ -92,7 +99,10 @@ def parse(raw: dict[str, Any]) -> Network:
                           "known: " + ", ".join(CONTROL_PLANES))
     peers = None
     if common.control_plane == static.KIND:
-        peers = tuple(static.parse_peers(config.get(raw, "controlPlane", dict)))
+        peers = tuple(static.parse_peers(config.get(raw, "controlPlane", dict),
+                                         need_cidrs=common.model != macvlan_config.KIND))
+    if common.model == macvlan_config.KIND:
+        return _parse_macvlan(raw, common, peers)
     if common.control_plane == "etcd":
         return _parse_etcd(raw, common)
     if common.model == routed.KIND:
@@ -143,6 +153,68 @@ def _parse_routed_etcd(raw: dict[str, Any], common: NetworkConfig,
                 raise config.fail("'perHostPrefix' belongs to the l2 model",
                                   "a routed host allocates from its whole 'podCIDR'")
     return Network(common, rsettings, rslices, None, etcd, cidrs=cidrs)
+
+
+def _parse_macvlan(raw: dict[str, Any], common: NetworkConfig,
+                   peers: tuple[Peer, ...] | None) -> Network:
+    """A macvlan configuration. Hosts learn about each other from the control plane:
+    ``static`` (listed), ``etcd`` (each host publishes the networks it joined, per
+    network), or none (``multicast``: the VXLAN devices use a group)."""
+    if common.ipam is not None and common.ipam.get("type") == "xvm-cni":
+        raise config.fail("'ipam' names xvm-cni itself")
+    settings = macvlan_config.parse_settings(raw, common.name)
+    etcd = etcdconfig.parse(raw["controlPlane"]) if common.control_plane == "etcd" else None
+    if peers is None and etcd is None:
+        # No control plane lists the hosts: the VXLAN devices find each other through a
+        # multicast group (the l2 model's default unless the network names one).
+        settings = dataclasses.replace(settings, segments=tuple(
+            s if s.group is not None else dataclasses.replace(s, group=l2.DEFAULT_GROUP)
+            for s in settings.segments))
+    return Network(common, settings, None, peers, etcd)
+
+
+def segments(network: Network) -> list[Network]:
+    """The networks a configuration describes: one per macvlan segment, each with its
+    own state directory, lock and registry; any other configuration is one."""
+    settings = network.settings
+    if not isinstance(settings, macvlan_config.MacvlanSettings):
+        return [network]
+    return [segment_network(network, seg) for seg in settings.segments]
+
+
+def segment_network(network: Network, segment: macvlan_config.Segment,
+                    requested: tuple[Any, ...] = ()) -> Network:
+    settings = network.settings
+    assert isinstance(settings, macvlan_config.MacvlanSettings)
+    ipam_section = segment.ipam if segment.ipam is not None else network.config.ipam
+    common = dataclasses.replace(network.config,
+                                 name=macvlan.mark_name(network.config.name, segment.name),
+                                 ipam=ipam_section)
+    # etcd and an IPv4-only network with our own IPAM: cluster-wide address blocks.
+    claimed = None
+    v4 = segment.subnet(4)
+    if network.etcd is not None and ipam_section is None and segment.subnets == (v4,):
+        assert isinstance(v4, ipaddress.IPv4Network)
+        size = network.config.raw.get("blockSize")
+        claimed = blocks.parse_settings({} if size is None else {"blockSize": size}, v4)
+    return dataclasses.replace(network, config=common, blocks=claimed,
+                               settings=macvlan.SegmentSettings(settings, segment,
+                                                                claimed is not None),
+                               requested=requested)
+
+
+def choose_segment(network: Network, request: Request) -> Network:
+    """The macvlan segment a pod joins (CniError 7 with the reason when none); any
+    other network unchanged."""
+    settings = network.settings
+    if not isinstance(settings, macvlan_config.MacvlanSettings):
+        return network
+    ips = [part for part in request.args.get("IP", "").split(",") if part.strip()]
+    caps = network.config.runtime_config.get("ips")
+    if isinstance(caps, list):
+        ips += [item for item in caps if isinstance(item, str)]
+    choice = choose_network(settings, settings.annotations, request.args, ips)
+    return segment_network(network, choice.segment, choice.requested)
 
 
 def routed_settings(network: Network) -> routed.RoutedSettings:
@@ -201,7 +273,12 @@ def claim_cidrs(network: Network, planes: dict[Path, Any] | None) -> tuple[Any, 
 def open_model(network: Network, runtime: Runtime) -> Iterator[NetworkModel]:
     """The network's model for one request, holding the host's netlink socket."""
     with runtime.host_rtnl() as ipr:
-        if isinstance(network.settings, routed.RoutedSettings):
+        if isinstance(network.settings, macvlan_config.MacvlanSettings):
+            raise AssertionError("a macvlan configuration is opened per segment")
+        if isinstance(network.settings, macvlan.SegmentSettings):
+            peers = list(network.static_peers) if network.static_peers is not None else None
+            yield macvlan.MacvlanModel(network.settings, ipr, peers, network.state_dir)
+        elif isinstance(network.settings, routed.RoutedSettings):
             peers = list(network.static_peers) if network.static_peers is not None else None
             if network.etcd is not None:
                 # The last peer set the agent heard: programmed on join, agent down too.
@@ -220,6 +297,9 @@ def ipam(network: Network, request: Request, host_address: Callable[[], Any],
     ``planes``: the agent's running control planes, reused to claim blocks."""
     if isinstance(network.settings, routed.RoutedSettings):
         return _routed_ipam(network, routed_settings(network), request)
+    if isinstance(network.settings, macvlan.SegmentSettings):
+        return _macvlan_ipam(network, network.settings.segment, request, host_address,
+                             planes)
     if network.config.ipam is not None:
         return DelegatedIpam(request, network.config.raw, network.l2.subnet.prefixlen)
     if network.blocks is not None:
@@ -246,6 +326,8 @@ def reserved_mac(network: Network, mac: str) -> str:
     """
     if mac == "00:00:00:00:00:00":
         return "the all-zero MAC is not a valid interface address"
+    if not isinstance(network.settings, l2.L2Settings):
+        return ""
     if mac == names.gateway_mac(network.l2.vxlan_id):
         return "it is the network's anycast gateway MAC"
     octets = bytes(int(part, 16) for part in mac.split(":"))
@@ -255,6 +337,34 @@ def reserved_mac(network: Network, mac: str) -> str:
             return (f"0a:58:... MACs are what pods without a requested MAC get; this one "
                     f"belongs to address {derived_for}")
     return ""
+
+
+def _macvlan_ipam(network: Network, segment: macvlan_config.Segment, request: Request,
+                  host_address: Callable[[], Any],
+                  planes: dict[Path, Any] | None = None) -> Ipam:
+    """This host's slice of each subnet (its router address first), blocks claimed
+    through etcd (IPv4-only networks), or a delegated cluster-aware IPAM plugin (IPv4)."""
+    if network.config.ipam is not None:
+        v4 = segment.subnet(4)
+        if v4 is None:
+            raise config.fail(f"network {segment.name}: a delegated IPAM needs an IPv4 "
+                              "subnet")
+        raw = {**network.config.raw, "ipam": network.config.ipam}
+        return DelegatedIpam(request, raw, v4.prefixlen)
+    if network.blocks is not None:
+        v4 = segment.subnet(4)
+        assert isinstance(v4, ipaddress.IPv4Network)
+        return RouterBlockIpam(v4, network.state_dir, _block_claimer(network, planes),
+                               segment.exclude_first, segment.exclude_last)
+
+    def ranges() -> tuple[Any, ...]:
+        # The host's address is looked up only when an address is chosen (DEL never).
+        at = host_address()
+        return tuple(host_range(s, at, segment.slice_prefix[s.version],
+                                segment.exclude_first, segment.exclude_last)
+                     for s in segment.subnets)
+
+    return HostSliceIpam(ranges)
 
 
 def _routed_ipam(network: Network, settings: routed.RoutedSettings,
@@ -279,6 +389,8 @@ def control_plane(network: Network) -> ControlPlane:
     if network.etcd is not None:
         from xvmcni.controlplane.etcd import EtcdControlPlane  # imports no client yet
         return EtcdControlPlane(network.etcd, network.name)
+    if network.static_peers is not None:
+        return static.StaticControlPlane(list(network.static_peers))
     section = config.get(network.config.raw, "controlPlane", dict, {})
     return CONTROL_PLANES[network.config.control_plane](section)
 
@@ -296,8 +408,17 @@ def hold_blocks(network: Network, plane: Any, need_new: bool = False) -> list[st
     """This host's IPAM blocks of ``network`` through its etcd control plane, written to
     its state dir; raises the control plane's errors."""
     assert network.blocks is not None
-    return blocks.hold_blocks(plane, network.l2.subnet, network.blocks.prefix,
+    return blocks.hold_blocks(plane, _block_subnet(network), network.blocks.prefix,
                               network.state_dir, need_new)
+
+
+def _block_subnet(network: Network) -> ipaddress.IPv4Network:
+    """The subnet a network's blocks are cut from (l2's, or a macvlan network's IPv4)."""
+    if isinstance(network.settings, macvlan.SegmentSettings):
+        subnet = network.settings.segment.subnet(4)
+        assert isinstance(subnet, ipaddress.IPv4Network)
+        return subnet
+    return network.l2.subnet
 
 
 def _block_claimer(network: Network, planes: dict[Path, Any] | None) -> blocks.ClaimMore:

@@ -87,7 +87,8 @@ def known_networks(conf_dirs: Iterable[Path], data_dirs: Iterable[Path]) -> list
             log.warning("skipping network config %s: %s", raw.get("name"), err)
             continue
         # Remembered configs come last and win: they are what ADD really used.
-        found[network.state_dir] = network
+        for part in networks.segments(network):  # macvlan: one per segment
+            found[part.state_dir] = part
     return list(found.values())
 
 

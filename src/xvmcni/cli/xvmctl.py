@@ -326,13 +326,16 @@ def add_lab(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                     help="no xvm-cnid in the hosts: the plugin does every ADD in-process "
                          "(default: one agent per host, pods attached through the thin "
                          "plugin that hands each ADD to its host's agent)")
-    up.add_argument("--model", choices=["l2", "routed"], default="l2",
-                    help="network model: l2 (one subnet over VXLAN, the default) or routed "
-                         "(a pod CIDR per host, static peers)")
+    up.add_argument("--model", choices=["l2", "routed", "macvlan"], default="l2",
+                    help="network model: l2 (one subnet over VXLAN, the default), routed "
+                         "(a pod CIDR per host, static peers) or macvlan (networks blue "
+                         "and red spanning every host, each host a router; pod j joins "
+                         "blue when j is odd, red when even)")
     up.add_argument("--encap", choices=["vxlan", "none", "auto"], default="vxlan",
                     help="routed model: how remote pod CIDRs are reached (default: vxlan)")
     up.add_argument("--family", choices=["ipv4", "ipv6", "dual"], default="ipv4",
-                    help="routed model: the pods' address families (default: ipv4)")
+                    help="routed and macvlan models: the pods' address families "
+                         "(default: ipv4)")
     up.add_argument("--underlay", choices=["flat", "routed"], default="flat",
                     help="flat: one underlay subnet; routed: two subnets behind a router "
                          "that carries no multicast (default: flat)")

@@ -33,8 +33,10 @@ def _mac(text: str, where: str) -> str:
     return ":".join(parts)
 
 
-def parse_peers(section: dict[str, Any]) -> list[Peer]:
-    """The peers of ``controlPlane``; CniError(7) naming the bad entry."""
+def parse_peers(section: dict[str, Any], need_cidrs: bool = True) -> list[Peer]:
+    """The peers of ``controlPlane``; CniError(7) naming the bad entry. ``need_cidrs``
+    False: the model derives each peer's addresses from its underlay address (macvlan),
+    so 'podCIDRs' may be left out."""
     raw = get(section, "peers", list, [])
     peers: list[Peer] = []
     names: set[str] = set()
@@ -52,10 +54,12 @@ def parse_peers(section: dict[str, Any]) -> list[Peer]:
         except ValueError as exc:
             raise fail(f"{where}: 'address' {address_text!r} is not an IP address") from exc
         cidrs = item.get("podCIDRs", item.get("podCIDR"))
-        if isinstance(cidrs, str):
+        if cidrs is None and not need_cidrs:
+            cidrs = []
+        elif isinstance(cidrs, str):
             cidrs = [cidrs]
-        if not isinstance(cidrs, list) or not cidrs or not all(isinstance(c, str)
-                                                              for c in cidrs):
+        if not isinstance(cidrs, list) or (need_cidrs and not cidrs) \
+                or not all(isinstance(c, str) for c in cidrs):
             raise fail(f"{where}: 'podCIDRs' must be a list of CIDRs")
         for text in cidrs:
             try:

@@ -51,12 +51,13 @@ from xvmcni.lab.plugin import (
     find_plugin,
     host_config,
     plugin_flavor,
+    pod_config,
     run_plugin,
 )
 from xvmcni.lab.status import lab_netns
 from xvmcni.lab.teardown import lab_down
 
-MODELS = ("l2", "routed")
+MODELS = ("l2", "routed", "macvlan")
 ENCAPS = ("vxlan", "none", "auto")
 UNDERLAYS = ("flat", "routed")
 FAMILIES = ("ipv4", "ipv6", "dual")
@@ -87,8 +88,8 @@ def lab_up(name: str = DEFAULT_NAME, hosts: int = 3, pods: int = 2, plugin: str 
         raise LabError(f"--underlay {underlay!r} is unknown", "use " + " or ".join(UNDERLAYS))
     if family not in FAMILIES:
         raise LabError(f"--family {family!r} is unknown", "use " + ", ".join(FAMILIES))
-    if family != "ipv4" and model != "routed":
-        raise LabError(f"--family {family} needs --model routed",
+    if family != "ipv4" and model not in ("routed", "macvlan"):
+        raise LabError(f"--family {family} needs --model routed or macvlan",
                        "the l2 model carries IPv4 only")
     check_name(name)
     if not 1 <= hosts <= MAX_HOSTS:
@@ -99,6 +100,8 @@ def lab_up(name: str = DEFAULT_NAME, hosts: int = 3, pods: int = 2, plugin: str 
         raise LabError("the lab needs root", "it creates network namespaces")
     thin = agent and not plugin
     plugin_path = str(lab_dir(name) / PLUGIN_DIR / "xvm-cni") if thin else find_plugin(plugin)
+    if model == "macvlan" and plugin_flavor(plugin_path) != "xvm":
+        raise LabError("--model macvlan needs the xvm-cni plugin")
     if lab_dir(name).exists() or lab_netns(name):
         raise LabError(f"lab {name!r} already exists",
                        f"remove it first: xvmctl lab down --name {name}")
@@ -217,7 +220,8 @@ def _attach_all(lab: Lab, state: StateFile, progress: Progress) -> None:
             state.save()
             began = time.monotonic()
             try:
-                result = run_plugin(lab, "ADD", pod, config_text.encode())
+                result = run_plugin(lab, "ADD", pod,
+                                    pod_config(lab, pod, config_text).encode())
                 apply_result(pod, result, config)
             except BaseException as exc:
                 failed.set()

@@ -65,8 +65,11 @@ def host_config(lab: Lab, index: int, host_dir: Path) -> dict[str, Any]:
                 "bridge": "br0", "isGateway": True,
                 "ipam": {"type": "host-local", "subnet": f"10.88.{index}.0/24",
                          "dataDir": data_dir}}
-    config = ({**XVM_CONFIG, "dataDir": data_dir} if lab.model == "l2"
-              else routed_config(lab, index, data_dir))
+    if lab.model == "macvlan":
+        config = macvlan_config(lab, data_dir)
+    else:
+        config = ({**XVM_CONFIG, "dataDir": data_dir} if lab.model == "l2"
+                  else routed_config(lab, index, data_dir))
     if lab.agent:
         config["agentSocket"] = lab.agent_socket(host_dir.name)
     return config
@@ -94,6 +97,43 @@ def routed_config(lab: Lab, index: int, data_dir: str) -> dict[str, Any]:
             "clusterCIDR": ROUTED_CLUSTER[lab.family], "encap": lab.encap, "vxlanID": 10,
             "mtu": 1500, "dataDir": data_dir,
             "controlPlane": {"type": "static", "peers": peers}}
+
+
+# The macvlan lab's networks (seed 004): pod j of every host joins
+# MACVLAN_NETWORKS[(j - 1) % 2], so with two pods per host every host routes into both.
+MACVLAN_NETWORKS = ("blue", "red")
+MACVLAN_SUBNETS = {"blue": ("10.10.0.0/16", "fd00:10:10::/64"),
+                   "red": ("10.20.0.0/16", "fd00:10:20::/64")}
+
+
+def macvlan_network(pod_index: int) -> str:
+    return MACVLAN_NETWORKS[(pod_index - 1) % len(MACVLAN_NETWORKS)]
+
+
+def macvlan_config(lab: Lab, data_dir: str) -> dict[str, Any]:
+    """The macvlan model in the seed's own spelling (``vxlans``), every host listed
+    as a static peer so each routes to the others' slices; pods pick their network
+    through ``args.annotations`` (``pod_config``)."""
+    wanted = {"ipv4": (0,), "ipv6": (1,), "dual": (0, 1)}[lab.family]
+    vxlans = [{"id": 100 + i * 10, "name": name,
+               "cidr": [MACVLAN_SUBNETS[name][k] for k in wanted],
+               "options": {"vtepdev": "eth0"}}
+              for i, name in enumerate(MACVLAN_NETWORKS, start=1)]
+    peers = [{"name": h.name, "address": h.underlay.split("/")[0]} for h in lab.hosts]
+    return {"cniVersion": "1.0.0", "name": "xvm-macvlan", "type": "xvm-cni",
+            "model": "macvlan", "vxlans": vxlans, "defaultNetwork": MACVLAN_NETWORKS[0],
+            "dataDir": data_dir, "controlPlane": {"type": "static", "peers": peers}}
+
+
+def pod_config(lab: Lab, pod: Pod, config_text: str) -> str:
+    """The configuration one pod's ADD gets: the host's, plus (macvlan) the seed's
+    per-pod annotation that names the pod's network."""
+    if lab.model != "macvlan":
+        return config_text
+    config = json.loads(config_text)
+    network = macvlan_network(int(pod.name.rsplit("-p", 1)[1]))
+    config["args"] = {"annotations": {"vxlan-cni.phdata.io/NetworkName": network}}
+    return json.dumps(config)
 
 
 def config_file_name(flavor: str) -> str:
