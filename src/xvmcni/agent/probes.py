@@ -35,6 +35,7 @@ from xvmcni.dataplane.icmp import echo
 from xvmcni.dataplane.netlink import get_link, rtnl
 from xvmcni.dataplane.netns import entered, open_netns
 from xvmcni.errors import CniError
+from xvmcni.models import macvlan, macvlan_config
 from xvmcni.networks import Network
 from xvmcni.runtime import Runtime
 
@@ -47,6 +48,20 @@ MAX_TARGETS = 256
 NETNS_DIR = "/run/netns"
 
 Cni = Callable[[dict[str, str], str], Outcome]
+
+
+def probe_config(network: Network) -> dict[str, Any]:
+    """The configuration the probe's ADD and DEL get. A macvlan configuration holds
+    several networks: the probe names its own as a pod would (the seed's annotation),
+    otherwise the ADD would land on the default network."""
+    raw = dict(network.config.raw)
+    if isinstance(network.settings, macvlan.SegmentSettings):
+        args = dict(raw.get("args") or {})
+        args["annotations"] = {**dict(args.get("annotations") or {}),
+                               macvlan_config.ANNOTATION_NETWORK:
+                                   network.settings.segment.name}
+        raw["args"] = args
+    return raw
 
 
 class ProbeError(Exception):
@@ -103,7 +118,7 @@ class Probes:
             raise ProbeError(f"cannot create a network namespace: {exc}") from exc
         with self._lock:
             self._probes[probe.ident] = probe
-        outcome = self._cni(self._env("ADD", probe), json.dumps(network.config.raw))
+        outcome = self._cni(self._env("ADD", probe), json.dumps(probe_config(network)))
         if outcome.exit != 0 or outcome.payload is None:
             self.delete(probe.ident)
             why = (outcome.payload or {}).get("msg", "no result")
@@ -170,7 +185,7 @@ class Probes:
             probe = self._probes.pop(ident, None)
         if probe is None:
             raise ProbeError(f"no probe {ident!r} on this host")
-        outcome = self._cni(self._env("DEL", probe), json.dumps(probe.network.config.raw))
+        outcome = self._cni(self._env("DEL", probe), json.dumps(probe_config(probe.network)))
         try:
             pr_netns.remove(probe.ident)
         except OSError as exc:
