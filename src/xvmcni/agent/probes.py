@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import secrets
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -46,6 +47,9 @@ PROBE_TTL = 300.0
 IFNAME = "eth0"
 MAX_TARGETS = 256
 NETNS_DIR = "/run/netns"
+# Duplicate address detection takes about a second (one probe, RetransTimer 1 s).
+DAD_WAIT = 5.0
+IFA_F_TENTATIVE = 0x40
 
 Cni = Callable[[dict[str, str], str], Outcome]
 
@@ -124,6 +128,7 @@ class Probes:
             why = (outcome.payload or {}).get("msg", "no result")
             raise ProbeError(f"CNI ADD of the probe failed: {why}")
         result = outcome.payload
+        self._settle(probe)
         try:
             with networks.open_model(network, self._runtime) as model:
                 underlay = str(model.underlay_address())
@@ -137,6 +142,25 @@ class Probes:
                 "gateways": [str(ip["gateway"]) for ip in result.get("ips", [])
                              if ip.get("gateway")],
                 "underlay": underlay, "ipMasq": bool(network.config.raw.get("ipMasq"))}
+
+    def _settle(self, probe: Probe) -> None:
+        """Wait (bounded) until the probe's IPv6 addresses leave duplicate address
+        detection: a tentative address cannot be a source, so every IPv6 test would
+        fail with 'cannot assign requested address' in its first second or two."""
+        fd = open_netns(probe.netns)
+        try:
+            with rtnl(fd) as ipr:
+                deadline = time.monotonic() + DAD_WAIT
+                while time.monotonic() < deadline:
+                    tentative = [a for a in ipr.get_addr(family=socket.AF_INET6)
+                                 if int(a.get("IFA_FLAGS") or a["flags"]) & IFA_F_TENTATIVE]
+                    if not tentative:
+                        return
+                    time.sleep(0.05)
+                log.warning("probe %s: IPv6 addresses still tentative after %gs",
+                            probe.ident, DAD_WAIT)
+        finally:
+            os.close(fd)
 
     def _mtu(self, probe: Probe) -> int:
         """The probe interface's MTU as the kernel has it (CNI results before 1.1
