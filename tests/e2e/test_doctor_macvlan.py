@@ -138,6 +138,22 @@ def test_a_deleted_host_macvlan_is_named(macvlan_lab: labmod.Lab) -> None:
     healthy(macvlan_lab)
 
 
+def test_a_leftover_bypass_rule_is_named(macvlan_lab: labmod.Lab) -> None:
+    """A bypass rule of a macvlan network this host no longer knows (its devices
+    went, the rule stayed): a leftover, with the command that removes it."""
+    rule = ["pref", "1000", "from", "10.99.0.0/16", "to", "10.99.0.0/16", "table", "192"]
+    in_host(macvlan_lab, "h1", "ip", "rule", "add", *rule, "proto", "204")
+    try:
+        bad = only_problem(macvlan_lab)
+        assert (bad["check"], bad["status"], bad["subject"]) == \
+            ("macvlan", "warn", "rule from 10.99.0.0/16")
+        assert "leftover" in bad["cause"]
+        assert bad["fix"] == "ip rule del " + " ".join(rule)
+    finally:
+        in_host(macvlan_lab, "h1", "ip", "rule", "del", *rule)
+    healthy(macvlan_lab)
+
+
 # --- routed, dual-stack -----------------------------------------------------------------
 
 

@@ -37,6 +37,7 @@ HOST_CHECKS: list[tuple[str, HostCheck]] = [
     ("plugin", plugin.run),
     ("kernel", kernel.run_host),
     ("objects", objects.run_host),
+    ("macvlan", macvlan.run_host),
 ]
 NETWORK_CHECKS: list[tuple[str, NetworkCheck]] = [
     ("hostif", hostif.run),

@@ -3,7 +3,10 @@ and host macvlan carry this network's ownership mark (a device of that name that
 is someone else's is never used: pods would land on a foreign L2); the bypass
 table routes each segment subnet to the host macvlan (the bypass rule sends
 traffic within the subnet there, past the remote-slice routes); the isolation
-table is there exactly when the segment is isolated. Other models: nothing."""
+table is there exactly when the segment is isolated. Other models: nothing.
+
+On the host: bypass rules and routes with a macvlan route protocol that lie in no
+segment this host knows are leftovers (rules outlive the devices they lead to)."""
 
 from __future__ import annotations
 
@@ -15,8 +18,10 @@ from xvmcni.dataplane import nft, ownership
 from xvmcni.dataplane.netlink import get_link
 from xvmcni.diagnose import findings as fd
 from xvmcni.diagnose.findings import Finding
+from xvmcni.diagnose.host import Host
 from xvmcni.diagnose.target import Target
-from xvmcni.models import macvlan
+from xvmcni.models import macvlan, macvlan_config, routed
+from xvmcni.networks import routed_settings
 
 NAME = "macvlan"
 FAMILIES = {4: socket.AF_INET, 6: socket.AF_INET6}
@@ -78,4 +83,52 @@ def run(t: Target) -> list[Finding]:
         found.append(fd.ok(NAME, seg.name, f"{seg.vxlan_name} and {seg.macvlan_name} ours, "
                            f"bypass table {cfg.bypass_table} complete, isolation "
                            f"{'on' if seg.isolated else 'off'}", t.name))
+    return found
+
+
+def _within(net: ipaddress.IPv4Network | ipaddress.IPv6Network,
+            subnets: set[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+    return any(net.version == s.version and net.subnet_of(s)  # type: ignore[arg-type]
+               for s in subnets)
+
+
+def run_host(host: Host) -> list[Finding]:
+    protocols = {macvlan_config.DEFAULT_ROUTE_PROTOCOL}
+    subnets: set[ipaddress.IPv4Network | ipaddress.IPv6Network] = set()
+    for network in host.networks:
+        if isinstance(network.settings, macvlan.SegmentSettings):
+            protocols.add(network.settings.config.route_protocol)
+            subnets.update(s for seg in network.settings.config.segments for s in seg.subnets)
+    # A routed network may have been given the same protocol: its routes are its own.
+    protocols -= {routed_settings(n).route_protocol for n in host.networks
+                  if n.config.model == routed.KIND}
+    found: list[Finding] = []
+    for version, family in FAMILIES.items():
+        ip = "ip" if version == 4 else "ip -6"
+        for rule in host.ipr.get_rules(family=family):
+            src = rule.get("FRA_SRC")
+            if rule.get("FRA_PROTOCOL") not in protocols or src is None:
+                continue
+            net = ipaddress.ip_network(f"{src}/{rule['src_len']}", strict=False)
+            if _within(net, subnets):
+                continue
+            table = rule.get("FRA_TABLE", rule.get("table"))
+            dst = rule.get("FRA_DST")
+            to = f" to {dst}/{rule['dst_len']}" if dst is not None else ""
+            found.append(fd.warn(NAME, f"rule from {net}", f"a bypass rule from {net}{to} "
+                                 f"(table {table}, protocol {rule.get('FRA_PROTOCOL')}) "
+                                 "belongs to no macvlan network this host knows: a leftover",
+                                 f"{ip} rule del pref {rule.get('FRA_PRIORITY', 0)} from "
+                                 f"{net}{to} table {table}"))
+        for route in host.ipr.route("dump", family=family):
+            dst_text = route.get("RTA_DST")
+            if route["proto"] not in protocols or dst_text is None \
+                    or route.get("RTA_TABLE", route["table"]) != 254:
+                continue
+            net = ipaddress.ip_network(f"{dst_text}/{route['dst_len']}", strict=False)
+            if not _within(net, subnets):
+                found.append(fd.warn(NAME, f"route {net}", f"a route to {net} with protocol "
+                                     f"{route['proto']} belongs to no macvlan network this "
+                                     "host knows: a leftover", f"{ip} route del {net} "
+                                     f"proto {route['proto']}"))
     return found
