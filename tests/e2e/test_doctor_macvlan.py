@@ -138,6 +138,26 @@ def test_a_deleted_host_macvlan_is_named(macvlan_lab: labmod.Lab) -> None:
     healthy(macvlan_lab)
 
 
+def test_strict_rp_filter_on_the_host_macvlan_is_named(macvlan_lab: labmod.Lab) -> None:
+    """Strict reverse-path filtering on h1's router into blue: a red pod of h2 reaches
+    h1's blue pod through h2's router on blue, but h1 routes back to red through its
+    red macvlan, so the packet is dropped; blue to blue is unaffected."""
+    key = f"net.ipv4.conf.{H1_BLUE_MACVLAN}.rp_filter"
+    in_host(macvlan_lab, "h1", "sysctl", "-qw", f"{key}=1")
+    try:
+        assert not pod_reaches(macvlan_lab, "h2-p2", "h1-p1")
+        assert pod_reaches(macvlan_lab, "h2-p1", "h1-p1")
+        bad = only_problem(macvlan_lab)
+        assert (bad["check"], bad["subject"], bad["network"]) == \
+            ("kernel", f"rp_filter {H1_BLUE_MACVLAN}", BLUE)
+        assert "10.20." in bad["cause"] and "xvmmh120" in bad["cause"]
+        assert f"{key}=2" in bad["fix"]
+    finally:
+        in_host(macvlan_lab, "h1", "sysctl", "-qw", f"{key}=2")
+    assert pod_reaches(macvlan_lab, "h2-p2", "h1-p1")
+    healthy(macvlan_lab)
+
+
 def test_a_leftover_bypass_rule_is_named(macvlan_lab: labmod.Lab) -> None:
     """A bypass rule of a macvlan network this host no longer knows (its devices
     went, the rule stayed): a leftover, with the command that removes it."""

@@ -79,18 +79,23 @@ class MacvlanInspector:
 
     def arrivals(self, network: Network, model: Any,
                  peers: list[Peer]) -> list[tuple[IPNetwork, str]]:
-        """Remote pods of this segment arrive on the host macvlan (their L2), and the
-        routes back to them leave through it; the VXLAN packets arrive on the
-        underlay from the peer's own address."""
+        """Every remote host is a router into every segment: a remote pod of any of
+        the configuration's segments reaches this segment's pods through the host
+        macvlan (sent there by its own host's route to our slice), while the route
+        back to a pod of another segment leaves through that segment's device; the
+        VXLAN packets arrive on the underlay from the peer's own address."""
         assert isinstance(model, macvlan.MacvlanModel)
         seg = settings(network).segment
-        found: list[tuple[IPNetwork, str]] = []
-        for slice_ in wanted_routes(model, peers):
-            found.append((slice_, seg.macvlan_name))
         me = model.underlay_address()
+        mine = {r.slice for r in model.ranges()}
+        found: list[tuple[IPNetwork, str]] = []
         for peer in peers:
-            if peer.underlay != me:
-                found.append((ipaddress.ip_network(peer.underlay), seg.host_interface))
+            if peer.underlay == me:
+                continue
+            found.append((ipaddress.ip_network(peer.underlay), seg.host_interface))
+            for other in model.settings.config.segments:
+                found += [(rng.slice, seg.macvlan_name) for rng in peer_ranges(other, peer)
+                          if rng.slice not in mine]
         return found
 
     def drift(self, network: Network, model: Any, peers: list[Peer]) -> list[str]:
