@@ -79,10 +79,11 @@ def healthy(lab: labmod.Lab) -> None:
 Cell = tuple[str, str, str]  # (from host, kind, to host)
 
 
-def connectivity(lab: labmod.Lab) -> tuple[set[Cell], set[Cell]]:
+def connectivity(lab: labmod.Lab, network: str = "") -> tuple[set[Cell], set[Cell]]:
     """``xvmctl connectivity --lab``: (tested, failed) cells; no probe is left."""
+    chosen = ["--network", network] if network else []
     proc = subprocess.run([sys.executable, "-m", "xvmcni.cli.xvmctl", "connectivity",
-                           "--lab", lab.name, "--json"], capture_output=True, text=True,
+                           "--lab", lab.name, "--json", *chosen], capture_output=True, text=True,
                           timeout=120, check=False)
     assert proc.stdout, proc.stderr
     report = json.loads(proc.stdout)
@@ -98,11 +99,11 @@ def pairs_with(host: str, tested: set[Cell], kinds: tuple[str, ...]) -> set[Cell
     return {c for c in tested if c[1] in kinds and host in (c[0], c[2]) and c[0] != c[2]}
 
 
-def make_lab(name: str, **kwargs: Any) -> Iterator[labmod.Lab]:
+def make_lab(name: str, pods: int = 1, **kwargs: Any) -> Iterator[labmod.Lab]:
     if os.geteuid() != 0:
         pytest.skip("lab tests need root (network namespaces)")
     try:
-        lab = labmod.lab_up(name, hosts=3, pods=1, agent=True, **kwargs)
+        lab = labmod.lab_up(name, hosts=3, pods=pods, agent=True, **kwargs)
         if not lab.agent:
             pytest.skip(f"{lab.plugin} runs without agents (reference plugin)")
         yield lab

@@ -78,6 +78,9 @@ def test_doctor_with_etcd(lab: RoutedLab) -> None:  # noqa: F811
     status, found = doctor(hosts[0])
     assert (status, problems(found)) == (0, []), json.dumps(found, indent=1)
     assert any(f["check"] == "controlplane" and "reachable" in f["cause"] for f in found)
+    # The host record's lease is read (not refreshed) and kept alive by the agent.
+    assert any(f["check"] == "controlplane" and f["subject"].startswith("host record")
+               and "lease" in f["cause"] and "left" in f["cause"] for f in found), found
     assert connectivity_ok(hosts)
 
     # One flood entry removed by hand: named, with the host it belongs to.

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import secrets
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -35,6 +36,7 @@ from xvmcni.dataplane.icmp import echo
 from xvmcni.dataplane.netlink import get_link, rtnl
 from xvmcni.dataplane.netns import entered, open_netns
 from xvmcni.errors import CniError
+from xvmcni.models import macvlan, macvlan_config
 from xvmcni.networks import Network
 from xvmcni.runtime import Runtime
 
@@ -45,8 +47,25 @@ PROBE_TTL = 300.0
 IFNAME = "eth0"
 MAX_TARGETS = 256
 NETNS_DIR = "/run/netns"
+# Duplicate address detection takes about a second (one probe, RetransTimer 1 s).
+DAD_WAIT = 5.0
+IFA_F_TENTATIVE = 0x40
 
 Cni = Callable[[dict[str, str], str], Outcome]
+
+
+def probe_config(network: Network) -> dict[str, Any]:
+    """The configuration the probe's ADD and DEL get. A macvlan configuration holds
+    several networks: the probe names its own as a pod would (the seed's annotation),
+    otherwise the ADD would land on the default network."""
+    raw = dict(network.config.raw)
+    if isinstance(network.settings, macvlan.SegmentSettings):
+        args = dict(raw.get("args") or {})
+        args["annotations"] = {**dict(args.get("annotations") or {}),
+                               macvlan_config.ANNOTATION_NETWORK:
+                                   network.settings.segment.name}
+        raw["args"] = args
+    return raw
 
 
 class ProbeError(Exception):
@@ -103,12 +122,13 @@ class Probes:
             raise ProbeError(f"cannot create a network namespace: {exc}") from exc
         with self._lock:
             self._probes[probe.ident] = probe
-        outcome = self._cni(self._env("ADD", probe), json.dumps(network.config.raw))
+        outcome = self._cni(self._env("ADD", probe), json.dumps(probe_config(network)))
         if outcome.exit != 0 or outcome.payload is None:
             self.delete(probe.ident)
             why = (outcome.payload or {}).get("msg", "no result")
             raise ProbeError(f"CNI ADD of the probe failed: {why}")
         result = outcome.payload
+        self._settle(probe)
         try:
             with networks.open_model(network, self._runtime) as model:
                 underlay = str(model.underlay_address())
@@ -122,6 +142,25 @@ class Probes:
                 "gateways": [str(ip["gateway"]) for ip in result.get("ips", [])
                              if ip.get("gateway")],
                 "underlay": underlay, "ipMasq": bool(network.config.raw.get("ipMasq"))}
+
+    def _settle(self, probe: Probe) -> None:
+        """Wait (bounded) until the probe's IPv6 addresses leave duplicate address
+        detection: a tentative address cannot be a source, so every IPv6 test would
+        fail with 'cannot assign requested address' in its first second or two."""
+        fd = open_netns(probe.netns)
+        try:
+            with rtnl(fd) as ipr:
+                deadline = time.monotonic() + DAD_WAIT
+                while time.monotonic() < deadline:
+                    tentative = [a for a in ipr.get_addr(family=socket.AF_INET6)
+                                 if int(a.get("IFA_FLAGS") or a["flags"]) & IFA_F_TENTATIVE]
+                    if not tentative:
+                        return
+                    time.sleep(0.05)
+                log.warning("probe %s: IPv6 addresses still tentative after %gs",
+                            probe.ident, DAD_WAIT)
+        finally:
+            os.close(fd)
 
     def _mtu(self, probe: Probe) -> int:
         """The probe interface's MTU as the kernel has it (CNI results before 1.1
@@ -170,7 +209,7 @@ class Probes:
             probe = self._probes.pop(ident, None)
         if probe is None:
             raise ProbeError(f"no probe {ident!r} on this host")
-        outcome = self._cni(self._env("DEL", probe), json.dumps(probe.network.config.raw))
+        outcome = self._cni(self._env("DEL", probe), json.dumps(probe_config(probe.network)))
         try:
             pr_netns.remove(probe.ident)
         except OSError as exc:

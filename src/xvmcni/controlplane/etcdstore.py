@@ -96,6 +96,12 @@ class EtcdStore:
         answers = self._call(lambda: list(self._client.refresh_lease(lease)))
         return int(answers[0].TTL) if answers else 0
 
+    def time_to_live(self, lease: int) -> tuple[int, int]:
+        """(seconds left, seconds granted) of ``lease``, read without refreshing it;
+        seconds left is -1 when the lease has expired or never existed."""
+        resp = self._call(lambda: self._client.get_lease_info(lease))
+        return int(resp.TTL), int(resp.grantedTTL)
+
     def revoke(self, lease: int) -> None:
         self._call(lambda: self._client.revoke_lease(lease))
 

@@ -10,6 +10,7 @@ small check modules, one per concern, listed in ``registry.CHECKS``:
     checks.kernel        modules, ip_forward, rp_filter against our routes
     checks.firewall      FORWARD drop with bridge-nf-call, VXLAN port dropped in INPUT
     checks.objects       our devices/tables present; leftovers of gone networks
+    checks.macvlan       macvlan: device marks, bypass table routes, isolation table
     checks.peers         kernel per-peer state against the control plane
     checks.multicast     group joined, remote VTEPs learned (l2 flood-and-learn)
     checks.controlplane  the control plane reachable and our record fresh (etcd)

@@ -11,6 +11,7 @@ hosts' forwarded over SSH (``ssh -L /tmp/hB.sock:/run/xvm-cni/xvm-cnid.sock``).
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -18,7 +19,10 @@ from typing import Any
 
 from xvmcni.cli.status import AgentUnavailable, Style, agent_request
 
-IP_ICMP_HEADERS = 28   # IPv4 20 + ICMP 8
+# IP + ICMP header bytes per family: a full-size echo is the MTU minus these.
+ICMP_HEADERS = {4: 20 + 8, 6: 40 + 8}
+# The suffix of a cell's kind per family: "pod" (IPv4), "pod6" (IPv6).
+SUFFIX = {4: "", 6: "6"}
 # Models whose pods can reach other hosts' own addresses only when masqueraded: in
 # l2 the other host answers from its bridge, whose MAC is the anycast gateway's, and
 # the gateway filter keeps that MAC off the VXLAN by design. Others: reachable.
@@ -36,8 +40,10 @@ class HostProbe:
     host: str
     socket: str
     ident: str = ""
-    address: str = ""
-    gateway: str = ""
+    # Per family (4, 6): the probe's address and its gateway; a dual-stack network
+    # has both, and every test runs once per family both ends have.
+    addresses: dict[int, str] = field(default_factory=dict)
+    gateways: dict[int, str] = field(default_factory=dict)
     mtu: int = 1500
     underlay: str = ""
     ip_masq: bool = False
@@ -47,11 +53,20 @@ class HostProbe:
     def reaches_underlay(self) -> bool:
         return self.ip_masq or self.model not in UNDERLAY_NEEDS_MASQ
 
+    @property
+    def address(self) -> str:
+        """The first address (IPv4 when there is one): what progress lines show."""
+        return next(iter(self.addresses.values()), "")
+
+    @property
+    def gateway(self) -> str:
+        return next(iter(self.gateways.values()), "")
+
 
 @dataclass
 class Cell:
     src: str
-    kind: str          # gateway | pod | mtu | underlay
+    kind: str          # gateway | pod | mtu | underlay; "6" appended for IPv6
     dst: str           # the destination host (the source's own for gateway)
     address: str
     ok: bool
@@ -89,14 +104,24 @@ def _add(probe: HostProbe, network: str) -> None:
     reply = agent_request(probe.socket, "probe-add", timeout=PROBE_TIMEOUT,
                           args={"network": network})
     probe.ident = str(reply["probe"])
-    addresses = [a for a in reply.get("addresses") or [] if ":" not in a]
-    gateways = [g for g in reply.get("gateways") or [] if ":" not in g]
-    probe.address = addresses[0] if addresses else ""
-    probe.gateway = gateways[0] if gateways else ""
+    probe.addresses = _by_family(reply.get("addresses"))
+    probe.gateways = _by_family(reply.get("gateways"))
     probe.mtu = int(reply.get("mtu", 1500))
     probe.underlay = str(reply.get("underlay", ""))
     probe.ip_masq = bool(reply.get("ipMasq"))
     probe.model = str(reply.get("model", ""))
+
+
+def _by_family(texts: Any) -> dict[int, str]:
+    """The first address of each family in ``texts``, IPv4 first."""
+    found: dict[int, str] = {}
+    for text in texts or []:
+        try:
+            version = ipaddress.ip_address(str(text)).version
+        except ValueError:
+            continue
+        found.setdefault(version, str(text))
+    return dict(sorted(found.items()))
 
 
 def _delete(probe: HostProbe, progress: Progress) -> None:
@@ -114,18 +139,34 @@ def _delete(probe: HostProbe, progress: Progress) -> None:
 def _targets(src: HostProbe, probes: list[HostProbe]) -> list[tuple[str, str, dict[str, Any]]]:
     """(kind, destination host, target) for every test from ``src``."""
     found: list[tuple[str, str, dict[str, Any]]] = []
-    if src.gateway:
-        found.append(("gateway", src.host, {"dst": src.gateway}))
+    for version, gateway in src.gateways.items():
+        found.append(("gateway" + SUFFIX[version], src.host, {"dst": gateway}))
     for dst in probes:
         if dst is src:
             continue
-        if dst.address:
-            found.append(("pod", dst.host, {"dst": dst.address}))
-            size = min(src.mtu, dst.mtu) - IP_ICMP_HEADERS
-            found.append(("mtu", dst.host, {"dst": dst.address, "size": size, "df": True}))
-        if dst.underlay and src.reaches_underlay:
-            found.append(("underlay", dst.host, {"dst": dst.underlay}))
+        for version, address in dst.addresses.items():
+            if version not in src.addresses:
+                continue  # no source address of that family
+            six = SUFFIX[version]
+            found.append(("pod" + six, dst.host, {"dst": address}))
+            size = min(src.mtu, dst.mtu) - ICMP_HEADERS[version]
+            found.append(("mtu" + six, dst.host, {"dst": address, "size": size, "df": True}))
+        under = _version(dst.underlay)
+        if under in src.addresses and src.reaches_underlay:
+            found.append(("underlay" + SUFFIX[under], dst.host, {"dst": dst.underlay}))
     return found
+
+
+def _version(text: str) -> int:
+    try:
+        return ipaddress.ip_address(text).version
+    except ValueError:
+        return 0
+
+
+def base_kind(kind: str) -> tuple[str, str]:
+    """("pod", "6") for "pod6": the kind and its family's suffix."""
+    return (kind[:-1], "6") if kind.endswith("6") else (kind, "")
 
 
 def _ping(src: HostProbe, planned: list[tuple[str, str, dict[str, Any]]]) -> list[Cell]:
@@ -148,8 +189,8 @@ def _test_from(src: HostProbe, probes: list[HostProbe]) -> list[Cell]:
     """Small packets first, full-size after: by then neighbours and FDB entries are
     learned, so the full-size test measures the path MTU, not the first lookup."""
     planned = _targets(src, probes)
-    return (_ping(src, [p for p in planned if p[0] != "mtu"])
-            + _ping(src, [p for p in planned if p[0] == "mtu"]))
+    return (_ping(src, [p for p in planned if base_kind(p[0])[0] != "mtu"])
+            + _ping(src, [p for p in planned if base_kind(p[0])[0] == "mtu"]))
 
 
 def run(agents: list[tuple[str, str]], network: str | None, progress: Progress) -> Result:
@@ -177,16 +218,17 @@ def run(agents: list[tuple[str, str]], network: str | None, progress: Progress) 
 
 def explain(result: Result, cell: Cell) -> str:
     """The failing hop, in words."""
-    if cell.kind == "gateway":
+    kind, six = base_kind(cell.kind)
+    if kind == "gateway":
         return (f"{cell.src}: the probe cannot reach its own gateway {cell.address}: the "
                 f"bridge or veth on {cell.src} (run xvmctl doctor on {cell.src})")
-    if cell.kind == "underlay":
+    if kind == "underlay":
         what = "egress (masqueraded)" if result.probes[0].ip_masq else "the host address"
         return (f"{cell.src} -> {cell.dst}: {what} {cell.address} does not answer the "
                 f"probe: forwarding or firewall on {cell.src}, or {cell.dst}'s route back")
-    pod = result.cell(cell.src, "pod", cell.dst)
-    under = result.cell(cell.src, "underlay", cell.dst)
-    if cell.kind == "mtu":
+    pod = result.cell(cell.src, "pod" + six, cell.dst)
+    under = result.cell(cell.src, "underlay" + six, cell.dst)
+    if kind == "mtu":
         if pod is not None and pod.ok:
             return (f"{cell.src} -> {cell.dst}: path MTU: small packets pass, full-size "
                     f"ones with DF set do not ({cell.error or 'no reply'}): an underlay "
@@ -203,32 +245,14 @@ def explain(result: Result, cell: Cell) -> str:
 
 
 def render(result: Result, style: Style) -> str:
-    hosts = [p.host for p in result.probes]
-    columns = ["gw"] + [f"{h}:{k}" for h in hosts for k in ("pod", "mtu", "host")]
-    kinds = {"pod": "pod", "mtu": "mtu", "host": "underlay"}
-    width = max(len(c) for c in columns)
-    first = max(len(h) for h in [*hosts, "from"])
     lines = [style.bold(f"Connectivity of network {result.network}") + "  (row = probe on "
              "that host; gw its gateway; <host>:pod that host's probe, :mtu full-size with "
-             "DF, :host its underlay address)", ""]
-    lines.append("  " + "".ljust(first) + "  " + "  ".join(c.center(width) for c in columns))
-    for src in hosts:
-        cells = []
-        for column in columns:
-            if column == "gw":
-                found = result.cell(src, "gateway", src)
-            else:
-                dst, kind = column.split(":")
-                found = None if dst == src else result.cell(src, kinds[kind], dst)
-            if found is None:
-                blank = style.self_ if column == "gw" or column.startswith(f"{src}:") \
-                    else "-"
-                cells.append(style.dim(blank.center(width)))
-            else:
-                mark = style.ok if found.ok else style.bad
-                paint = style.green if found.ok else style.red
-                cells.append(paint(mark.center(width)))
-        lines.append("  " + src.ljust(first) + "  " + "  ".join(cells))
+             "DF, :host its underlay address)"]
+    families = sorted({v for p in result.probes for v in p.addresses}) or [4]
+    for version in families:
+        if len(families) > 1:
+            lines += ["", style.bold(f"  IPv{version}")]
+        lines += _matrix(result, style, SUFFIX[version])
     if not all(p.reaches_underlay for p in result.probes):
         lines.append(style.dim("  - not tested: in l2 without ipMasq, pods cannot reach "
                                "other hosts' own addresses (by design: the anycast "
@@ -240,3 +264,31 @@ def render(result: Result, style: Style) -> str:
         if not cell.ok:
             lines.append(f"  {style.bad} {explain(result, cell)}")
     return "\n".join(lines)
+
+
+def _matrix(result: Result, style: Style, six: str) -> list[str]:
+    """One family's matrix (``six``: that family's kind suffix)."""
+    hosts = [p.host for p in result.probes]
+    columns = ["gw"] + [f"{h}:{k}" for h in hosts for k in ("pod", "mtu", "host")]
+    kinds = {"pod": "pod", "mtu": "mtu", "host": "underlay"}
+    width = max(len(c) for c in columns)
+    first = max(len(h) for h in [*hosts, "from"])
+    lines = ["", "  " + "".ljust(first) + "  " + "  ".join(c.center(width) for c in columns)]
+    for src in hosts:
+        cells = []
+        for column in columns:
+            if column == "gw":
+                found = result.cell(src, "gateway" + six, src)
+            else:
+                dst, kind = column.split(":")
+                found = None if dst == src else result.cell(src, kinds[kind] + six, dst)
+            if found is None:
+                blank = style.self_ if column == "gw" or column.startswith(f"{src}:") \
+                    else "-"
+                cells.append(style.dim(blank.center(width)))
+            else:
+                mark = style.ok if found.ok else style.bad
+                paint = style.green if found.ok else style.red
+                cells.append(paint(mark.center(width)))
+        lines.append("  " + src.ljust(first) + "  " + "  ".join(cells))
+    return lines

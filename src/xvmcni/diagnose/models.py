@@ -11,7 +11,8 @@ from typing import Any, Protocol
 from xvmcni.controlplane.base import Peer
 from xvmcni.dataplane.l2net import VXLAN_OVERHEAD_V4
 from xvmcni.dataplane.routednet import VXLAN_OVERHEAD
-from xvmcni.models import l2, routed
+from xvmcni.diagnose.macvlan import MacvlanInspector
+from xvmcni.models import l2, macvlan_config, routed
 from xvmcni.models.routed_peers import AUTO, NONE, VXLAN
 from xvmcni.networks import Network, routed_settings
 
@@ -19,6 +20,10 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class Inspector(Protocol):
+    def host_interface(self, network: Network) -> str:
+        """The underlay interface the overlay runs over."""
+        ...
+
     def bridge(self, network: Network) -> str: ...
 
     def vxlan(self, network: Network) -> str | None:
@@ -52,6 +57,9 @@ def _host_prefix(peer: Peer) -> IPNetwork:
 
 
 class L2Inspector:
+    def host_interface(self, network: Network) -> str:
+        return network.l2.host_interface
+
     def bridge(self, network: Network) -> str:
         return network.l2.bridge_name
 
@@ -88,6 +96,9 @@ class L2Inspector:
 
 
 class RoutedInspector:
+    def host_interface(self, network: Network) -> str:
+        return routed_settings(network).host_interface
+
     def bridge(self, network: Network) -> str:
         return routed_settings(network).bridge_name
 
@@ -154,7 +165,8 @@ class RoutedInspector:
         return found
 
 
-INSPECTORS: dict[str, Inspector] = {l2.KIND: L2Inspector(), routed.KIND: RoutedInspector()}
+INSPECTORS: dict[str, Inspector] = {l2.KIND: L2Inspector(), routed.KIND: RoutedInspector(),
+                                    macvlan_config.KIND: MacvlanInspector()}
 
 
 def inspector(network: Network) -> Inspector | None:

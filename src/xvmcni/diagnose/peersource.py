@@ -46,10 +46,14 @@ def _etcd(network: Network, model: Any) -> PeerView:
     endpoints = ", ".join(str(e) for e in network.etcd.endpoints)
     me = blocks.claims_host(network.state_dir) or host_name()
     plane = EtcdControlPlane(network.etcd, network.name, me)
+    lease: tuple[int, int] | None = None
     try:
         store = EtcdStore(network.etcd)
         try:
             _, entries = store.list(plane.hosts_prefix)
+            own = next((e for e in entries if e.key == plane.hosts_prefix + me), None)
+            if own is not None and own.lease:
+                lease = store.time_to_live(own.lease)
         finally:
             store.close()
     except EtcdUnavailable as exc:
@@ -82,8 +86,29 @@ def _etcd(network: Network, model: Any) -> PeerView:
                              f"({expected.underlay}, {expected.vtep_mac})",
                              "restart the agent (systemctl restart xvm-cnid)", network.name))
     elif mine is not None:
-        found.append(fd.ok(CHECK, f"host record {me}", "present and current", network.name))
+        found.append(_freshness(network, me, lease))
     return PeerView(peers, found)
+
+
+def _freshness(network: Network, me: str, lease: tuple[int, int] | None) -> Finding:
+    """This host's record is current; is its lease kept alive? The agent refreshes
+    it every TTL/3, so less than a third left (less a second: etcd rounds down, and a
+    refresh may be a moment late) means the refreshes stopped."""
+    subject = f"host record {me}"
+    if lease is None:
+        return fd.warn(CHECK, subject, "this host's record in etcd has no lease: it would "
+                       "stay after the host is gone, and other hosts keep sending to it",
+                       "restart the agent (systemctl restart xvm-cnid): it publishes the "
+                       "record on a lease", network.name)
+    left, granted = lease
+    if left <= 0 or left < granted / 3 - 1:
+        when = "has expired" if left <= 0 else f"expires in {left} s of {granted}"
+        return fd.fail(CHECK, subject, f"this host's lease in etcd {when}: the agent has "
+                       "stopped refreshing it, and when it is gone other hosts drop this "
+                       "host's routes", "restart the agent (systemctl restart xvm-cnid); "
+                       "its log says why refreshing failed", network.name)
+    return fd.ok(CHECK, subject, f"present and current; lease {left} s of {granted} left",
+                 network.name)
 
 
 SOURCES: dict[str, Callable[[Network, Any], PeerView]] = {

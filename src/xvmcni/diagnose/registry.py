@@ -16,6 +16,7 @@ from xvmcni.diagnose.checks import (
     hostif,
     ipam,
     kernel,
+    macvlan,
     multicast,
     objects,
     peers,
@@ -36,12 +37,14 @@ HOST_CHECKS: list[tuple[str, HostCheck]] = [
     ("plugin", plugin.run),
     ("kernel", kernel.run_host),
     ("objects", objects.run_host),
+    ("macvlan", macvlan.run_host),
 ]
 NETWORK_CHECKS: list[tuple[str, NetworkCheck]] = [
     ("hostif", hostif.run),
     ("kernel", kernel.run),
     ("firewall", firewall.run),
     ("objects", objects.run),
+    ("macvlan", macvlan.run),
     ("controlplane", controlplane.run),
     ("peers", peers.run),
     ("multicast", multicast.run),

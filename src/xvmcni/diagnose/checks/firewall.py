@@ -46,7 +46,7 @@ def run(t: Target) -> list[Finding]:
                 + (", or sysctl -w net.bridge.bridge-nf-call-iptables=0" if bridged else ""),
                 t.name))
     port = t.inspector.port(t.network)
-    hostif = str(t.network.config.raw.get("hostInterface", ""))
+    hostif = t.inspector.host_interface(t.network)
     if port is not None:
         packet = {"iifname": hostif, "l4proto": "udp", "dport": port}
         peers = t.peers().peers or []

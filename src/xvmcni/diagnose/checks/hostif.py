@@ -14,7 +14,7 @@ NAME = "hostif"
 
 
 def run(t: Target) -> list[Finding]:
-    name = str(t.network.config.raw.get("hostInterface", ""))
+    name = t.inspector.host_interface(t.network)
     try:
         under = lookup_underlay(t.host.ipr, name)
     except DataplaneError as exc:

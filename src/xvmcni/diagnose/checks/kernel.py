@@ -10,6 +10,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from xvmcni.diagnose import findings as fd
 from xvmcni.diagnose.findings import Finding
 from xvmcni.diagnose.host import Host, module_available, rp_filter, sysctl
+from xvmcni.diagnose.models import inspector
 from xvmcni.diagnose.target import Target
 
 NAME = "kernel"
@@ -40,7 +41,23 @@ def run_host(host: Host) -> list[Finding]:
                                  "/etc/sysctl.d/)"))
         else:
             found.append(fd.ok(NAME, "ip_forward", "net.ipv4.ip_forward = 1"))
+    found += _ipv6_forwarding(host)
     return found
+
+
+def _ipv6_forwarding(host: Host) -> list[Finding]:
+    """Networks whose pods have IPv6 addresses route them through this host."""
+    routing = sorted(n.name for n in host.networks if n.config.model != "l2"
+                     and (what := inspector(n)) is not None
+                     and any(p.version == 6 for p in what.pod_prefixes(n)))
+    if not routing:
+        return []
+    if sysctl("net.ipv6.conf.all.forwarding") != "1":
+        return [fd.fail(NAME, "ipv6 forwarding", f"IPv6 forwarding is off while "
+                        f"{', '.join(routing)} route IPv6 pods: their IPv6 traffic ends at "
+                        "this host", "sysctl -w net.ipv6.conf.all.forwarding=1 (and set it "
+                        "in /etc/sysctl.d/)")]
+    return [fd.ok(NAME, "ipv6 forwarding", "net.ipv6.conf.all.forwarding = 1")]
 
 
 def _route_dev(t: Target, prefix: ipaddress.IPv4Network | ipaddress.IPv6Network) -> str:

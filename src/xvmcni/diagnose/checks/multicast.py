@@ -36,7 +36,7 @@ def run(t: Target) -> list[Finding]:
     vxlan_name = t.inspector.vxlan(t.network)
     if group is None or vxlan_name is None or not t.in_use():
         return []
-    hostif = str(t.network.config.raw.get("hostInterface", ""))
+    hostif = t.inspector.host_interface(t.network)
     found: list[Finding] = []
     if group not in igmp_groups(hostif):
         found.append(fd.fail(NAME, f"group {group}", f"{hostif} has not joined {group}: "
