@@ -19,7 +19,7 @@ from typing import Any
 from xvmcni import config
 from xvmcni.cni.request import Request
 from xvmcni.config import NetworkConfig
-from xvmcni.controlplane import etcdconfig, peercache, static
+from xvmcni.controlplane import etcdconfig, k8sconfig, peercache, static
 from xvmcni.controlplane.base import ControlPlane, Peer
 from xvmcni.controlplane.etcdconfig import EtcdSettings
 from xvmcni.controlplane.multicast import MulticastControlPlane
@@ -45,6 +45,7 @@ CONTROL_PLANES: dict[str, Callable[[dict[str, Any]], ControlPlane]] = {
     static.KIND: lambda section: static.StaticControlPlane(static.parse_peers(section)),
     # Built from the parsed network (name, settings): see control_plane().
     "etcd": lambda section: _no_section_factory("etcd"),
+    k8sconfig.KIND: lambda section: _no_section_factory(k8sconfig.KIND),
 }
 # Fields that make a configuration without "model" a routed one (seed 003, bvcni).
 _ROUTED_HINTS = ("podCIDR", "podcidr")
@@ -63,6 +64,13 @@ class Network:
     blocks: BlockSettings | None = None
     # routed with etcd and no 'podCIDR': how this host claims its pod CIDRs.
     cidrs: podcidrs.CidrClaimSettings | None = None
+    # controlPlane kubernetes (routed): the pod CIDRs are this host's Node's.
+    k8s: k8sconfig.K8sSettings | None = None
+
+    @property
+    def follows_peers(self) -> bool:
+        """Whether the agent runs a control plane that lists this network's hosts."""
+        return self.etcd is not None or self.k8s is not None
 
     @property
     def name(self) -> str:
@@ -95,6 +103,8 @@ def parse(raw: dict[str, Any]) -> Network:
         peers = tuple(static.parse_peers(config.get(raw, "controlPlane", dict)))
     if common.control_plane == "etcd":
         return _parse_etcd(raw, common)
+    if common.control_plane == k8sconfig.KIND:
+        return _parse_k8s(raw, common)
     if common.model == routed.KIND:
         rsettings = routed.parse_settings(raw, common.name)
         v4 = rsettings.pod_cidr(4)
@@ -145,11 +155,37 @@ def _parse_routed_etcd(raw: dict[str, Any], common: NetworkConfig,
     return Network(common, rsettings, rslices, None, etcd, cidrs=cidrs)
 
 
+def _parse_k8s(raw: dict[str, Any], common: NetworkConfig) -> Network:
+    """routed with Kubernetes: this host's pod CIDRs are its Node's (spec.podCIDRs or
+    the CIDR annotation); $PROTOCOL is the route protocol when none is configured."""
+    if common.model != routed.KIND:
+        raise config.fail("controlPlane kubernetes needs \"model\": \"routed\"",
+                          "every Node has its own pod CIDRs, routed between the nodes")
+    for key in ("podCIDR", "podcidr", "rangeStart", "rangeEnd", "perHostPrefix"):
+        if raw.get(key) is not None:
+            raise config.fail(f"{key!r} does not apply with controlPlane kubernetes",
+                              "the pod CIDRs are the Node's (spec.podCIDRs or the CIDR "
+                              "annotation)")
+    k8s = k8sconfig.parse(config.get(raw, "controlPlane", dict), common.name)
+    protocol = k8sconfig.route_protocol(raw)
+    with_env = raw if protocol is None else {**raw, "routeProtocol": protocol}
+    rsettings = routed.parse_settings(with_env, common.name, claimed=True)
+    return Network(common, rsettings, None, None, k8s=k8s)
+
+
 def routed_settings(network: Network) -> routed.RoutedSettings:
     """The routed settings with this host's pod CIDRs: as configured, or (claimed
-    through etcd) as claims.json lists them (none before the first claim)."""
+    through etcd) as claims.json lists them (none before the first claim), or
+    (Kubernetes) as the agent last read them from this host's Node, with the agent's
+    route protocol."""
     settings = network.settings
     assert isinstance(settings, routed.RoutedSettings), "not a routed network"
+    if network.k8s is not None:
+        node = k8sconfig.read_node_state(network.state_dir)
+        if node is None:
+            return settings
+        return dataclasses.replace(settings, pod_cidrs=node.pod_cidrs,
+                                   route_protocol=node.route_protocol)
     if network.cidrs is None:
         return settings
     return dataclasses.replace(settings,
@@ -160,7 +196,12 @@ def ensure_pod_cidrs(network: Network, runtime: Runtime) -> None:
     """Before an ADD: a routed host that claims its pod CIDRs through etcd and lists
     none yet (the agent has not claimed them) claims them now, with the agent's
     control plane when it runs one, else a client of our own; CniError 11 when etcd
-    cannot be asked, 102 when every CIDR is held. A no-op for every other network."""
+    cannot be asked, 102 when every CIDR is held. Kubernetes: with no pod CIDR known
+    yet, this host's Node is read once. A no-op for every other network."""
+    if network.k8s is not None:
+        if not routed_settings(network).pod_cidrs:
+            fetch_node_cidrs(network)
+        return
     if network.cidrs is None:
         return
     if len(podcidrs.held(network.state_dir, network.cidrs)) < len(network.cidrs.cluster_cidrs):
@@ -197,13 +238,48 @@ def claim_cidrs(network: Network, planes: dict[Path, Any] | None) -> tuple[Any, 
             plane.close()
 
 
+def fetch_node_cidrs(network: Network) -> None:
+    """One read of this host's Node (an ADD before the agent learnt its pod CIDRs, or
+    without an agent): its pod CIDRs written for the model; CniError 11 when the API
+    server cannot tell (yet)."""
+    from xvmcni.controlplane import k8snodes
+    from xvmcni.controlplane.k8sapi import ApiError, ApiUnavailable, ConfigMissing, KubeApi
+    assert network.k8s is not None
+    # The agent's name for this host's Node wins: the runtime that runs the plugin
+    # need not have the agent's $NODE_NAME.
+    known = k8sconfig.read_node_state(network.state_dir)
+    name = known.node if known is not None else k8sconfig.node_name(network.k8s)
+    try:
+        api = KubeApi(network.k8s.kubeconfig)
+        try:
+            node = api.get(f"/api/v1/nodes/{name}")
+        finally:
+            api.close()
+    except (ApiUnavailable, ApiError, ConfigMissing) as exc:
+        raise CniError(TRY_AGAIN_LATER, f"the pod CIDRs of Node {name} are not known yet "
+                       "and the API server cannot tell", str(exc)) from exc
+    problems: list[str] = []
+    cidrs = k8snodes.pod_cidrs_of(node, network.k8s, problems)
+    if problems or not cidrs:
+        raise CniError(TRY_AGAIN_LATER, f"Node {name} has no usable pod CIDRs yet",
+                       "; ".join(problems) or "spec.podCIDRs is empty (is the "
+                       "controller-manager run with --allocate-node-cidrs?)")
+    settings = network.settings
+    assert isinstance(settings, routed.RoutedSettings)
+    state = k8sconfig.NodeState(name, cidrs, settings.route_protocol)
+    with network_lock(network.state_dir, LOCK_TIMEOUT):
+        now = k8sconfig.read_node_state(network.state_dir)
+        if now is None or not now.pod_cidrs:
+            k8sconfig.write_node_state(network.state_dir, state)
+
+
 @contextlib.contextmanager
 def open_model(network: Network, runtime: Runtime) -> Iterator[NetworkModel]:
     """The network's model for one request, holding the host's netlink socket."""
     with runtime.host_rtnl() as ipr:
         if isinstance(network.settings, routed.RoutedSettings):
             peers = list(network.static_peers) if network.static_peers is not None else None
-            if network.etcd is not None:
+            if network.follows_peers:
                 # The last peer set the agent heard: programmed on join, agent down too.
                 peers = peercache.read(network.state_dir)
             yield routed.RoutedModel(routed_settings(network), ipr,
@@ -276,6 +352,12 @@ def _no_section_factory(kind: str) -> ControlPlane:
 
 
 def control_plane(network: Network) -> ControlPlane:
+    if network.k8s is not None:
+        from xvmcni.controlplane.kubernetes import KubernetesControlPlane  # no client yet
+        rsettings = network.settings
+        assert isinstance(rsettings, routed.RoutedSettings)
+        return KubernetesControlPlane(network.k8s, network.name, network.state_dir,
+                                      rsettings.encap, rsettings.route_protocol)
     if network.etcd is not None:
         from xvmcni.controlplane.etcd import EtcdControlPlane  # imports no client yet
         return EtcdControlPlane(network.etcd, network.name)

@@ -128,9 +128,11 @@ class K8sCluster:
     workdir: Path
     netns: str = ""
     address: str = "127.0.0.1"
-    # Two CIDRs (comma-separated) for dual-stack node CIDRs.
+    # Two CIDRs (comma-separated) for dual-stack node CIDRs: the controller-manager
+    # then takes a mask per family (it refuses --node-cidr-mask-size with two).
     cluster_cidr: str = "10.244.0.0/16"
     node_cidr_mask: int = 24
+    node_cidr_mask_v6: int = 64
     # e.g. {"KCM_EXTRA_ARGS": "--node-cidr-mask-size-ipv6=120"}.
     extra_env: Mapping[str, str] = field(default_factory=dict)
     start_kcm: bool = True
@@ -177,6 +179,11 @@ class K8sCluster:
                "NODE_CIDR_MASK_SIZE": str(self.node_cidr_mask),
                "START_KCM": "1" if self.start_kcm else "0"}
         env.update(self.extra_env)
+        if "," in self.cluster_cidr:
+            env["NODE_CIDR_MASK_SIZE"] = "0"  # 0 = unset for the controller-manager
+            env["KCM_EXTRA_ARGS"] = (f"{env.get('KCM_EXTRA_ARGS', '')} "
+                                     f"--node-cidr-mask-size-ipv4={self.node_cidr_mask} "
+                                     f"--node-cidr-mask-size-ipv6={self.node_cidr_mask_v6}")
         return env
 
     def _script(self, *args: str, netns: str = "") -> subprocess.CompletedProcess[str]:
@@ -247,6 +254,17 @@ class K8sCluster:
 
     # --- direct access --------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _entered(self) -> Iterator[None]:
+        """This thread inside the cluster's namespace (its address is reachable there)."""
+        if not self.netns:
+            yield
+            return
+        from xvmcni.lab.names import netns_path
+        from xvmcni.lab.plumbing import inside
+        with inside(netns_path(self.netns)):
+            yield
+
     def _ssl(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=str(self.ca_file))
 
@@ -260,14 +278,16 @@ class K8sCluster:
                                      headers={"Authorization": f"Bearer {self.token}",
                                               "Content-Type": content_type,
                                               "Accept": "application/json"})
-        with urllib.request.urlopen(req, context=self._ssl(), timeout=10) as reply:  # noqa: S310
+        with self._entered(), \
+                urllib.request.urlopen(req, context=self._ssl(), timeout=10) as reply:  # noqa: S310
             text = reply.read().decode()
         return json.loads(text) if text.startswith(("{", "[")) else text
 
     def get_raw(self, path: str) -> str:
         req = urllib.request.Request(self.server + path,  # noqa: S310
                                      headers={"Authorization": f"Bearer {self.token}"})
-        with urllib.request.urlopen(req, context=self._ssl(), timeout=5) as reply:  # noqa: S310
+        with self._entered(), \
+                urllib.request.urlopen(req, context=self._ssl(), timeout=5) as reply:  # noqa: S310
             return str(reply.read().decode())
 
     def etcdctl(self, *args: str) -> str:
