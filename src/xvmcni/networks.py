@@ -245,10 +245,17 @@ def fetch_node_cidrs(network: Network) -> None:
     from xvmcni.controlplane import k8snodes
     from xvmcni.controlplane.k8sapi import ApiError, ApiUnavailable, ConfigMissing, KubeApi
     assert network.k8s is not None
-    # The agent's name for this host's Node wins: the runtime that runs the plugin
-    # need not have the agent's $NODE_NAME.
+    settings = network.settings
+    assert isinstance(settings, routed.RoutedSettings)
+    # The agent's Node name, CIDR annotation and protocol win: the runtime that runs
+    # the plugin need not have the agent's environment ($NODE_NAME, ...).
+    k8s, protocol = network.k8s, settings.route_protocol
     known = k8sconfig.read_node_state(network.state_dir)
-    name = known.node if known is not None else k8sconfig.node_name(network.k8s)
+    if known is not None:
+        k8s = dataclasses.replace(k8s, node_name=known.node,
+                                  cidr_annotation=known.cidr_annotation)
+        protocol = known.route_protocol
+    name = k8sconfig.node_name(k8s)
     try:
         api = KubeApi(network.k8s.kubeconfig)
         try:
@@ -259,14 +266,14 @@ def fetch_node_cidrs(network: Network) -> None:
         raise CniError(TRY_AGAIN_LATER, f"the pod CIDRs of Node {name} are not known yet "
                        "and the API server cannot tell", str(exc)) from exc
     problems: list[str] = []
-    cidrs = k8snodes.pod_cidrs_of(node, network.k8s, problems)
+    cidrs = k8snodes.pod_cidrs_of(node, k8s, problems)
     if problems or not cidrs:
+        where = (f"annotation {k8s.cidr_annotation} is absent" if k8s.cidr_annotation
+                 else "spec.podCIDRs is empty (is the controller-manager run with "
+                 "--allocate-node-cidrs?)")
         raise CniError(TRY_AGAIN_LATER, f"Node {name} has no usable pod CIDRs yet",
-                       "; ".join(problems) or "spec.podCIDRs is empty (is the "
-                       "controller-manager run with --allocate-node-cidrs?)")
-    settings = network.settings
-    assert isinstance(settings, routed.RoutedSettings)
-    state = k8sconfig.NodeState(name, cidrs, settings.route_protocol)
+                       "; ".join(problems) or where)
+    state = k8sconfig.NodeState(name, cidrs, protocol, k8s.cidr_annotation)
     with network_lock(network.state_dir, LOCK_TIMEOUT):
         now = k8sconfig.read_node_state(network.state_dir)
         if now is None or not now.pod_cidrs:

@@ -143,19 +143,23 @@ class K8sLab(Lab):
         (conf_dir / "10-k8s.conf").write_text(json.dumps(body))
         start_agent(host, env={"NODE_NAME": name, **(env or {})})
 
+    def instance_dir(self, name: str, tag: str) -> Path:
+        return self.hosts[name].data_dir.parent / f"agent-{tag}"
+
     def boot_instance(self, name: str, tag: str, conf: dict[str, Any],
                       env: dict[str, str]) -> str:
         """A second xvm-cnid on host ``name`` (xcluster-cni's one instance per
-        network): its own socket, config dir and environment; its socket path."""
+        network): its own socket, config dir, data dir (``conf`` must name it) and
+        environment; its socket path."""
         host = self.hosts[name]
-        base = host.data_dir.parent / f"agent-{tag}"
+        base = self.instance_dir(name, tag)
         (base / "conf").mkdir(parents=True, exist_ok=True)
         sock = base / "xvm-cnid.sock"
         body = {k: v for k, v in conf.items() if k != "agentSocket"}
         (base / "conf" / "10-k8s.conf").write_text(json.dumps(body))
         with open(base / "agent.log", "ab") as log, host.sim.entered():
             proc = subprocess.Popen(
-                [AGENT, "--socket", str(sock), "--data-dir", str(host.data_dir),
+                [AGENT, "--socket", str(sock), "--data-dir", str(body["dataDir"]),
                  "--cni-conf-dir", str(base / "conf"), "--metrics-port", "0",
                  "--gc-interval", "0", "--log-format", "text"],
                 stdout=log, stderr=log, env={**os.environ, "NODE_NAME": name, **env})

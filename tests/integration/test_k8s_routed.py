@@ -98,37 +98,41 @@ def add_pod(lab: K8sLab, name: str, container: str, **conf: object) -> tuple[str
     return pod, [i["address"].split("/")[0] for i in result["ips"]]
 
 
-def test_vxlan_three_nodes_added_and_removed(lab: K8sLab) -> None:
+@pytest.mark.parametrize("dual", [False, True], ids=["ipv4", "dual-stack"])
+def test_vxlan_three_nodes_added_and_removed(lab: K8sLab, dual: bool) -> None:
     """h1, h2 (switch A) and h3 (behind the router) over VXLAN: Nodes get pod CIDRs
-    from the controller-manager; pods on every host reach every other; a Node added
-    later joins everywhere; the agents publish their VTEP MAC (the one the kernel
-    has) and underlay address on their Node; a deleted Node leaves every peer."""
+    from the controller-manager (IPv4, or IPv4 + IPv6 over the IPv4 underlay); pods
+    on every host reach every other; a Node added later joins everywhere; the agents
+    publish their VTEP MAC (the one the kernel has) and underlay address on their
+    Node; a deleted Node leaves every peer."""
     names = ["h1", "h2", "h3"]
+    count = 2 if dual else 1
+    conf = {"clusterCIDR": [CLUSTER, CLUSTER6]} if dual else {}
     lab.build(tuple(names))
-    lab.start_k8s()
+    lab.start_k8s(dual_stack=dual)
     for name in ("h1", "h2"):
         lab.add_node(name)
     for name in names:
-        lab.boot(name)
-    cidrs = {n: lab.pod_cidrs(n) for n in ("h1", "h2")}
+        lab.boot(name, **conf)
+    cidrs = {n: lab.pod_cidrs(n, count) for n in ("h1", "h2")}
     assert cidrs["h1"] != cidrs["h2"]
     assert all(ipaddress.ip_network(c[0]).subnet_of(ipaddress.ip_network(CLUSTER))
                for c in cidrs.values())
     wait_for(lambda: lab.own_cidrs("h1") == cidrs["h1"], 15, "h1's agent to know its CIDR")
 
-    pods = {n: add_pod(lab, n, f"k{n}") for n in ("h1", "h2")}
-    assert in_cidr(pods["h1"][1][0], cidrs["h1"][0])
+    pods = {n: add_pod(lab, n, f"k{n}", **conf) for n in ("h1", "h2")}
+    assert all(in_cidr(a, c) for a, c in zip(pods["h1"][1], cidrs["h1"], strict=True))
 
     # h3's Node does not exist yet: its ADD says so instead of guessing a range.
-    res = lab.hosts["h3"].cni("ADD", lab.k8s_config("h3"), "kh3-early",
+    res = lab.hosts["h3"].cni("ADD", lab.k8s_config("h3", **conf), "kh3-early",
                               lab.hosts["h3"].new_pod())
     assert res.rc != 0 and res.out is not None and res.out["code"] == 11, res.stdout
     assert "h3" in res.out["msg"], res.out
 
     lab.add_node("h3")
-    cidrs["h3"] = lab.pod_cidrs("h3")
+    cidrs["h3"] = lab.pod_cidrs("h3", count)
     wait_for(lambda: lab.own_cidrs("h3") == cidrs["h3"], 15, "h3's agent to know its CIDR")
-    pods["h3"] = add_pod(lab, "h3", "kh3")
+    pods["h3"] = add_pod(lab, "h3", "kh3", **conf)
     expect_peers(lab, names, names, cidrs)
     all_reach(lab, pods)
 
@@ -143,7 +147,7 @@ def test_vxlan_three_nodes_added_and_removed(lab: K8sLab) -> None:
 
     lab.delete_node("h2")
     expect_peers(lab, ["h1", "h3"], ["h1", "h3"], cidrs)
-    assert ping(lab.hosts["h1"], pods["h1"][0], pods["h3"][1][0])
+    assert all(ping(lab.hosts["h1"], pods["h1"][0], a) for a in pods["h3"][1])
 
 
 def test_none_dual_stack_with_ipv6_prefix_and_readdressing(lab: K8sLab) -> None:
@@ -191,3 +195,78 @@ def test_none_dual_stack_with_ipv6_prefix_and_readdressing(lab: K8sLab) -> None:
                 f"{prefix}172.31.1.22"))
     wait_for(via_new, 20, "h1 to route h2's CIDRs via its new addresses")
     all_reach(lab, pods)
+
+
+CIDR_KEY, ADDRESS_KEY = "cidr.example.com/net3", "node-ip.nordix.org/net3"
+NET3 = {"h1": ("192.168.55.0/26,fd00:5::1:0/112", "172.31.1.11,fd00:31::ac1f:10b"),
+        "h2": ("192.168.55.64/26,fd00:5::2:0/112", "172.31.1.12,fd00:31::ac1f:10c")}
+
+
+def test_secondary_network_from_annotations_with_its_own_protocol(lab: K8sLab) -> None:
+    """xcluster-cni's multi-networking: besides the primary network (spec.podCIDRs,
+    protocol 202), a second xvm-cnid per host serves network net3 from seed 001's
+    annotations (CIDR_ANNOTATION, ADDRESS_ANNOTATION, PROTOCOL=200 in its
+    environment) on two of three nodes. Each instance programs and removes only its
+    own protocol's routes; a malformed annotation on the third node is logged and
+    leaves the other two working."""
+    names = ["h1", "h2", "h4"]
+    lab.build(tuple(names))
+    lab.start_k8s()
+    for name in names:
+        ip("-n", lab.hosts[name].name, "-6", "addr", "add",
+           f"fd00:31::{lab.address(name)}/64", "dev", "eth0", "nodad")
+        lab.add_node(name)
+        lab.boot(name, encap="none")
+    cidrs = {n: lab.pod_cidrs(n) for n in names}
+    for name, (cidr_value, address_value) in NET3.items():
+        lab.annotate(name, {CIDR_KEY: cidr_value, ADDRESS_KEY: address_value})
+    env = {"CIDR_ANNOTATION": CIDR_KEY, "ADDRESS_ANNOTATION": ADDRESS_KEY,
+           "PROTOCOL": "200", "LOG_LEVEL": "debug"}
+    net3: dict[str, dict[str, object]] = {}
+    for name in names:
+        conf = lab.k8s_config(name, encap="none", network="net3", vxlanID=3,
+                              clusterCIDR=["192.168.55.0/24", "fd00:5::/96"],
+                              dataDir=str(lab.instance_dir(name, "net3") / "data"))
+        conf["agentSocket"] = lab.boot_instance(name, "net3", conf, env)
+        net3[name] = conf
+
+    primary = {n: add_pod(lab, n, f"p{n}", encap="none") for n in names}
+    expect_peers(lab, names, names, cidrs, vxlan=False)
+    second = {}
+    for name in ("h1", "h2"):
+        host = lab.hosts[name]
+        pod = host.new_pod()
+        from xvmcni.lab import plumbing
+        plumbing.bring_up_lo(pod)
+        result = host.add(net3[name], f"s{name}", pod)  # type: ignore[arg-type]
+        second[name] = (pod, [i["address"].split("/")[0] for i in result["ips"]])
+        assert all(in_cidr(a, c) for a, c in zip(second[name][1],
+                                                  NET3[name][0].split(","), strict=True))
+    # h4 is not on net3: its ADD says so.
+    res = lab.hosts["h4"].cni("ADD", net3["h4"], "sh4", lab.hosts["h4"].new_pod())
+    assert res.rc != 0 and res.out is not None and res.out["code"] == 11, res.stdout
+
+    def proto200(name: str) -> dict[str, object]:
+        netns = lab.hosts[name].name
+        return {r["dst"]: r.get("gateway") for r in routes_of(netns, "200")
+                + routes6(netns, "200")}
+    wait_for(lambda: proto200("h1") == {"192.168.55.64/26": "172.31.1.12",
+                                        "fd00:5::2:0/112": "fd00:31::ac1f:10c"}, 15,
+             f"h1's net3 routes (protocol 200); {proto200('h1')}")
+    assert proto200("h4") == {}
+    all_reach(lab, second)
+    all_reach(lab, primary)
+
+    # A malformed annotation on h4: a clear log line, the others unaffected.
+    lab.annotate("h4", {CIDR_KEY: "192.168.55.128/33", ADDRESS_KEY: "172.31.1.14"})
+    log = lab.instance_dir("h1", "net3") / "agent.log"
+    wait_for(lambda: "node h4 left out: annotation cidr.example.com/net3: "
+             "'192.168.55.128/33' is not a CIDR" in log.read_text(), 15,
+             "the malformed annotation to be reported")
+    all_reach(lab, second)
+
+    # net3 leaves h2: only protocol 200 routes go; the primary's stay.
+    lab.annotate("h2", {CIDR_KEY: None, ADDRESS_KEY: None})
+    wait_for(lambda: proto200("h1") == {}, 15, "h1 to drop h2's net3 routes")
+    expect_peers(lab, names, names, cidrs, vxlan=False)
+    all_reach(lab, primary)

@@ -157,9 +157,13 @@ def route_protocol(raw: dict[str, Any], environ: Mapping[str, str] | None = None
 
 @dataclass(frozen=True)
 class NodeState:
+    """What the agent knows of its Node, and the settings from its environment the
+    plugin (run by a container runtime without that environment) must use too."""
+
     node: str
     pod_cidrs: tuple[IPNetwork, ...]   # IPv4 first
     route_protocol: int
+    cidr_annotation: str = ""
 
 
 def write_node_state(state_dir: Path, state: NodeState) -> None:
@@ -168,7 +172,8 @@ def write_node_state(state_dir: Path, state: NodeState) -> None:
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     tmp.write_text(json.dumps({"node": state.node,
                                "podCIDRs": [str(c) for c in state.pod_cidrs],
-                               "routeProtocol": state.route_protocol}))
+                               "routeProtocol": state.route_protocol,
+                               "cidrAnnotation": state.cidr_annotation}))
     os.replace(tmp, path)
 
 
@@ -178,6 +183,7 @@ def read_node_state(state_dir: Path) -> NodeState | None:
         data = json.loads((state_dir / NODE_FILE).read_text())
         cidrs = tuple(sorted((ipaddress.ip_network(c) for c in data["podCIDRs"]),
                              key=lambda c: c.version))
-        return NodeState(str(data["node"]), cidrs, int(data["routeProtocol"]))
+        return NodeState(str(data["node"]), cidrs, int(data["routeProtocol"]),
+                         str(data.get("cidrAnnotation", "")))
     except (OSError, ValueError, KeyError, TypeError):
         return None

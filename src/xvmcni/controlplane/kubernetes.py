@@ -123,7 +123,8 @@ class KubernetesControlPlane:
             if self._own is None:
                 # The name at least: an ADD run by the plugin (without our
                 # $NODE_NAME) then asks for the right Node.
-                self._own = NodeState(self.me, (), self.route_protocol)
+                self._own = NodeState(self.me, (), self.route_protocol,
+                                      self.settings.cidr_annotation)
                 self._write(self._own)
             return False
         self._own_missing_said = False
@@ -133,7 +134,7 @@ class KubernetesControlPlane:
             log.error("%s: this host's Node %s: %s", self.network, self.me,
                       "; ".join(problems))
             return False
-        state = NodeState(self.me, cidrs, self.route_protocol)
+        state = NodeState(self.me, cidrs, self.route_protocol, self.settings.cidr_annotation)
         with self._lock:
             previous, self._own = self._own, state
         if state == previous:
