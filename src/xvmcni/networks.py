@@ -25,7 +25,7 @@ from xvmcni.controlplane.etcdconfig import EtcdSettings
 from xvmcni.controlplane.multicast import MulticastControlPlane
 from xvmcni.dataplane import names
 from xvmcni.errors import ADDRESS_EXHAUSTED, TRY_AGAIN_LATER, CniError
-from xvmcni.ipam import blocks, podcidrs
+from xvmcni.ipam import blocks, nodelocal, podcidrs
 from xvmcni.ipam.base import Ipam
 from xvmcni.ipam.blocks import BlockIpam, BlockSettings
 from xvmcni.ipam.cidr import CidrIpam, CidrPool
@@ -95,6 +95,9 @@ def parse(raw: dict[str, Any]) -> Network:
     if common.model not in MODELS:
         raise config.fail(f"'model' {common.model!r} is not a network model of xvm-cni",
                           "known models: " + ", ".join(MODELS))
+    if nodelocal.is_node_local(common.ipam) and common.model != routed.KIND:
+        raise config.fail("ipam type node-local needs \"model\": \"routed\"",
+                          "its ranges are this host's pod CIDRs")
     if common.control_plane not in CONTROL_PLANES:
         raise config.fail(f"controlPlane type {common.control_plane!r} is not available",
                           "known: " + ", ".join(CONTROL_PLANES))
@@ -166,6 +169,9 @@ def _parse_k8s(raw: dict[str, Any], common: NetworkConfig) -> Network:
             raise config.fail(f"{key!r} does not apply with controlPlane kubernetes",
                               "the pod CIDRs are the Node's (spec.podCIDRs or the CIDR "
                               "annotation)")
+    if nodelocal.is_node_local(common.ipam):
+        assert common.ipam is not None
+        nodelocal.validate(common.ipam)
     k8s = k8sconfig.parse(config.get(raw, "controlPlane", dict), common.name)
     protocol = k8sconfig.route_protocol(raw)
     with_env = raw if protocol is None else {**raw, "routeProtocol": protocol}
@@ -346,7 +352,10 @@ def _routed_ipam(network: Network, settings: routed.RoutedSettings,
     are this host's alone. The gateways (first addresses) are never handed out."""
     if network.config.ipam is not None:
         first = settings.pod_cidr(4) or (settings.pod_cidrs or settings.cluster_cidrs)[0]
-        return DelegatedIpam(request, network.config.raw, first.prefixlen)
+        raw = network.config.raw
+        if nodelocal.is_node_local(network.config.ipam):
+            raw = nodelocal.delegated_config(raw, settings.pod_cidrs)
+        return DelegatedIpam(request, raw, first.prefixlen)
     slices = network.slices or SliceSettings()
     pools = tuple(
         CidrPool.of(cidr, slices.range_start, slices.range_end) if cidr.version == 4

@@ -132,7 +132,15 @@ def test_vxlan_three_nodes_added_and_removed(lab: K8sLab, dual: bool) -> None:
     lab.add_node("h3")
     cidrs["h3"] = lab.pod_cidrs("h3", count)
     wait_for(lambda: lab.own_cidrs("h3") == cidrs["h3"], 15, "h3's agent to know its CIDR")
-    pods["h3"] = add_pod(lab, "h3", "kh3", **conf)
+    if dual:
+        pods["h3"] = add_pod(lab, "h3", "kh3", **conf)
+    else:
+        # h3 uses node-local IPAM: host-local allocates from h3's pod CIDR.
+        pods["h3"] = add_pod(lab, "h3", "kh3", ipam={
+            "type": "node-local", "dataDir": str(lab.hosts["h3"].data_dir / "host-local")})
+        assert in_cidr(pods["h3"][1][0], cidrs["h3"][0]), pods["h3"]
+        leases = lab.hosts["h3"].data_dir / "host-local" / NETWORK
+        assert (leases / pods["h3"][1][0]).exists(), "host-local's own lease file"
     expect_peers(lab, names, names, cidrs)
     all_reach(lab, pods)
 
