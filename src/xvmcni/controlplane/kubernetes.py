@@ -194,8 +194,9 @@ class KubernetesControlPlane:
             family_changed = me.underlay.version != self._version
             self._record, self._withdraw = me, False
             self._version = me.underlay.version
-        if family_changed:
-            # VXLAN peers are reached over our family: pick their addresses again.
+        if family_changed and self.reflector.synced.is_set():
+            # VXLAN peers are reached over our family: pick their addresses again
+            # (never from an empty copy before the first list: that would unprogram).
             self._nodes_changed(self.reflector.items(), set())
         self._ensure_publisher()
         self._wake.set()
@@ -244,6 +245,10 @@ class KubernetesControlPlane:
                                 self.me, exc)
                 failing = True
                 delay = min(delay * 2, PUBLISH_RETRY_CAP)
+            except Exception:  # the publisher must survive a bug; it is logged, retried
+                log.exception("%s: annotating Node %s failed", self.network, self.me)
+                failing = True
+                delay = PUBLISH_RETRY_CAP
 
     def _publish_once(self) -> None:
         wanted = self.wanted_annotations()
