@@ -280,6 +280,7 @@ def fetch_node_cidrs(network: Network) -> None:
         raise CniError(TRY_AGAIN_LATER, f"Node {name} has no usable pod CIDRs yet",
                        "; ".join(problems) or where)
     state = k8sconfig.NodeState(name, cidrs, protocol, k8s.cidr_annotation)
+    network.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # the first ADD
     with network_lock(network.state_dir, LOCK_TIMEOUT):
         now = k8sconfig.read_node_state(network.state_dir)
         if now is None or not now.pod_cidrs:

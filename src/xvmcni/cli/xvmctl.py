@@ -88,7 +88,8 @@ def cmd_lab_up(args: argparse.Namespace) -> int:
     try:
         lab = build.lab_up(args.name, args.hosts, args.pods, plugin=args.plugin,
                             progress=progress, agent=not args.no_agent, model=args.model,
-                            encap=args.encap, underlay=args.underlay, family=args.family)
+                            encap=args.encap, underlay=args.underlay, family=args.family,
+                            control=args.control)
     except LabError as exc:
         return _error(exc)
     progress(f"pinging {len(lab.pods)} pods pairwise and their gateway, then full-size "
@@ -331,6 +332,10 @@ def add_lab(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                     help="routed model: how remote pod CIDRs are reached (default: vxlan)")
     up.add_argument("--family", choices=["ipv4", "ipv6", "dual"], default="ipv4",
                     help="routed model: the pods' address families (default: ipv4)")
+    up.add_argument("--control", choices=["static", "kubernetes"], default="static",
+                    help="routed model: how hosts learn each other: static peers in the "
+                         "config, or kubernetes (etcd + kube-apiserver + controller-manager "
+                         "in the lab, a Node per host; binaries from $XVM_LAB_K8S)")
     up.add_argument("--underlay", choices=["flat", "routed"], default="flat",
                     help="flat: one underlay subnet; routed: two subnets behind a router "
                          "that carries no multicast (default: flat)")

@@ -60,11 +60,13 @@ MODELS = ("l2", "routed")
 ENCAPS = ("vxlan", "none", "auto")
 UNDERLAYS = ("flat", "routed")
 FAMILIES = ("ipv4", "ipv6", "dual")
+CONTROLS = ("static", "kubernetes")
 
 
 def lab_up(name: str = DEFAULT_NAME, hosts: int = 3, pods: int = 2, plugin: str | None = None,
            progress: Progress = quiet, agent: bool = True, model: str = "l2",
-           encap: str = "vxlan", underlay: str = "flat", family: str = "ipv4") -> Lab:
+           encap: str = "vxlan", underlay: str = "flat", family: str = "ipv4",
+           control: str = "static") -> Lab:
     """Build the lab and attach every pod; on failure remove what this call made.
 
     ``agent``: start one ``xvm-cnid`` per host and, unless ``plugin`` names another
@@ -74,8 +76,10 @@ def lab_up(name: str = DEFAULT_NAME, hosts: int = 3, pods: int = 2, plugin: str 
 
     ``model``: the network model of the hosts' config (``l2``, or ``routed`` with a
     pod CIDR per host, ``encap`` vxlan | none | auto, and every host listed as a
-    static peer). ``underlay``: ``flat`` (one subnet) or ``routed`` (odd hosts in
-    172.30.0.0/24, even ones in 172.30.1.0/24, behind a router carrying no multicast).
+    static peer, or with ``control`` kubernetes a Node object each in a Kubernetes
+    control plane run inside the lab, lab/k8s.py). ``underlay``: ``flat`` (one
+    subnet) or ``routed`` (odd hosts in 172.30.0.0/24, even ones in 172.30.1.0/24,
+    behind a router carrying no multicast).
 
     Raises ``LabError`` (``PluginError`` when the plugin refused an ADD).
     """
@@ -87,6 +91,10 @@ def lab_up(name: str = DEFAULT_NAME, hosts: int = 3, pods: int = 2, plugin: str 
         raise LabError(f"--underlay {underlay!r} is unknown", "use " + " or ".join(UNDERLAYS))
     if family not in FAMILIES:
         raise LabError(f"--family {family!r} is unknown", "use " + ", ".join(FAMILIES))
+    if control not in CONTROLS:
+        raise LabError(f"--control {control!r} is unknown", "use " + " or ".join(CONTROLS))
+    if control != "static" and model != "routed":
+        raise LabError(f"--control {control} needs --model routed")
     if family != "ipv4" and model != "routed":
         raise LabError(f"--family {family} needs --model routed",
                        "the l2 model carries IPv4 only")
@@ -110,7 +118,7 @@ def lab_up(name: str = DEFAULT_NAME, hosts: int = 3, pods: int = 2, plugin: str 
 
     flavor = plugin_flavor(plugin_path)
     lab = Lab(name=name, plugin=plugin_path, flavor=flavor, agent=agent and flavor == "xvm",
-              model=model, encap=encap, underlay=underlay, family=family)
+              model=model, encap=encap, underlay=underlay, family=family, control=control)
     lab.state_dir.mkdir(parents=True, mode=0o700)
     state = StateFile(lab)
     state.save()
@@ -148,6 +156,11 @@ def _build(lab: Lab, state: StateFile, hosts: int, pods: int, progress: Progress
     if routed:
         _build_router(lab, record, progress)
 
+    if lab.control == "kubernetes":
+        from xvmcni.lab import k8s
+        from xvmcni.lab.plugin import ROUTED_CLUSTER
+        k8s.start(lab, ROUTED_CLUSTER[lab.family], record, progress)
+
     # Every host's record first: a routed config lists all hosts as peers.
     lab.hosts.extend(new_host(lab.name, i, routed) for i in range(1, hosts + 1))
     for i, host in enumerate(lab.hosts, start=1):
@@ -166,6 +179,8 @@ def _build(lab: Lab, state: StateFile, hosts: int, pods: int, progress: Progress
         progress(f"host    {host.netns}: eth0 {host.underlay} on {switch} port {host.name}, "
                  f"config {host.config_path}")
 
+    if lab.control == "kubernetes":
+        k8s.register_nodes(lab, progress)
     if lab.agent:
         start_agents(lab, state, progress)
 

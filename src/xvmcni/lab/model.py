@@ -163,6 +163,7 @@ class Lab:
     encap: str = "vxlan"                 # routed model: vxlan | none | auto
     underlay: str = "flat"               # flat: one subnet; routed: two, behind a router
     family: str = "ipv4"                 # routed model: ipv4 | ipv6 | dual pod addresses
+    control: str = "static"              # routed model: static peers | kubernetes
 
     @property
     def state_dir(self) -> Path:
@@ -199,6 +200,7 @@ class Lab:
             model=str(data.get("model", "l2")), encap=str(data.get("encap", "vxlan")),
             underlay=str(data.get("underlay", "flat")),
             family=str(data.get("family", "ipv4")),
+            control=str(data.get("control", "static")),
         )
 
 

@@ -21,7 +21,7 @@ PLUGIN_DIR = "bin"             # the thin plugin of agent mode: <lab>/bin/xvm-cn
 NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,23}$")
 # The lab's own infrastructure: the underlay switch(es) and, with a routed underlay,
 # the router between the two underlay subnets.
-_INFRA = "sw|sw2|rt"
+_INFRA = "sw|sw2|rt|k8s"
 _ANY_LAB_NETNS = re.compile(rf"^([a-z][a-z0-9]*)-({_INFRA}|h\d+(-p\d+)?)$")
 
 
@@ -71,6 +71,11 @@ def second_switch_netns(name: str) -> str:
 def router_netns(name: str) -> str:
     """The router between the two underlay subnets (routed underlay)."""
     return f"{name}-rt"
+
+
+def k8s_netns(name: str) -> str:
+    """The Kubernetes control plane's namespace (``--control kubernetes``)."""
+    return f"{name}-k8s"
 
 
 def host_netns(name: str, host: str) -> str:

@@ -78,6 +78,11 @@ def lab_down(name: str = DEFAULT_NAME, plugin: str | None = None,
     # running would serve (and reconcile) a lab that no longer exists.
     stopped = stop_lab_agents(lab, progress)
     report.agents_stopped, report.agents_forced = stopped.stopped, stopped.forced
+    from xvmcni.lab import k8s  # --control kubernetes: its processes, by recorded PID
+    control = k8s.stop(name)
+    if control:
+        progress("k8s     stopped etcd, kube-apiserver, controller-manager: "
+                 + " ".join(map(str, control)))
 
     for ns in sorted(set(lab.netns_created) | present, key=teardown_order):
         try:
