@@ -30,6 +30,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.error
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -127,19 +128,30 @@ class Bench:
                 "controlPlane": {"type": "kubernetes",
                                  "kubeconfig": str(self.cluster.kubeconfig)}}
 
+    def request(self, method: str, path: str, body: Any = None, **kw: Any) -> Any:
+        """One API request, retried on a timeout (a loaded 2-core machine)."""
+        for attempt in range(3):
+            try:
+                return self.cluster.request(method, path, body, timeout=30, **kw)
+            except (TimeoutError, urllib.error.URLError) as exc:
+                if isinstance(exc, urllib.error.HTTPError) or attempt == 2:
+                    raise
+                self.progress(f"{method} {path}: {exc}; again")
+        return None
+
     def register(self, name: str) -> None:
         """What a kubelet does: the Node, then its status.addresses."""
-        self.cluster.request("POST", "/api/v1/nodes", {
+        self.request("POST", "/api/v1/nodes", {
             "apiVersion": "v1", "kind": "Node", "metadata": {"name": name}})
         address = self.hosts[name].address.split("/")[0]
-        self.cluster.request("PATCH", f"/api/v1/nodes/{name}/status", {"status": {
+        self.request("PATCH", f"/api/v1/nodes/{name}/status", {"status": {
             "addresses": [{"type": "InternalIP", "address": address}]}},
             content_type="application/merge-patch+json")
 
     def cidr_assigned(self, name: str, timeout: float = 60) -> float:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            node = self.cluster.request("GET", f"/api/v1/nodes/{name}")
+            node = self.request("GET", f"/api/v1/nodes/{name}")
             if (node.get("spec") or {}).get("podCIDRs"):
                 return time.monotonic()
             time.sleep(0.02)

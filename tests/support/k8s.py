@@ -269,7 +269,7 @@ class K8sCluster:
         return ssl.create_default_context(cafile=str(self.ca_file))
 
     def request(self, method: str, path: str, body: Any = None,
-                content_type: str = "application/json") -> Any:
+                content_type: str = "application/json", timeout: float = 10) -> Any:
         """One API request as the admin token; the decoded JSON reply (run from the
         test's own namespace: with ``netns`` the caller must reach ``address``)."""
         data = None if body is None else json.dumps(body).encode()
@@ -279,7 +279,7 @@ class K8sCluster:
                                               "Content-Type": content_type,
                                               "Accept": "application/json"})
         with self._entered(), \
-                urllib.request.urlopen(req, context=self._ssl(), timeout=10) as reply:  # noqa: S310
+                urllib.request.urlopen(req, context=self._ssl(), timeout=timeout) as reply:  # noqa: S310
             text = reply.read().decode()
         return json.loads(text) if text.startswith(("{", "[")) else text
 

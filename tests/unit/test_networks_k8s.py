@@ -50,3 +50,27 @@ def test_protocol_from_the_environment(tmp_path: Path,
 def test_refused(tmp_path: Path, extra: dict[str, Any], why: str) -> None:
     with pytest.raises(CniError, match=why):
         networks.parse(raw(tmp_path, **extra))
+
+
+def test_node_state_written_by_many_threads_at_once(tmp_path: Path) -> None:
+    """The agent's watch and an ADD may write k8s-node.json together: every write
+    lands whole, none fails, no temporary file is left."""
+    import threading
+    errors: list[BaseException] = []
+
+    def write(i: int) -> None:
+        try:
+            for _ in range(50):
+                k8sconfig.write_node_state(tmp_path, k8sconfig.NodeState(
+                    f"n{i}", (ipaddress.ip_network(f"10.244.{i}.0/24"),), 202))
+        except OSError as exc:  # collected for the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert k8sconfig.read_node_state(tmp_path) is not None
+    assert [p.name for p in tmp_path.iterdir()] == ["k8s-node.json"]

@@ -21,11 +21,13 @@ else 202.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
 import re
 import socket
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,14 +169,21 @@ class NodeState:
 
 
 def write_node_state(state_dir: Path, state: NodeState) -> None:
+    """Atomically; safe against other writers, threads of this process included (the
+    agent's watch and an ADD reading the Node once may write at the same time)."""
     state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path = state_dir / NODE_FILE
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps({"node": state.node,
-                               "podCIDRs": [str(c) for c in state.pod_cidrs],
-                               "routeProtocol": state.route_protocol,
-                               "cidrAnnotation": state.cidr_annotation}))
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{NODE_FILE}.", dir=state_dir)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps({"node": state.node,
+                                "podCIDRs": [str(c) for c in state.pod_cidrs],
+                                "routeProtocol": state.route_protocol,
+                                "cidrAnnotation": state.cidr_annotation}))
+        os.replace(tmp, state_dir / NODE_FILE)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def read_node_state(state_dir: Path) -> NodeState | None:
