@@ -19,13 +19,13 @@ from typing import Any
 from xvmcni import config
 from xvmcni.cni.request import Request
 from xvmcni.config import NetworkConfig
-from xvmcni.controlplane import etcdconfig, peercache, static
+from xvmcni.controlplane import etcdconfig, k8sconfig, peercache, static
 from xvmcni.controlplane.base import ControlPlane, Peer
 from xvmcni.controlplane.etcdconfig import EtcdSettings
 from xvmcni.controlplane.multicast import MulticastControlPlane
 from xvmcni.dataplane import names
 from xvmcni.errors import ADDRESS_EXHAUSTED, TRY_AGAIN_LATER, CniError
-from xvmcni.ipam import blocks, podcidrs
+from xvmcni.ipam import blocks, nodelocal, podcidrs
 from xvmcni.ipam.base import Ipam
 from xvmcni.ipam.blocks import BlockIpam, BlockSettings
 from xvmcni.ipam.cidr import CidrIpam, CidrPool
@@ -47,6 +47,7 @@ CONTROL_PLANES: dict[str, Callable[[dict[str, Any]], ControlPlane]] = {
     static.KIND: lambda section: static.StaticControlPlane(static.parse_peers(section)),
     # Built from the parsed network (name, settings): see control_plane().
     "etcd": lambda section: _no_section_factory("etcd"),
+    k8sconfig.KIND: lambda section: _no_section_factory(k8sconfig.KIND),
 }
 # Fields that make a configuration without "model" a routed one (seed 003, bvcni).
 _ROUTED_HINTS = ("podCIDR", "podcidr")
@@ -70,6 +71,13 @@ class Network:
     cidrs: podcidrs.CidrClaimSettings | None = None
     # macvlan: addresses the pod's annotations request (beside IP= and 'ips').
     requested: tuple[Any, ...] = ()
+    # controlPlane kubernetes (routed): the pod CIDRs are this host's Node's.
+    k8s: k8sconfig.K8sSettings | None = None
+
+    @property
+    def follows_peers(self) -> bool:
+        """Whether the agent runs a control plane that lists this network's hosts."""
+        return self.etcd is not None or self.k8s is not None
 
     @property
     def name(self) -> str:
@@ -94,6 +102,9 @@ def parse(raw: dict[str, Any]) -> Network:
     if common.model not in MODELS:
         raise config.fail(f"'model' {common.model!r} is not a network model of xvm-cni",
                           "known models: " + ", ".join(MODELS))
+    if nodelocal.is_node_local(common.ipam) and common.model != routed.KIND:
+        raise config.fail("ipam type node-local needs \"model\": \"routed\"",
+                          "its ranges are this host's pod CIDRs")
     if common.control_plane not in CONTROL_PLANES:
         raise config.fail(f"controlPlane type {common.control_plane!r} is not available",
                           "known: " + ", ".join(CONTROL_PLANES))
@@ -105,6 +116,8 @@ def parse(raw: dict[str, Any]) -> Network:
         return _parse_macvlan(raw, common, peers)
     if common.control_plane == "etcd":
         return _parse_etcd(raw, common)
+    if common.control_plane == k8sconfig.KIND:
+        return _parse_k8s(raw, common)
     if common.model == routed.KIND:
         rsettings = routed.parse_settings(raw, common.name)
         v4 = rsettings.pod_cidr(4)
@@ -217,11 +230,40 @@ def choose_segment(network: Network, request: Request) -> Network:
     return segment_network(network, choice.segment, choice.requested)
 
 
+def _parse_k8s(raw: dict[str, Any], common: NetworkConfig) -> Network:
+    """routed with Kubernetes: this host's pod CIDRs are its Node's (spec.podCIDRs or
+    the CIDR annotation); $PROTOCOL is the route protocol when none is configured."""
+    if common.model != routed.KIND:
+        raise config.fail("controlPlane kubernetes needs \"model\": \"routed\"",
+                          "every Node has its own pod CIDRs, routed between the nodes")
+    for key in ("podCIDR", "podcidr", "rangeStart", "rangeEnd", "perHostPrefix"):
+        if raw.get(key) is not None:
+            raise config.fail(f"{key!r} does not apply with controlPlane kubernetes",
+                              "the pod CIDRs are the Node's (spec.podCIDRs or the CIDR "
+                              "annotation)")
+    if nodelocal.is_node_local(common.ipam):
+        assert common.ipam is not None
+        nodelocal.validate(common.ipam)
+    k8s = k8sconfig.parse(config.get(raw, "controlPlane", dict), common.name)
+    protocol = k8sconfig.route_protocol(raw)
+    with_env = raw if protocol is None else {**raw, "routeProtocol": protocol}
+    rsettings = routed.parse_settings(with_env, common.name, claimed=True)
+    return Network(common, rsettings, None, None, k8s=k8s)
+
+
 def routed_settings(network: Network) -> routed.RoutedSettings:
     """The routed settings with this host's pod CIDRs: as configured, or (claimed
-    through etcd) as claims.json lists them (none before the first claim)."""
+    through etcd) as claims.json lists them (none before the first claim), or
+    (Kubernetes) as the agent last read them from this host's Node, with the agent's
+    route protocol."""
     settings = network.settings
     assert isinstance(settings, routed.RoutedSettings), "not a routed network"
+    if network.k8s is not None:
+        node = k8sconfig.read_node_state(network.state_dir)
+        if node is None:
+            return settings
+        return dataclasses.replace(settings, pod_cidrs=node.pod_cidrs,
+                                   route_protocol=node.route_protocol)
     if network.cidrs is None:
         return settings
     return dataclasses.replace(settings,
@@ -232,7 +274,12 @@ def ensure_pod_cidrs(network: Network, runtime: Runtime) -> None:
     """Before an ADD: a routed host that claims its pod CIDRs through etcd and lists
     none yet (the agent has not claimed them) claims them now, with the agent's
     control plane when it runs one, else a client of our own; CniError 11 when etcd
-    cannot be asked, 102 when every CIDR is held. A no-op for every other network."""
+    cannot be asked, 102 when every CIDR is held. Kubernetes: with no pod CIDR known
+    yet, this host's Node is read once. A no-op for every other network."""
+    if network.k8s is not None:
+        if not routed_settings(network).pod_cidrs:
+            fetch_node_cidrs(network)
+        return
     if network.cidrs is None:
         return
     if len(podcidrs.held(network.state_dir, network.cidrs)) < len(network.cidrs.cluster_cidrs):
@@ -269,6 +316,49 @@ def claim_cidrs(network: Network, planes: dict[Path, Any] | None) -> tuple[Any, 
             plane.close()
 
 
+def fetch_node_cidrs(network: Network) -> None:
+    """One read of this host's Node (an ADD before the agent learnt its pod CIDRs, or
+    without an agent): its pod CIDRs written for the model; CniError 11 when the API
+    server cannot tell (yet)."""
+    from xvmcni.controlplane import k8snodes
+    from xvmcni.controlplane.k8sapi import ApiError, ApiUnavailable, ConfigMissing, KubeApi
+    assert network.k8s is not None
+    settings = network.settings
+    assert isinstance(settings, routed.RoutedSettings)
+    # The agent's Node name, CIDR annotation and protocol win: the runtime that runs
+    # the plugin need not have the agent's environment ($NODE_NAME, ...).
+    k8s, protocol = network.k8s, settings.route_protocol
+    known = k8sconfig.read_node_state(network.state_dir)
+    if known is not None:
+        k8s = dataclasses.replace(k8s, node_name=known.node,
+                                  cidr_annotation=known.cidr_annotation)
+        protocol = known.route_protocol
+    name = k8sconfig.node_name(k8s)
+    try:
+        api = KubeApi(network.k8s.kubeconfig)
+        try:
+            node = api.get(f"/api/v1/nodes/{name}")
+        finally:
+            api.close()
+    except (ApiUnavailable, ApiError, ConfigMissing) as exc:
+        raise CniError(TRY_AGAIN_LATER, f"the pod CIDRs of Node {name} are not known yet "
+                       "and the API server cannot tell", str(exc)) from exc
+    problems: list[str] = []
+    cidrs = k8snodes.pod_cidrs_of(node, k8s, problems)
+    if problems or not cidrs:
+        where = (f"annotation {k8s.cidr_annotation} is absent" if k8s.cidr_annotation
+                 else "spec.podCIDRs is empty (is the controller-manager run with "
+                 "--allocate-node-cidrs?)")
+        raise CniError(TRY_AGAIN_LATER, f"Node {name} has no usable pod CIDRs yet",
+                       "; ".join(problems) or where)
+    state = k8sconfig.NodeState(name, cidrs, protocol, k8s.cidr_annotation)
+    network.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # the first ADD
+    with network_lock(network.state_dir, LOCK_TIMEOUT):
+        now = k8sconfig.read_node_state(network.state_dir)
+        if now is None or not now.pod_cidrs:
+            k8sconfig.write_node_state(network.state_dir, state)
+
+
 @contextlib.contextmanager
 def open_model(network: Network, runtime: Runtime) -> Iterator[NetworkModel]:
     """The network's model for one request, holding the host's netlink socket."""
@@ -280,7 +370,7 @@ def open_model(network: Network, runtime: Runtime) -> Iterator[NetworkModel]:
             yield macvlan.MacvlanModel(network.settings, ipr, peers, network.state_dir)
         elif isinstance(network.settings, routed.RoutedSettings):
             peers = list(network.static_peers) if network.static_peers is not None else None
-            if network.etcd is not None:
+            if network.follows_peers:
                 # The last peer set the agent heard: programmed on join, agent down too.
                 peers = peercache.read(network.state_dir)
             yield routed.RoutedModel(routed_settings(network), ipr,
@@ -373,7 +463,10 @@ def _routed_ipam(network: Network, settings: routed.RoutedSettings,
     are this host's alone. The gateways (first addresses) are never handed out."""
     if network.config.ipam is not None:
         first = settings.pod_cidr(4) or (settings.pod_cidrs or settings.cluster_cidrs)[0]
-        return DelegatedIpam(request, network.config.raw, first.prefixlen)
+        raw = network.config.raw
+        if nodelocal.is_node_local(network.config.ipam):
+            raw = nodelocal.delegated_config(raw, settings.pod_cidrs)
+        return DelegatedIpam(request, raw, first.prefixlen)
     slices = network.slices or SliceSettings()
     pools = tuple(
         CidrPool.of(cidr, slices.range_start, slices.range_end) if cidr.version == 4
@@ -386,6 +479,12 @@ def _no_section_factory(kind: str) -> ControlPlane:
 
 
 def control_plane(network: Network) -> ControlPlane:
+    if network.k8s is not None:
+        from xvmcni.controlplane.kubernetes import KubernetesControlPlane  # no client yet
+        rsettings = network.settings
+        assert isinstance(rsettings, routed.RoutedSettings)
+        return KubernetesControlPlane(network.k8s, network.name, network.state_dir,
+                                      rsettings.encap, rsettings.route_protocol)
     if network.etcd is not None:
         from xvmcni.controlplane.etcd import EtcdControlPlane  # imports no client yet
         return EtcdControlPlane(network.etcd, network.name)

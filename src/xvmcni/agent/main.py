@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -14,6 +15,7 @@ from types import FrameType
 from xvmcni.agent.server import Agent, AgentOptions
 from xvmcni.cni import wire
 
+LEVELS = ["debug", "info", "warning", "error"]
 RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys()) | {"message"}
 
 
@@ -52,8 +54,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-connections", type=int, default=AgentOptions.max_connections,
                    help="connections served at once; more get a busy answer (the plugin "
                         "then answers ADD with code 11 and runs DEL itself)")
-    p.add_argument("--log-level", default="info",
-                   choices=["debug", "info", "warning", "error"])
+    # $LOG_LEVEL as xcluster-cni's DaemonSet sets it; the option wins.
+    env_level = os.environ.get("LOG_LEVEL", "").lower()
+    p.add_argument("--log-level", default=env_level if env_level in LEVELS else "info",
+                   choices=LEVELS, help="default $LOG_LEVEL, else info")
     p.add_argument("--log-file", default="", help="also append JSON lines here")
     p.add_argument("--log-format", default="json", choices=["json", "text"])
     return p.parse_args(argv)

@@ -1,4 +1,4 @@
-"""Peer sync: the agent's side of a control plane that lists hosts (etcd).
+"""Peer sync: the agent's side of a control plane that lists hosts (etcd, kubernetes).
 
 For every known network whose control plane has peers, this starts the plane's
 watch and applies each new peer set to the kernel through the network model,
@@ -43,6 +43,13 @@ REAPPLY_INTERVAL = 30.0
 # How often the network list is read again from the config and data dirs without a
 # nudge (it parses every config: not on every tick).
 RESCAN_INTERVAL = 30.0
+
+
+def _plane_identity(network: Network) -> tuple[Any, ...]:
+    """What the running control plane was built from: a change means a new one."""
+    settings = network.settings
+    return (network.etcd, network.k8s, getattr(settings, "encap", None),
+            getattr(settings, "route_protocol", None))
 
 
 class _Tracked:
@@ -114,7 +121,7 @@ class PeerSync:
         if self._rescan or time.monotonic() - self._scanned >= RESCAN_INTERVAL:
             self._rescan = False
             self._scanned = time.monotonic()
-            self._wanted = {n.state_dir: n for n in self._known() if n.etcd is not None}
+            self._wanted = {n.state_dir: n for n in self._known() if n.follows_peers}
         return self._wanted
 
     def sync(self) -> None:
@@ -122,7 +129,8 @@ class PeerSync:
         with self._lock:
             for state_dir in list(self._tracked):
                 item = self._tracked[state_dir]
-                if wanted.get(state_dir) is None or wanted[state_dir].etcd != item.network.etcd:
+                if wanted.get(state_dir) is None \
+                        or _plane_identity(wanted[state_dir]) != _plane_identity(item.network):
                     del self._tracked[state_dir]
                     self.planes.pop(state_dir, None)
                     item.plane.close()

@@ -342,11 +342,13 @@ def add_lab(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     up.add_argument("--underlay", choices=["flat", "routed"], default="flat",
                     help="flat: one underlay subnet; routed: two subnets behind a router "
                          "that carries no multicast (default: flat)")
-    up.add_argument("--control", choices=["none", "etcd"], default="none",
+    up.add_argument("--control", choices=["none", "etcd", "kubernetes"], default="none",
                     help="control plane: none (l2 floods by multicast, routed lists every "
-                         "host as a static peer; the default) or etcd (an etcd in its own "
+                         "host as a static peer; the default), etcd (an etcd in its own "
                          "namespace on the underlay: hosts publish themselves and claim pod "
-                         "CIDRs or address blocks there, l2 floods by unicast)")
+                         "CIDRs or address blocks there, l2 floods by unicast) or kubernetes "
+                         "(routed model: etcd + kube-apiserver + controller-manager in the "
+                         "lab, a Node per host; binaries from $XVM_LAB_K8S)")
     up.set_defaults(func=cmd_lab_up)
 
     down = lab_sub.add_parser("down", help="detach every pod (CNI DEL), remove everything")

@@ -62,7 +62,7 @@ MODELS = ("l2", "routed", "macvlan")
 ENCAPS = ("vxlan", "none", "auto")
 UNDERLAYS = ("flat", "routed")
 FAMILIES = ("ipv4", "ipv6", "dual")
-CONTROLS = ("none", "etcd")
+CONTROLS = ("none", "etcd", "kubernetes")
 
 
 def lab_up(name: str = DEFAULT_NAME, hosts: int = 3, pods: int = 2, plugin: str | None = None,
@@ -83,7 +83,9 @@ def lab_up(name: str = DEFAULT_NAME, hosts: int = 3, pods: int = 2, plugin: str 
     ``control``: ``none`` (l2 floods by multicast, routed lists every host as a static
     peer) or ``etcd`` (an etcd in namespace ``NAME-etcd`` on the underlay; every
     agent publishes its host and watches the others, routed hosts claim their pod
-    CIDRs and l2 hosts their address blocks from it, l2 floods by unicast).
+    CIDRs and l2 hosts their address blocks from it, l2 floods by unicast) or
+    ``kubernetes`` (routed model: a Node object per host in a Kubernetes control plane
+    run inside the lab, lab/k8s.py).
 
     Raises ``LabError`` (``PluginError`` when the plugin refused an ADD).
     """
@@ -102,6 +104,8 @@ def lab_up(name: str = DEFAULT_NAME, hosts: int = 3, pods: int = 2, plugin: str 
                        "direct next hop; --encap auto tunnels exactly those")
     if control not in CONTROLS:
         raise LabError(f"--control {control!r} is unknown", "use " + " or ".join(CONTROLS))
+    if control == "kubernetes" and model != "routed":
+        raise LabError("--control kubernetes needs --model routed")
     if family != "ipv4" and model not in ("routed", "macvlan"):
         raise LabError(f"--family {family} needs --model routed or macvlan",
                        "the l2 model carries IPv4 only")
@@ -172,11 +176,18 @@ def _build(lab: Lab, state: StateFile, hosts: int, pods: int, progress: Progress
     if lab.control == "etcd":
         start_etcd(lab, state, record, progress)
 
+    if lab.control == "kubernetes":
+        from xvmcni.lab import k8s
+        from xvmcni.lab.plugin import ROUTED_CLUSTER
+        k8s.start(lab, ROUTED_CLUSTER[lab.family], record, progress)
+
     # Every host's record first: a routed config lists all hosts as peers.
     lab.hosts.extend(new_host(lab.name, i, routed) for i in range(1, hosts + 1))
     for i, host in enumerate(lab.hosts, start=1):
         make_host(lab, host, i, record, progress)
 
+    if lab.control == "kubernetes":
+        k8s.register_nodes(lab, progress)
     if lab.agent:
         start_agents(lab, state, progress)
 

@@ -175,7 +175,7 @@ class Lab:
     encap: str = "vxlan"                 # routed model: vxlan | none | auto
     underlay: str = "flat"               # flat: one subnet; routed: two, behind a router
     family: str = "ipv4"                 # routed model: ipv4 | ipv6 | dual pod addresses
-    control: str = "none"                # none (multicast / static peers) | etcd
+    control: str = "none"                # none (multicast / static peers) | etcd | kubernetes
     etcd_pid: int = 0                    # --control etcd: the lab's etcd; 0: none started
 
     @property

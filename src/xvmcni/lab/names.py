@@ -21,8 +21,9 @@ PLUGIN_DIR = "bin"             # the thin plugin of agent mode: <lab>/bin/xvm-cn
 NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,23}$")
 ETCD_DIR = "etcd"              # <lab>/etcd/: the lab's etcd data dir and log
 # The lab's own infrastructure: the underlay switch(es), with a routed underlay the
-# router between the two underlay subnets, and with --control etcd etcd's own host.
-_INFRA = "sw|sw2|rt|etcd"
+# router between the two underlay subnets, with --control etcd etcd's own host,
+# with --control kubernetes the Kubernetes control plane's.
+_INFRA = "sw|sw2|rt|etcd|k8s"
 _ANY_LAB_NETNS = re.compile(rf"^([a-z][a-z0-9]*)-({_INFRA}|h\d+(-p\d+)?)$")
 
 
@@ -77,6 +78,11 @@ def router_netns(name: str) -> str:
 def etcd_netns(name: str) -> str:
     """The namespace etcd runs in (--control etcd), cabled to the underlay like a host."""
     return f"{name}-etcd"
+
+
+def k8s_netns(name: str) -> str:
+    """The Kubernetes control plane's namespace (``--control kubernetes``)."""
+    return f"{name}-k8s"
 
 
 def host_netns(name: str, host: str) -> str:

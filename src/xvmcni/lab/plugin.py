@@ -96,6 +96,8 @@ def pod_cidrs(index: int, family: str = "ipv4") -> list[str]:
 def routed_config(lab: Lab, index: int, data_dir: str) -> dict[str, Any]:
     """The routed model with a static control plane: every host lists every host
     (each skips its own entry), as an operator without etcd would write it."""
+    if lab.control == "kubernetes":
+        return k8s_config(lab, index, data_dir)
     peers = [{"name": h.name, "address": h.underlay.split("/")[0],
               "podCIDRs": pod_cidrs(int(h.name[1:]), lab.family)} for h in lab.hosts]
     return {"cniVersion": "1.0.0", "name": "xvm-routed", "type": "xvm-cni",
@@ -156,6 +158,17 @@ def etcd_section() -> dict[str, Any]:
     """``controlPlane`` of a lab with ``--control etcd``: its own etcd, so the default
     prefix; a short TTL so a host that goes disappears from its peers quickly."""
     return {"type": "etcd", "endpoints": [etcd_endpoint()], "ttl": ETCD_TTL}
+
+
+def k8s_config(lab: Lab, index: int, data_dir: str) -> dict[str, Any]:
+    """The routed model following the lab's Kubernetes Nodes: no pod CIDR written, the
+    Node h<index> (its agent's nodeName) has the one the controller-manager gave it."""
+    return {"cniVersion": "1.0.0", "name": "xvm-routed", "type": "xvm-cni",
+            "model": "routed", "hostInterface": "eth0",
+            "clusterCIDR": ROUTED_CLUSTER[lab.family], "encap": lab.encap, "vxlanID": 10,
+            "mtu": 1500, "dataDir": data_dir,
+            "controlPlane": {"type": "kubernetes", "nodeName": f"h{index}",
+                             "kubeconfig": str(lab.state_dir / "k8s" / "admin.kubeconfig")}}
 
 
 def config_file_name(flavor: str) -> str:

@@ -83,6 +83,11 @@ def lab_down(name: str = DEFAULT_NAME, plugin: str | None = None,
     report.agents_stopped, report.agents_forced = stopped.stopped, stopped.forced
     # After the agents (their DELs withdraw records from it), before its namespace.
     report.etcd_stopped = stop_lab_etcd(lab, progress).stopped
+    from xvmcni.lab import k8s  # --control kubernetes: its processes, by recorded PID
+    control = k8s.stop(name)
+    if control:
+        progress("k8s     stopped etcd, kube-apiserver, controller-manager: "
+                 + " ".join(map(str, control)))
 
     for ns in sorted(set(lab.netns_created) | present, key=teardown_order):
         try:
