@@ -1,0 +1,220 @@
+"""The pod watch cache against a fake API client: list + watch, 410 re-list, the
+wait-then-fetch-once path, and the CNI errors an unreachable API server gives."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from xvmcni.cni.request import Request
+from xvmcni.controlplane import k8spods, podselect
+from xvmcni.controlplane.podselect import SelectionSettings
+from xvmcni.errors import TRY_AGAIN_LATER, CniError
+
+NODE = "node-a"
+
+
+def obj(name: str, namespace: str = "", node: str = NODE, **annotations: str) -> Any:
+    return SimpleNamespace(
+        metadata=SimpleNamespace(name=name, namespace=namespace, annotations=annotations,
+                                 resourceVersion="1"),
+        spec=SimpleNamespace(nodeName=node))
+
+
+class Listed(list):  # type: ignore[type-arg]
+    resourceVersion = "10"
+
+
+class Gone(Exception):
+    status = SimpleNamespace(code=410)
+
+
+class NotFound(Exception):
+    status = SimpleNamespace(code=404)
+
+
+class FakeClient:
+    """Pods/namespaces as the server holds them; watch events fed through a queue."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, dict[tuple[str, str], Any]] = {"Pod": {}, "Namespace": {}}
+        self.events: dict[str, queue.Queue[Any]] = {"Pod": queue.Queue(),
+                                                   "Namespace": queue.Queue()}
+        self.lists = {"Pod": 0, "Namespace": 0}
+        self.gets: list[tuple[str, str]] = []
+        self.down = False
+
+    def list(self, kind: Any, **kw: Any) -> Listed:
+        self.lists[kind.__name__] += 1
+        if kind.__name__ == "Pod":
+            assert kw["fields"] == {"spec.nodeName": NODE}
+        return Listed(self.objects[kind.__name__].values())
+
+    def watch(self, kind: Any, **kw: Any) -> Iterator[tuple[str, Any]]:
+        events = self.events[kind.__name__]
+        while True:
+            item = events.get()
+            if isinstance(item, Exception):
+                raise item
+            yield item
+
+    def get(self, kind: Any, name: str, namespace: str | None = None) -> Any:
+        self.gets.append((kind.__name__, name))
+        if self.down:
+            raise ConnectionError("connection refused")
+        found = self.objects[kind.__name__].get((namespace or "", name))
+        if found is None:
+            raise NotFound("not found")
+        return found
+
+
+@pytest.fixture
+def client() -> FakeClient:
+    fake = FakeClient()
+    fake.objects["Namespace"][("", "ns")] = obj("ns", **{podselect.NETWORK_KEY: "nsnet"})
+    return fake
+
+
+@pytest.fixture
+def cache(client: FakeClient) -> Iterator[k8spods.PodCache]:
+    made = k8spods.PodCache(client, NODE, wait=0.5)
+    made.start()
+    assert made.pods.wait_synced(5) and made.namespaces.wait_synced(5)
+    yield made
+    made.stop()
+
+
+def until(check: Any, timeout: float = 5.0) -> None:
+    done = threading.Event()
+    for _ in range(int(timeout / 0.01)):
+        if check():
+            return
+        done.wait(0.01)
+    raise AssertionError("condition not reached")
+
+
+def test_listed_pods_are_served_without_a_request(client: FakeClient) -> None:
+    client.objects["Pod"][("ns", "p1")] = obj("p1", "ns", **{podselect.ADDRESS_KEY: "10.0.0.5"})
+    made = k8spods.PodCache(client, NODE, wait=0.5)
+    made.start()
+    try:
+        info = made.lookup("ns", "p1")
+        assert info is not None and info.annotations[podselect.ADDRESS_KEY] == "10.0.0.5"
+        assert info.namespace_annotations == {podselect.NETWORK_KEY: "nsnet"}
+        assert client.gets == [] and made.fetches == 0
+    finally:
+        made.stop()
+
+
+def test_a_pod_arriving_by_watch_during_the_wait_needs_no_fetch(
+        client: FakeClient, cache: k8spods.PodCache) -> None:
+    def later() -> None:
+        threading.Event().wait(0.1)
+        client.events["Pod"].put(("ADDED", obj("p2", "ns", a="b")))
+    threading.Thread(target=later).start()
+    info = cache.lookup("ns", "p2")
+    assert info is not None and info.annotations == {"a": "b"}
+    assert cache.fetches == 0 and client.gets == []
+
+
+def test_a_pod_not_in_the_cache_is_fetched_once(client: FakeClient,
+                                                cache: k8spods.PodCache) -> None:
+    client.objects["Pod"][("ns", "late")] = obj("late", "ns", x="1")  # no watch event
+    info = cache.lookup("ns", "late")
+    assert info is not None and info.annotations == {"x": "1"}
+    assert client.gets == [("Pod", "late")] and cache.fetches == 1
+    # Now cached: the next lookup asks nobody.
+    assert cache.lookup("ns", "late") is not None
+    assert client.gets == [("Pod", "late")]
+
+
+def test_an_unknown_pod_is_none_and_another_nodes_pod_is_not_cached(
+        client: FakeClient, cache: k8spods.PodCache) -> None:
+    assert cache.lookup("ns", "nobody") is None
+    client.objects["Pod"][("ns", "elsewhere")] = obj("elsewhere", "ns", node="node-b")
+    assert cache.lookup("ns", "elsewhere") is not None
+    assert cache.pods.get(("ns", "elsewhere")) is None
+
+
+def test_watch_events_update_and_delete(client: FakeClient, cache: k8spods.PodCache) -> None:
+    client.events["Pod"].put(("ADDED", obj("p", "ns", v="1")))
+    until(lambda: cache.pods.get(("ns", "p")) == {"v": "1"})
+    client.events["Pod"].put(("MODIFIED", obj("p", "ns", v="2")))
+    until(lambda: cache.pods.get(("ns", "p")) == {"v": "2"})
+    client.events["Pod"].put(("DELETED", obj("p", "ns")))
+    until(lambda: cache.pods.get(("ns", "p")) is None)
+
+
+def test_410_relists_and_forgets_pods_deleted_in_the_gap(
+        client: FakeClient, cache: k8spods.PodCache) -> None:
+    client.events["Pod"].put(("ADDED", obj("gone", "ns")))
+    until(lambda: cache.pods.get(("ns", "gone")) is not None)
+    # Deleted while the watch was broken: the server has it no more, no event came.
+    client.objects["Pod"][("ns", "kept")] = obj("kept", "ns")
+    before = cache.pods.relists
+    client.events["Pod"].put(Gone("too old resource version"))
+    until(lambda: cache.pods.relists > before)
+    assert cache.pods.get(("ns", "gone")) is None
+    assert cache.pods.get(("ns", "kept")) is not None
+
+
+def test_other_watch_errors_back_off_then_relist(client: FakeClient,
+                                                 cache: k8spods.PodCache) -> None:
+    before = cache.pods.relists
+    client.events["Pod"].put(ConnectionError("reset"))
+    until(lambda: cache.pods.relists > before)
+
+
+class Sources(k8spods.PodSources):
+    def __init__(self, made: k8spods.PodCache) -> None:
+        super().__init__(lambda _path: made)
+
+
+def test_selection_through_the_cache(client: FakeClient, cache: k8spods.PodCache) -> None:
+    client.events["Pod"].put(("ADDED", obj("p", "ns", **{podselect.SEED_ADDRESS_KEY: "10.1.1.9",
+                                                        podselect.SEED_NETWORK_KEY: "blue"})))
+    until(lambda: cache.pods.get(("ns", "p")) is not None)
+    request = Request("ADD", args={"K8S_POD_NAMESPACE": "ns", "K8S_POD_NAME": "p"})
+    chosen = k8spods.selection(request, SelectionSettings(read_annotations=True),
+                               ["blue"], Sources(cache))
+    assert chosen.network == "blue" and [str(a) for a in chosen.addresses] == ["10.1.1.9"]
+    # The namespace's annotation names the network when the pod's does not.
+    client.events["Pod"].put(("ADDED", obj("q", "ns")))
+    until(lambda: cache.pods.get(("ns", "q")) is not None)
+    request = Request("ADD", args={"K8S_POD_NAMESPACE": "ns", "K8S_POD_NAME": "q"})
+    chosen = k8spods.selection(request, SelectionSettings(read_annotations=True),
+                               ["nsnet"], Sources(cache))
+    assert chosen.network == "nsnet"
+
+
+def test_unreachable_api_server_is_code_11(client: FakeClient,
+                                           cache: k8spods.PodCache) -> None:
+    client.down = True
+    request = Request("ADD", args={"K8S_POD_NAMESPACE": "ns", "K8S_POD_NAME": "absent"})
+    with pytest.raises(CniError) as err:
+        k8spods.selection(request, SelectionSettings(read_annotations=True, default_network="d"),
+                          ["d"], Sources(cache))
+    assert err.value.code == TRY_AGAIN_LATER and "ns/absent" in err.value.msg
+
+
+def test_without_pod_args_or_reading_nothing_is_asked(client: FakeClient) -> None:
+    def explode(_path: str) -> k8spods.PodCache:
+        raise AssertionError("no cache may be made")
+    sources = k8spods.PodSources(explode)
+    settings = SelectionSettings(read_annotations=True, default_network="d")
+    assert k8spods.selection(Request("ADD"), settings, ["d"], sources).network == "d"
+    off = SelectionSettings(default_network="d")
+    request = Request("ADD", args={"K8S_POD_NAMESPACE": "ns", "K8S_POD_NAME": "p"})
+    assert k8spods.selection(request, off, ["d"], sources).network == "d"
+
+
+def test_node_name_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NODE_NAME", "worker-7")
+    assert k8spods.node_name() == "worker-7"
+    monkeypatch.delenv("NODE_NAME")
+    assert k8spods.node_name()
