@@ -26,9 +26,10 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from xvmcni.cni.request import Request
 from xvmcni.controlplane import podselect
@@ -68,15 +69,15 @@ class PodInfo:
 
 
 class Reflector:
-    """One resource kind, listed and watched into a dict by key, on its own thread."""
+    """One collection, listed and watched into a dict (key -> annotations) on its own
+    thread. ``api`` is a ``k8sapi.KubeApi`` (list / watch / get of JSON objects)."""
 
-    def __init__(self, name: str, list_call: Callable[[], Any],
-                 watch_call: Callable[[str], Iterator[tuple[str, Any]]],
-                 key: Callable[[Any], tuple[str, str]]) -> None:
+    def __init__(self, name: str, api: Any, path: str,
+                 params: dict[str, str] | None = None) -> None:
         self.name = name
-        self._list = list_call
-        self._watch = watch_call
-        self._key = key
+        self._api = api
+        self._path = path
+        self._params = params or {}
         self._items: dict[tuple[str, str], Mapping[str, str]] = {}
         self._changed = threading.Condition()
         self._synced = False
@@ -134,7 +135,8 @@ class Reflector:
             try:
                 version = self._relist()
                 backoff = BACKOFF_MIN
-                self._follow(version)
+                while not self._stop.is_set():  # the server ends each watch: go on
+                    version = self._follow(version)
             except Exception as exc:  # noqa: BLE001 -- any failure: logged, then list again
                 if self._stop.is_set():
                     return
@@ -147,43 +149,49 @@ class Reflector:
                 backoff = min(backoff * 2, BACKOFF_MAX)
 
     def _relist(self) -> str:
-        listed = self._list()
-        items = {self._key(obj): _annotations(obj) for obj in listed}
-        version: str = listed.resourceVersion
+        version, listed = self._api.list(self._path, self._params)
+        items = {_key(obj): _annotations(obj) for obj in listed}
         with self._changed:
             self._items = items  # replaces: what was deleted meanwhile is gone
             self._synced = True
             self.relists += 1
             self._changed.notify_all()
         log.debug("%s listed: %d at version %s", self.name, len(items), version)
-        return version
+        return str(version)
 
-    def _follow(self, version: str) -> None:
-        """Apply watch events until the stop flag; raises on a watch error."""
-        for kind, obj in self._watch(version):
+    def _follow(self, version: str) -> str:
+        """Apply one watch's events; the last version seen. Raises on a watch error."""
+        for event in self._api.watch(self._path, version, WATCH_SECONDS, self._params):
             if self._stop.is_set():
-                return
-            if kind == "BOOKMARK":
-                continue
-            key = self._key(obj)
+                break
+            obj = event.get("object") or {}
+            version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
+            kind = event.get("type")
+            if kind not in ("ADDED", "MODIFIED", "DELETED"):
+                continue  # BOOKMARK: only its version matters
             with self._changed:
                 if kind == "DELETED":
-                    self._items.pop(key, None)
+                    self._items.pop(_key(obj), None)
                 else:
-                    self._items[key] = _annotations(obj)
+                    self._items[_key(obj)] = _annotations(obj)
                 self._changed.notify_all()
+        return version
 
 
-def _annotations(obj: Any) -> Mapping[str, str]:
-    meta = getattr(obj, "metadata", None)
-    found = getattr(meta, "annotations", None) or {}
-    return dict(found)
+def _key(obj: dict[str, Any]) -> tuple[str, str]:
+    meta = obj.get("metadata") or {}
+    return (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+
+
+def _annotations(obj: dict[str, Any]) -> Mapping[str, str]:
+    found = (obj.get("metadata") or {}).get("annotations") or {}
+    return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
 
 
 def _status_code(exc: BaseException) -> int | None:
+    """The HTTP status of an API error (k8sapi.ApiError.status), None for others."""
     status = getattr(exc, "status", None)
-    code = getattr(status, "code", None)
-    return code if isinstance(code, int) else None
+    return status if isinstance(status, int) else None
 
 
 def _short(exc: BaseException) -> str:
@@ -191,29 +199,25 @@ def _short(exc: BaseException) -> str:
     return text if len(text) < 300 else text[:300] + "..."
 
 
+def _pod_path(namespace: str, name: str) -> str:
+    return f"/api/v1/namespaces/{quote(namespace, safe='')}/pods/{quote(name, safe='')}"
+
+
+def _namespace_path(name: str) -> str:
+    return f"/api/v1/namespaces/{quote(name, safe='')}"
+
+
 class PodCache:
     """This node's pods and all namespaces, watched (the agent's)."""
 
-    def __init__(self, client: Any, node: str, wait: float = LOOKUP_WAIT) -> None:
-        from lightkube.resources.core_v1 import Namespace, Pod
-
-        self.client = client
+    def __init__(self, api: Any, node: str, wait: float = LOOKUP_WAIT) -> None:
+        self.api = api
         self.node = node
         self.wait = wait
-        self.fetches = 0  # direct GETs after a miss (tests and metrics look at it)
-        fields = {"spec.nodeName": node}
-        self.pods = Reflector(
-            "pods",
-            lambda: client.list(Pod, namespace="*", fields=fields),
-            lambda rv: client.watch(Pod, namespace="*", fields=fields, resource_version=rv,
-                                    server_timeout=WATCH_SECONDS),
-            lambda obj: (obj.metadata.namespace or "", obj.metadata.name or ""))
-        self.namespaces = Reflector(
-            "namespaces",
-            lambda: client.list(Namespace),
-            lambda rv: client.watch(Namespace, resource_version=rv,
-                                    server_timeout=WATCH_SECONDS),
-            lambda obj: ("", obj.metadata.name or ""))
+        self.fetches = 0  # direct GETs after a miss (tests look at it)
+        self.pods = Reflector("pods", api, "/api/v1/pods",
+                              {"fieldSelector": f"spec.nodeName={node}"})
+        self.namespaces = Reflector("namespaces", api, "/api/v1/namespaces")
 
     def start(self) -> None:
         self.pods.start()
@@ -222,6 +226,9 @@ class PodCache:
     def stop(self) -> None:
         self.pods.stop()
         self.namespaces.stop()
+        close = getattr(self.api, "close", None)
+        if close is not None:
+            close()  # also ends a watch in progress
 
     def lookup(self, namespace: str, name: str) -> PodInfo | None:
         """The pod's annotations (and its namespace's): from the cache, else after
@@ -238,62 +245,58 @@ class PodCache:
         return PodInfo(annotations, ns)
 
     def _fetch_pod(self, namespace: str, name: str) -> Mapping[str, str] | None:
-        from lightkube.resources.core_v1 import Pod
         self.fetches += 1
         log.info("pod %s/%s not in the watch cache after %.1fs: asking the API server",
                  namespace, name, self.wait)
-        found = _get(self.client, Pod, name, namespace)
+        found = _get(self.api, _pod_path(namespace, name))
         if found is None:
             return None
-        nodename = getattr(getattr(found, "spec", None), "nodeName", None)
-        if nodename == self.node:  # a pod of another node must not enter our cache
+        if (found.get("spec") or {}).get("nodeName") == self.node:
+            # Only this node's pods: another node's would never be updated by our watch.
             self.pods.put((namespace, name), _annotations(found))
         return _annotations(found)
 
     def _fetch_namespace(self, namespace: str) -> Mapping[str, str] | None:
-        from lightkube.resources.core_v1 import Namespace
-        found = _get(self.client, Namespace, namespace, None)
+        found = _get(self.api, _namespace_path(namespace))
         if found is None:
             return None
         self.namespaces.put(("", namespace), _annotations(found))
         return _annotations(found)
 
 
-def _get(client: Any, kind: Any, name: str, namespace: str | None) -> Any:
+def _get(api: Any, path: str) -> dict[str, Any] | None:
     """One object, None on 404; PodLookupFailed on any other failure."""
     try:
-        if namespace is None:
-            return client.get(kind, name)
-        return client.get(kind, name, namespace=namespace)
-    except Exception as exc:  # lightkube raises ApiError and httpx's transport errors
+        found = api.get(path)
+    except Exception as exc:  # k8sapi's ApiError / ApiUnavailable, and what else breaks
         if _status_code(exc) == 404:
             return None
-        raise PodLookupFailed(f"cannot read {kind.__name__} {namespace or ''}"
-                              f"{'/' if namespace else ''}{name}: {_short(exc)}") from exc
+        raise PodLookupFailed(f"GET {path}: {_short(exc)}") from exc
+    return found if isinstance(found, dict) else None
 
 
 class OneShot:
-    """No cache (the in-process plugin): one GET of the pod and its namespace."""
+    """No cache (the in-process plugin): one GET of the pod and one of its namespace."""
 
-    def __init__(self, client: Any) -> None:
-        self.client = client
+    def __init__(self, api: Any) -> None:
+        self.api = api
 
     def lookup(self, namespace: str, name: str) -> PodInfo | None:
-        from lightkube.resources.core_v1 import Namespace, Pod
-        pod = _get(self.client, Pod, name, namespace)
-        if pod is None:
-            return None
-        ns = _get(self.client, Namespace, namespace, None)
-        return PodInfo(_annotations(pod), None if ns is None else _annotations(ns))
+        try:
+            pod = _get(self.api, _pod_path(namespace, name))
+            if pod is None:
+                return None
+            ns = _get(self.api, _namespace_path(namespace))
+            return PodInfo(_annotations(pod), None if ns is None else _annotations(ns))
+        finally:
+            self.api.close()
 
 
-def make_client(kubeconfig: str) -> Any:
-    """A lightkube client: ``kubeconfig`` when given, else $KUBECONFIG / ~/.kube/config,
-    else the in-cluster service account."""
-    from lightkube import Client
-    from lightkube.config.kubeconfig import KubeConfig
-    config = KubeConfig.from_file(kubeconfig) if kubeconfig else KubeConfig.from_env()
-    return Client(config, field_manager="xvm-cnid")
+def make_api(kubeconfig: str) -> Any:
+    """A connection to the API server (k8sapi: ``kubeconfig`` when given, else
+    $KUBECONFIG, the in-cluster service account, ~/.kube/config)."""
+    from xvmcni.controlplane.k8sapi import KubeApi
+    return KubeApi(kubeconfig)
 
 
 class PodSources:
@@ -301,7 +304,7 @@ class PodSources:
     start for the networks it knows), stopped with the agent."""
 
     def __init__(self, factory: Callable[[str], PodCache] | None = None) -> None:
-        self._factory = factory or (lambda path: PodCache(make_client(path), node_name()))
+        self._factory = factory or (lambda path: PodCache(make_api(path), node_name()))
         self._caches: dict[str, PodCache] = {}
         self._lock = threading.Lock()
 
@@ -345,7 +348,7 @@ def selection(request: Request, settings: SelectionSettings, known: list[str],
             if sources is not None:
                 info = sources.cache(settings.kubeconfig).lookup(*pod)
             else:
-                info = OneShot(make_client(settings.kubeconfig)).lookup(*pod)
+                info = OneShot(make_api(settings.kubeconfig)).lookup(*pod)
         except PodLookupFailed as exc:
             raise CniError(TRY_AGAIN_LATER, f"cannot read pod {pod[0]}/{pod[1]} from the "
                            "Kubernetes API server to choose its network", str(exc)) from exc

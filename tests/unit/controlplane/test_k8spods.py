@@ -6,7 +6,6 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Iterator
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -20,68 +19,69 @@ NODE = "node-a"
 
 
 def obj(name: str, namespace: str = "", node: str = NODE, **annotations: str) -> Any:
-    return SimpleNamespace(
-        metadata=SimpleNamespace(name=name, namespace=namespace, annotations=annotations,
-                                 resourceVersion="1"),
-        spec=SimpleNamespace(nodeName=node))
+    return {"metadata": {"name": name, "namespace": namespace, "annotations": annotations,
+                         "resourceVersion": "11"},
+            "spec": {"nodeName": node}}
 
 
-class Listed(list):  # type: ignore[type-arg]
-    resourceVersion = "10"
+class ApiError(Exception):
+    def __init__(self, status: int) -> None:
+        super().__init__(f"HTTP {status}")
+        self.status = status
 
 
-class Gone(Exception):
-    status = SimpleNamespace(code=410)
-
-
-class NotFound(Exception):
-    status = SimpleNamespace(code=404)
-
-
-class FakeClient:
+class FakeApi:
     """Pods/namespaces as the server holds them; watch events fed through a queue."""
 
     def __init__(self) -> None:
-        self.objects: dict[str, dict[tuple[str, str], Any]] = {"Pod": {}, "Namespace": {}}
-        self.events: dict[str, queue.Queue[Any]] = {"Pod": queue.Queue(),
-                                                   "Namespace": queue.Queue()}
-        self.lists = {"Pod": 0, "Namespace": 0}
-        self.gets: list[tuple[str, str]] = []
+        self.objects: dict[str, dict[tuple[str, str], Any]] = {"pods": {}, "namespaces": {}}
+        self.events: dict[str, queue.Queue[Any]] = {"pods": queue.Queue(),
+                                                   "namespaces": queue.Queue()}
+        self.gets: list[str] = []
         self.down = False
+        self.closed = 0
 
-    def list(self, kind: Any, **kw: Any) -> Listed:
-        self.lists[kind.__name__] += 1
-        if kind.__name__ == "Pod":
-            assert kw["fields"] == {"spec.nodeName": NODE}
-        return Listed(self.objects[kind.__name__].values())
+    def list(self, path: str, params: dict[str, str]) -> tuple[str, list[Any]]:
+        kind = path.rsplit("/", 1)[1]
+        if kind == "pods":
+            assert params == {"fieldSelector": f"spec.nodeName={NODE}"}
+        return "10", list(self.objects[kind].values())
 
-    def watch(self, kind: Any, **kw: Any) -> Iterator[tuple[str, Any]]:
-        events = self.events[kind.__name__]
+    def watch(self, path: str, version: str, timeout: int,
+              params: dict[str, str]) -> Iterator[dict[str, Any]]:
+        events = self.events[path.rsplit("/", 1)[1]]
         while True:
             item = events.get()
             if isinstance(item, Exception):
                 raise item
-            yield item
+            if item is None:  # the server ends the watch
+                return
+            yield {"type": item[0], "object": item[1]}
 
-    def get(self, kind: Any, name: str, namespace: str | None = None) -> Any:
-        self.gets.append((kind.__name__, name))
+    def get(self, path: str) -> Any:
+        self.gets.append(path)
         if self.down:
             raise ConnectionError("connection refused")
-        found = self.objects[kind.__name__].get((namespace or "", name))
+        parts = path.split("/")
+        key = (parts[4], parts[6]) if "pods" in parts else ("", parts[4])
+        found = self.objects["pods" if "pods" in parts else "namespaces"].get(key)
         if found is None:
-            raise NotFound("not found")
+            raise ApiError(404)
         return found
+
+    def close(self) -> None:
+        self.closed += 1
 
 
 @pytest.fixture
-def client() -> FakeClient:
-    fake = FakeClient()
-    fake.objects["Namespace"][("", "ns")] = obj("ns", **{podselect.NETWORK_KEY: "nsnet"})
+def client() -> FakeApi:
+    fake = FakeApi()
+    fake.objects["namespaces"][("", "ns")] = obj("ns", **{podselect.NETWORK_KEY: "nsnet"})
     return fake
 
 
 @pytest.fixture
-def cache(client: FakeClient) -> Iterator[k8spods.PodCache]:
+def cache(client: FakeApi) -> Iterator[k8spods.PodCache]:
     made = k8spods.PodCache(client, NODE, wait=0.5)
     made.start()
     assert made.pods.wait_synced(5) and made.namespaces.wait_synced(5)
@@ -98,8 +98,8 @@ def until(check: Any, timeout: float = 5.0) -> None:
     raise AssertionError("condition not reached")
 
 
-def test_listed_pods_are_served_without_a_request(client: FakeClient) -> None:
-    client.objects["Pod"][("ns", "p1")] = obj("p1", "ns", **{podselect.ADDRESS_KEY: "10.0.0.5"})
+def test_listed_pods_are_served_without_a_request(client: FakeApi) -> None:
+    client.objects["pods"][("ns", "p1")] = obj("p1", "ns", **{podselect.ADDRESS_KEY: "10.0.0.5"})
     made = k8spods.PodCache(client, NODE, wait=0.5)
     made.start()
     try:
@@ -112,61 +112,70 @@ def test_listed_pods_are_served_without_a_request(client: FakeClient) -> None:
 
 
 def test_a_pod_arriving_by_watch_during_the_wait_needs_no_fetch(
-        client: FakeClient, cache: k8spods.PodCache) -> None:
+        client: FakeApi, cache: k8spods.PodCache) -> None:
     def later() -> None:
         threading.Event().wait(0.1)
-        client.events["Pod"].put(("ADDED", obj("p2", "ns", a="b")))
+        client.events["pods"].put(("ADDED", obj("p2", "ns", a="b")))
     threading.Thread(target=later).start()
     info = cache.lookup("ns", "p2")
     assert info is not None and info.annotations == {"a": "b"}
     assert cache.fetches == 0 and client.gets == []
 
 
-def test_a_pod_not_in_the_cache_is_fetched_once(client: FakeClient,
+def test_a_pod_not_in_the_cache_is_fetched_once(client: FakeApi,
                                                 cache: k8spods.PodCache) -> None:
-    client.objects["Pod"][("ns", "late")] = obj("late", "ns", x="1")  # no watch event
+    client.objects["pods"][("ns", "late")] = obj("late", "ns", x="1")  # no watch event
     info = cache.lookup("ns", "late")
     assert info is not None and info.annotations == {"x": "1"}
-    assert client.gets == [("Pod", "late")] and cache.fetches == 1
+    assert client.gets == ["/api/v1/namespaces/ns/pods/late"] and cache.fetches == 1
     # Now cached: the next lookup asks nobody.
     assert cache.lookup("ns", "late") is not None
-    assert client.gets == [("Pod", "late")]
+    assert client.gets == ["/api/v1/namespaces/ns/pods/late"]
 
 
 def test_an_unknown_pod_is_none_and_another_nodes_pod_is_not_cached(
-        client: FakeClient, cache: k8spods.PodCache) -> None:
+        client: FakeApi, cache: k8spods.PodCache) -> None:
     assert cache.lookup("ns", "nobody") is None
-    client.objects["Pod"][("ns", "elsewhere")] = obj("elsewhere", "ns", node="node-b")
+    client.objects["pods"][("ns", "elsewhere")] = obj("elsewhere", "ns", node="node-b")
     assert cache.lookup("ns", "elsewhere") is not None
     assert cache.pods.get(("ns", "elsewhere")) is None
 
 
-def test_watch_events_update_and_delete(client: FakeClient, cache: k8spods.PodCache) -> None:
-    client.events["Pod"].put(("ADDED", obj("p", "ns", v="1")))
+def test_watch_events_update_and_delete(client: FakeApi, cache: k8spods.PodCache) -> None:
+    client.events["pods"].put(("ADDED", obj("p", "ns", v="1")))
     until(lambda: cache.pods.get(("ns", "p")) == {"v": "1"})
-    client.events["Pod"].put(("MODIFIED", obj("p", "ns", v="2")))
+    client.events["pods"].put(("MODIFIED", obj("p", "ns", v="2")))
     until(lambda: cache.pods.get(("ns", "p")) == {"v": "2"})
-    client.events["Pod"].put(("DELETED", obj("p", "ns")))
+    client.events["pods"].put(("DELETED", obj("p", "ns")))
     until(lambda: cache.pods.get(("ns", "p")) is None)
 
 
 def test_410_relists_and_forgets_pods_deleted_in_the_gap(
-        client: FakeClient, cache: k8spods.PodCache) -> None:
-    client.events["Pod"].put(("ADDED", obj("gone", "ns")))
+        client: FakeApi, cache: k8spods.PodCache) -> None:
+    client.events["pods"].put(("ADDED", obj("gone", "ns")))
     until(lambda: cache.pods.get(("ns", "gone")) is not None)
     # Deleted while the watch was broken: the server has it no more, no event came.
-    client.objects["Pod"][("ns", "kept")] = obj("kept", "ns")
+    client.objects["pods"][("ns", "kept")] = obj("kept", "ns")
     before = cache.pods.relists
-    client.events["Pod"].put(Gone("too old resource version"))
+    client.events["pods"].put(ApiError(410))
     until(lambda: cache.pods.relists > before)
     assert cache.pods.get(("ns", "gone")) is None
     assert cache.pods.get(("ns", "kept")) is not None
 
 
-def test_other_watch_errors_back_off_then_relist(client: FakeClient,
+def test_a_watch_the_server_ends_is_resumed_without_a_relist(
+        client: FakeApi, cache: k8spods.PodCache) -> None:
+    before = cache.pods.relists
+    client.events["pods"].put(None)
+    client.events["pods"].put(("ADDED", obj("after", "ns")))
+    until(lambda: cache.pods.get(("ns", "after")) is not None)
+    assert cache.pods.relists == before
+
+
+def test_other_watch_errors_back_off_then_relist(client: FakeApi,
                                                  cache: k8spods.PodCache) -> None:
     before = cache.pods.relists
-    client.events["Pod"].put(ConnectionError("reset"))
+    client.events["pods"].put(ConnectionError("reset"))
     until(lambda: cache.pods.relists > before)
 
 
@@ -175,8 +184,8 @@ class Sources(k8spods.PodSources):
         super().__init__(lambda _path: made)
 
 
-def test_selection_through_the_cache(client: FakeClient, cache: k8spods.PodCache) -> None:
-    client.events["Pod"].put(("ADDED", obj("p", "ns", **{podselect.SEED_ADDRESS_KEY: "10.1.1.9",
+def test_selection_through_the_cache(client: FakeApi, cache: k8spods.PodCache) -> None:
+    client.events["pods"].put(("ADDED", obj("p", "ns", **{podselect.SEED_ADDRESS_KEY: "10.1.1.9",
                                                         podselect.SEED_NETWORK_KEY: "blue"})))
     until(lambda: cache.pods.get(("ns", "p")) is not None)
     request = Request("ADD", args={"K8S_POD_NAMESPACE": "ns", "K8S_POD_NAME": "p"})
@@ -184,7 +193,7 @@ def test_selection_through_the_cache(client: FakeClient, cache: k8spods.PodCache
                                ["blue"], Sources(cache))
     assert chosen.network == "blue" and [str(a) for a in chosen.addresses] == ["10.1.1.9"]
     # The namespace's annotation names the network when the pod's does not.
-    client.events["Pod"].put(("ADDED", obj("q", "ns")))
+    client.events["pods"].put(("ADDED", obj("q", "ns")))
     until(lambda: cache.pods.get(("ns", "q")) is not None)
     request = Request("ADD", args={"K8S_POD_NAMESPACE": "ns", "K8S_POD_NAME": "q"})
     chosen = k8spods.selection(request, SelectionSettings(read_annotations=True),
@@ -192,7 +201,7 @@ def test_selection_through_the_cache(client: FakeClient, cache: k8spods.PodCache
     assert chosen.network == "nsnet"
 
 
-def test_unreachable_api_server_is_code_11(client: FakeClient,
+def test_unreachable_api_server_is_code_11(client: FakeApi,
                                            cache: k8spods.PodCache) -> None:
     client.down = True
     request = Request("ADD", args={"K8S_POD_NAMESPACE": "ns", "K8S_POD_NAME": "absent"})
@@ -202,7 +211,7 @@ def test_unreachable_api_server_is_code_11(client: FakeClient,
     assert err.value.code == TRY_AGAIN_LATER and "ns/absent" in err.value.msg
 
 
-def test_without_pod_args_or_reading_nothing_is_asked(client: FakeClient) -> None:
+def test_without_pod_args_or_reading_nothing_is_asked(client: FakeApi) -> None:
     def explode(_path: str) -> k8spods.PodCache:
         raise AssertionError("no cache may be made")
     sources = k8spods.PodSources(explode)
