@@ -368,6 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_agent_commands(sub)
     add_ipam(sub)
     add_lab(sub)
+    from xvmcni.cmd import hostinstall  # install / uninstall onto a host root (DaemonSet)
+    hostinstall.add_commands(sub)
     return parser
 
 
