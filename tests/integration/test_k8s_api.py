@@ -110,3 +110,50 @@ def test_close_ends_a_watch_waiting_on_another_thread(cluster: K8sCluster) -> No
     assert not ended.wait(1.0)
     api.close()
     assert ended.wait(10.0)
+
+
+def test_reflector_sees_a_deletion_made_while_its_watch_was_gone(
+        cluster: K8sCluster) -> None:
+    """The reflector lists, then (held back by the test) watches from a version etcd
+    has compacted: the server answers 410, the reflector lists again and reports the
+    node deleted in the gap."""
+    from xvmcni.controlplane.k8swatch import Reflector
+
+    api = KubeApi(str(cluster.kubeconfig))
+    api.request("POST", "/api/v1/nodes", _node("gap-kept"))
+    api.request("POST", "/api/v1/nodes", _node("gap-deleted"))
+    gate = threading.Event()
+    reports: list[tuple[set[str], set[str]]] = []
+
+    class Held(Reflector):
+        def _watch(self, api: KubeApi, listed_at: float) -> None:
+            gate.wait(30)
+            super()._watch(api, listed_at)
+
+    reflector = Held(lambda: KubeApi(str(cluster.kubeconfig)), "/api/v1/nodes", "nodes",
+                     lambda items, changed: reports.append((set(items), changed)))
+    reflector.start()
+    try:
+        assert reflector.synced.wait(20)
+        assert {"gap-kept", "gap-deleted"} <= set(reflector.items())
+        api.request("DELETE", "/api/v1/nodes/gap-deleted")
+        api.request("POST", "/api/v1/nodes", _node("gap-new"))
+        cluster.compact()
+        gate.set()
+        assert reflector.wait_for("gap-new", 20) is not None
+        assert reflector.gone == 1 and reflector.lists == 2
+        assert "gap-deleted" not in reflector.items()
+        names, changed = reports[-1]
+        assert "gap-deleted" in changed and "gap-deleted" not in names
+        # And it follows the watch from the new list on.
+        api.request("DELETE", "/api/v1/nodes/gap-kept")
+        deadline = threading.Event()
+        for _ in range(100):
+            if reflector.get("gap-kept") is None:
+                break
+            deadline.wait(0.1)
+        assert reflector.get("gap-kept") is None
+    finally:
+        gate.set()
+        reflector.stop()
+        api.close()
