@@ -13,10 +13,9 @@ to this node before the kubelet asked for its network. When it is not (the watch
 lags, or just started), ``lookup`` waits for it briefly, then asks the API server
 once. The in-process plugin (no agent) has no cache and asks once, always.
 
-The watch: list (resourceVersion R), then watch from R; the server ending a watch is
-normal (restart from the last version seen); 410 Gone (R compacted away) means
-events were lost, so list again and replace the store (a pod deleted in the gap
-disappears); any other error waits with capped exponential backoff, then lists.
+The watches are ``k8swatch.Reflector``s (bookmarks, 410 Gone -> list again, capped
+backoff, periodic resync): during an API server outage the cache keeps serving the
+pods it knows.
 """
 
 from __future__ import annotations
@@ -25,7 +24,6 @@ import logging
 import os
 import socket
 import threading
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -40,12 +38,6 @@ log = logging.getLogger(__name__)
 
 # How long an ADD waits for a pod the cache has not seen yet, before asking once.
 LOOKUP_WAIT = 2.0
-# Backoff between failed list/watch attempts: doubled from MIN up to MAX.
-BACKOFF_MIN = 0.5
-BACKOFF_MAX = 30.0
-# The server closes each watch after this long; the reflector then watches again
-# from the last version (bounds how long stop() waits, too).
-WATCH_SECONDS = 60
 
 POD_NAMESPACE_ARG = "K8S_POD_NAMESPACE"
 POD_NAME_ARG = "K8S_POD_NAME"
@@ -68,123 +60,8 @@ class PodInfo:
     namespace_annotations: Mapping[str, str] | None
 
 
-class Reflector:
-    """One collection, listed and watched into a dict (key -> annotations) on its own
-    thread. ``api`` is a ``k8sapi.KubeApi`` (list / watch / get of JSON objects)."""
-
-    def __init__(self, name: str, api: Any, path: str,
-                 params: dict[str, str] | None = None) -> None:
-        self.name = name
-        self._api = api
-        self._path = path
-        self._params = params or {}
-        self._items: dict[tuple[str, str], Mapping[str, str]] = {}
-        self._changed = threading.Condition()
-        self._synced = False
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.relists = 0
-
-    # --- reading ------------------------------------------------------------------
-
-    def get(self, key: tuple[str, str], wait: float = 0.0) -> Mapping[str, str] | None:
-        """The object's annotations, waiting up to ``wait`` seconds for it to appear."""
-        end = time.monotonic() + wait
-        with self._changed:
-            while key not in self._items:
-                left = end - time.monotonic()
-                if left <= 0 or self._stop.is_set():
-                    return None
-                self._changed.wait(left)
-            return self._items[key]
-
-    def put(self, key: tuple[str, str], annotations: Mapping[str, str]) -> None:
-        """Add what a direct fetch returned (the watch brings later changes)."""
-        with self._changed:
-            self._items.setdefault(key, annotations)
-            self._changed.notify_all()
-
-    @property
-    def synced(self) -> bool:
-        return self._synced
-
-    def wait_synced(self, timeout: float) -> bool:
-        end = time.monotonic() + timeout
-        with self._changed:
-            while not self._synced and time.monotonic() < end:
-                self._changed.wait(end - time.monotonic())
-            return self._synced
-
-    # --- running ------------------------------------------------------------------
-
-    def start(self) -> None:
-        if self._thread is not None:
-            return  # one watch per reflector
-        self._thread = threading.Thread(target=self._run, name=f"k8s-{self.name}",
-                                        daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        with self._changed:
-            self._changed.notify_all()
-
-    def _run(self) -> None:
-        backoff = BACKOFF_MIN
-        while not self._stop.is_set():
-            try:
-                version = self._relist()
-                backoff = BACKOFF_MIN
-                while not self._stop.is_set():  # the server ends each watch: go on
-                    version = self._follow(version)
-            except Exception as exc:  # noqa: BLE001 -- any failure: logged, then list again
-                if self._stop.is_set():
-                    return
-                if _status_code(exc) == 410:
-                    log.info("%s watch expired (410 Gone): listing again", self.name)
-                    continue
-                log.warning("%s list/watch failed: %s; again in %.1fs", self.name,
-                            _short(exc), backoff)
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, BACKOFF_MAX)
-
-    def _relist(self) -> str:
-        version, listed = self._api.list(self._path, self._params)
-        items = {_key(obj): _annotations(obj) for obj in listed}
-        with self._changed:
-            self._items = items  # replaces: what was deleted meanwhile is gone
-            self._synced = True
-            self.relists += 1
-            self._changed.notify_all()
-        log.debug("%s listed: %d at version %s", self.name, len(items), version)
-        return str(version)
-
-    def _follow(self, version: str) -> str:
-        """Apply one watch's events; the last version seen. Raises on a watch error."""
-        for event in self._api.watch(self._path, version, WATCH_SECONDS, self._params):
-            if self._stop.is_set():
-                break
-            obj = event.get("object") or {}
-            version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
-            kind = event.get("type")
-            if kind not in ("ADDED", "MODIFIED", "DELETED"):
-                continue  # BOOKMARK: only its version matters
-            with self._changed:
-                if kind == "DELETED":
-                    self._items.pop(_key(obj), None)
-                else:
-                    self._items[_key(obj)] = _annotations(obj)
-                self._changed.notify_all()
-        return version
-
-
-def _key(obj: dict[str, Any]) -> tuple[str, str]:
-    meta = obj.get("metadata") or {}
-    return (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
-
-
-def _annotations(obj: dict[str, Any]) -> Mapping[str, str]:
-    found = (obj.get("metadata") or {}).get("annotations") or {}
+def _annotations(obj: dict[str, Any] | None) -> Mapping[str, str]:
+    found = ((obj or {}).get("metadata") or {}).get("annotations") or {}
     return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
 
 
@@ -208,67 +85,71 @@ def _namespace_path(name: str) -> str:
 
 
 class PodCache:
-    """This node's pods and all namespaces, watched (the agent's)."""
+    """This node's pods and all namespaces, each a ``k8swatch.Reflector`` (the agent's).
 
-    def __init__(self, api: Any, node: str, wait: float = LOOKUP_WAIT) -> None:
-        self.api = api
+    ``connect`` makes a ``k8sapi.KubeApi``: one per reflector (each holds a watch
+    open) and one for the rare direct GET.
+    """
+
+    def __init__(self, connect: Callable[[], Any], node: str,
+                 wait: float = LOOKUP_WAIT) -> None:
+        from xvmcni.controlplane.k8swatch import Reflector
+        self._connect = connect
+        self._api: Any = None
+        self._api_lock = threading.Lock()
         self.node = node
         self.wait = wait
         self.fetches = 0  # direct GETs after a miss (tests look at it)
-        self.pods = Reflector("pods", api, "/api/v1/pods",
-                              {"fieldSelector": f"spec.nodeName={node}"})
-        self.namespaces = Reflector("namespaces", api, "/api/v1/namespaces")
+        self.pods = Reflector(connect, "/api/v1/pods", "pods",
+                              params={"fieldSelector": f"spec.nodeName={node}"})
+        self.namespaces = Reflector(connect, "/api/v1/namespaces", "namespaces")
+        self._started = False
 
     def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
         self.pods.start()
         self.namespaces.start()
 
     def stop(self) -> None:
         self.pods.stop()
         self.namespaces.stop()
-        close = getattr(self.api, "close", None)
-        if close is not None:
-            close()  # also ends a watch in progress
+        with self._api_lock:
+            api, self._api = self._api, None
+        if api is not None:
+            api.close()
 
     def lookup(self, namespace: str, name: str) -> PodInfo | None:
         """The pod's annotations (and its namespace's): from the cache, else after
         waiting up to ``wait`` seconds for the watch, else from one GET. None when the
         API server does not know the pod; PodLookupFailed when it cannot be asked."""
-        annotations = self.pods.get((namespace, name), self.wait)
-        if annotations is None:
-            annotations = self._fetch_pod(namespace, name)
-            if annotations is None:
+        pod = self.pods.wait_for(f"{namespace}/{name}", self.wait)
+        if pod is None:
+            self.fetches += 1
+            log.info("pod %s/%s not in the watch cache after %.1fs: asking the API server",
+                     namespace, name, self.wait)
+            pod = _get(self._direct(), _pod_path(namespace, name))
+            if pod is None:
                 return None
-        ns = self.namespaces.get(("", namespace), 0.0 if self.namespaces.synced else self.wait)
+        ns = self.namespaces.wait_for(namespace, 0.0 if self.namespaces.synced.is_set()
+                                      else self.wait)
         if ns is None:
-            ns = self._fetch_namespace(namespace)
-        return PodInfo(annotations, ns)
+            ns = _get(self._direct(), _namespace_path(namespace))
+        return PodInfo(_annotations(pod), None if ns is None else _annotations(ns))
 
-    def _fetch_pod(self, namespace: str, name: str) -> Mapping[str, str] | None:
-        self.fetches += 1
-        log.info("pod %s/%s not in the watch cache after %.1fs: asking the API server",
-                 namespace, name, self.wait)
-        found = _get(self.api, _pod_path(namespace, name))
-        if found is None:
-            return None
-        if (found.get("spec") or {}).get("nodeName") == self.node:
-            # Only this node's pods: another node's would never be updated by our watch.
-            self.pods.put((namespace, name), _annotations(found))
-        return _annotations(found)
-
-    def _fetch_namespace(self, namespace: str) -> Mapping[str, str] | None:
-        found = _get(self.api, _namespace_path(namespace))
-        if found is None:
-            return None
-        self.namespaces.put(("", namespace), _annotations(found))
-        return _annotations(found)
+    def _direct(self) -> Any:
+        with self._api_lock:
+            if self._api is None:
+                self._api = self._connect()
+            return self._api
 
 
 def _get(api: Any, path: str) -> dict[str, Any] | None:
     """One object, None on 404; PodLookupFailed on any other failure."""
     try:
         found = api.get(path)
-    except Exception as exc:  # k8sapi's ApiError / ApiUnavailable, and what else breaks
+    except Exception as exc:  # k8sapi's ApiError / ApiUnavailable / ConfigMissing
         if _status_code(exc) == 404:
             return None
         raise PodLookupFailed(f"GET {path}: {_short(exc)}") from exc
@@ -304,7 +185,8 @@ class PodSources:
     start for the networks it knows), stopped with the agent."""
 
     def __init__(self, factory: Callable[[str], PodCache] | None = None) -> None:
-        self._factory = factory or (lambda path: PodCache(make_api(path), node_name()))
+        self._factory = factory or (
+            lambda path: PodCache(lambda: make_api(path), node_name()))
         self._caches: dict[str, PodCache] = {}
         self._lock = threading.Lock()
 

@@ -12,6 +12,7 @@ import pytest
 
 from xvmcni.cni.request import Request
 from xvmcni.controlplane import k8spods, podselect
+from xvmcni.controlplane.k8sapi import ApiError, ApiUnavailable, ResourceGone
 from xvmcni.controlplane.podselect import SelectionSettings
 from xvmcni.errors import TRY_AGAIN_LATER, CniError
 
@@ -22,12 +23,6 @@ def obj(name: str, namespace: str = "", node: str = NODE, **annotations: str) ->
     return {"metadata": {"name": name, "namespace": namespace, "annotations": annotations,
                          "resourceVersion": "11"},
             "spec": {"nodeName": node}}
-
-
-class ApiError(Exception):
-    def __init__(self, status: int) -> None:
-        super().__init__(f"HTTP {status}")
-        self.status = status
 
 
 class FakeApi:
@@ -51,7 +46,12 @@ class FakeApi:
               params: dict[str, str]) -> Iterator[dict[str, Any]]:
         events = self.events[path.rsplit("/", 1)[1]]
         while True:
-            item = events.get()
+            try:
+                item = events.get(timeout=0.05)
+            except queue.Empty:
+                if self.closed:
+                    raise ApiUnavailable("closed") from None
+                continue
             if isinstance(item, Exception):
                 raise item
             if item is None:  # the server ends the watch
@@ -61,12 +61,12 @@ class FakeApi:
     def get(self, path: str) -> Any:
         self.gets.append(path)
         if self.down:
-            raise ConnectionError("connection refused")
+            raise ApiUnavailable("connection refused")
         parts = path.split("/")
         key = (parts[4], parts[6]) if "pods" in parts else ("", parts[4])
         found = self.objects["pods" if "pods" in parts else "namespaces"].get(key)
         if found is None:
-            raise ApiError(404)
+            raise ApiError(404, "not found")
         return found
 
     def close(self) -> None:
@@ -82,9 +82,9 @@ def client() -> FakeApi:
 
 @pytest.fixture
 def cache(client: FakeApi) -> Iterator[k8spods.PodCache]:
-    made = k8spods.PodCache(client, NODE, wait=0.5)
+    made = k8spods.PodCache(lambda: client, NODE, wait=0.5)
     made.start()
-    assert made.pods.wait_synced(5) and made.namespaces.wait_synced(5)
+    assert made.pods.synced.wait(5) and made.namespaces.synced.wait(5)
     yield made
     made.stop()
 
@@ -100,7 +100,7 @@ def until(check: Any, timeout: float = 5.0) -> None:
 
 def test_listed_pods_are_served_without_a_request(client: FakeApi) -> None:
     client.objects["pods"][("ns", "p1")] = obj("p1", "ns", **{podselect.ADDRESS_KEY: "10.0.0.5"})
-    made = k8spods.PodCache(client, NODE, wait=0.5)
+    made = k8spods.PodCache(lambda: client, NODE, wait=0.5)
     made.start()
     try:
         info = made.lookup("ns", "p1")
@@ -128,7 +128,9 @@ def test_a_pod_not_in_the_cache_is_fetched_once(client: FakeApi,
     info = cache.lookup("ns", "late")
     assert info is not None and info.annotations == {"x": "1"}
     assert client.gets == ["/api/v1/namespaces/ns/pods/late"] and cache.fetches == 1
-    # Now cached: the next lookup asks nobody.
+    # Once the watch brings it, the next lookup asks nobody.
+    client.events["pods"].put(("ADDED", obj("late", "ns", x="1")))
+    until(lambda: cache.pods.get("ns/late") is not None)
     assert cache.lookup("ns", "late") is not None
     assert client.gets == ["/api/v1/namespaces/ns/pods/late"]
 
@@ -138,45 +140,48 @@ def test_an_unknown_pod_is_none_and_another_nodes_pod_is_not_cached(
     assert cache.lookup("ns", "nobody") is None
     client.objects["pods"][("ns", "elsewhere")] = obj("elsewhere", "ns", node="node-b")
     assert cache.lookup("ns", "elsewhere") is not None
-    assert cache.pods.get(("ns", "elsewhere")) is None
+    assert cache.pods.get("ns/elsewhere") is None
 
 
 def test_watch_events_update_and_delete(client: FakeApi, cache: k8spods.PodCache) -> None:
     client.events["pods"].put(("ADDED", obj("p", "ns", v="1")))
-    until(lambda: cache.pods.get(("ns", "p")) == {"v": "1"})
+    until(lambda: k8spods._annotations(cache.pods.get("ns/p")) == {"v": "1"})
     client.events["pods"].put(("MODIFIED", obj("p", "ns", v="2")))
-    until(lambda: cache.pods.get(("ns", "p")) == {"v": "2"})
+    until(lambda: k8spods._annotations(cache.pods.get("ns/p")) == {"v": "2"})
     client.events["pods"].put(("DELETED", obj("p", "ns")))
-    until(lambda: cache.pods.get(("ns", "p")) is None)
+    until(lambda: cache.pods.get("ns/p") is None)
 
 
 def test_410_relists_and_forgets_pods_deleted_in_the_gap(
         client: FakeApi, cache: k8spods.PodCache) -> None:
     client.events["pods"].put(("ADDED", obj("gone", "ns")))
-    until(lambda: cache.pods.get(("ns", "gone")) is not None)
+    until(lambda: cache.pods.get("ns/gone") is not None)
     # Deleted while the watch was broken: the server has it no more, no event came.
     client.objects["pods"][("ns", "kept")] = obj("kept", "ns")
-    before = cache.pods.relists
-    client.events["pods"].put(ApiError(410))
-    until(lambda: cache.pods.relists > before)
-    assert cache.pods.get(("ns", "gone")) is None
-    assert cache.pods.get(("ns", "kept")) is not None
+    before = cache.pods.lists
+    client.events["pods"].put(ResourceGone(410, "too old resource version"))
+    until(lambda: cache.pods.lists > before)
+    assert cache.pods.get("ns/gone") is None
+    assert cache.pods.get("ns/kept") is not None
 
 
 def test_a_watch_the_server_ends_is_resumed_without_a_relist(
         client: FakeApi, cache: k8spods.PodCache) -> None:
-    before = cache.pods.relists
+    before = cache.pods.lists
     client.events["pods"].put(None)
     client.events["pods"].put(("ADDED", obj("after", "ns")))
-    until(lambda: cache.pods.get(("ns", "after")) is not None)
-    assert cache.pods.relists == before
+    until(lambda: cache.pods.get("ns/after") is not None)
+    assert cache.pods.lists == before
 
 
-def test_other_watch_errors_back_off_then_relist(client: FakeApi,
-                                                 cache: k8spods.PodCache) -> None:
-    before = cache.pods.relists
-    client.events["pods"].put(ConnectionError("reset"))
-    until(lambda: cache.pods.relists > before)
+def test_an_unavailable_api_server_keeps_the_copy_and_resumes(
+        client: FakeApi, cache: k8spods.PodCache) -> None:
+    client.events["pods"].put(("ADDED", obj("kept", "ns")))
+    until(lambda: cache.pods.get("ns/kept") is not None)
+    client.events["pods"].put(ApiUnavailable("reset"))
+    client.events["pods"].put(("ADDED", obj("next", "ns")))
+    until(lambda: cache.pods.get("ns/next") is not None)
+    assert cache.pods.get("ns/kept") is not None
 
 
 class Sources(k8spods.PodSources):
@@ -187,14 +192,14 @@ class Sources(k8spods.PodSources):
 def test_selection_through_the_cache(client: FakeApi, cache: k8spods.PodCache) -> None:
     client.events["pods"].put(("ADDED", obj("p", "ns", **{podselect.SEED_ADDRESS_KEY: "10.1.1.9",
                                                         podselect.SEED_NETWORK_KEY: "blue"})))
-    until(lambda: cache.pods.get(("ns", "p")) is not None)
+    until(lambda: cache.pods.get("ns/p") is not None)
     request = Request("ADD", args={"K8S_POD_NAMESPACE": "ns", "K8S_POD_NAME": "p"})
     chosen = k8spods.selection(request, SelectionSettings(read_annotations=True),
                                ["blue"], Sources(cache))
     assert chosen.network == "blue" and [str(a) for a in chosen.addresses] == ["10.1.1.9"]
     # The namespace's annotation names the network when the pod's does not.
     client.events["pods"].put(("ADDED", obj("q", "ns")))
-    until(lambda: cache.pods.get(("ns", "q")) is not None)
+    until(lambda: cache.pods.get("ns/q") is not None)
     request = Request("ADD", args={"K8S_POD_NAMESPACE": "ns", "K8S_POD_NAME": "q"})
     chosen = k8spods.selection(request, SelectionSettings(read_annotations=True),
                                ["nsnet"], Sources(cache))
