@@ -182,8 +182,7 @@ def pod_requested_addresses(call: Call) -> tuple[list[IPAddress], str]:
         log.info("ADD %s/%s: requested address is for network %s (%s), not %s",
                  call.request.container_id[:12], call.request.ifname, chosen.network,
                  chosen.describe(), name)
-    origin = chosen.describe() if chosen.named else "the pod's annotations"
-    return addresses, origin
+    return addresses, chosen.address_origin if addresses else ""
 
 
 @contextlib.contextmanager

@@ -74,6 +74,9 @@ class PodSelection:
     # Where the network came from (FROM_*) and, for an annotation, which key.
     source: str = FROM_DEFAULT
     key: str = ""
+    # Where the addresses came from, for messages: e.g. "pod annotation
+    # xvm-cni.io/address of ns/p".
+    address_origin: str = ""
 
     @property
     def named(self) -> bool:
@@ -157,11 +160,13 @@ def select(settings: SelectionSettings, known: Collection[str], *,
     if pod is not None:
         sources.append((FROM_POD, pod))
     addresses: tuple[IPAddress, ...] = ()
+    origin = ""
     for source, given in sources:
         where = f"{source}s of {who}" if source == FROM_POD else source
         hit = one_key(given, ADDRESS_KEYS, where)
         if hit is not None:
             addresses = parse_addresses(hit[1], hit[0], where)
+            origin = f"{source} {hit[0]}" + (f" of {who}" if source == FROM_POD else "")
             break
     if namespace_annotations is not None:
         sources.append((FROM_NAMESPACE_ANNOTATION, namespace_annotations))
@@ -171,11 +176,11 @@ def select(settings: SelectionSettings, known: Collection[str], *,
             else source)
         hit = one_key(given, NETWORK_KEYS, where)
         if hit is not None:
-            return PodSelection(hit[1], addresses, source, hit[0])
+            return PodSelection(hit[1], addresses, source, hit[0], origin)
     if settings.network_from_namespace and namespace and namespace in known:
-        return PodSelection(namespace, addresses, FROM_NAMESPACE_NAME)
+        return PodSelection(namespace, addresses, FROM_NAMESPACE_NAME, "", origin)
     if settings.default_network:
-        return PodSelection(settings.default_network, addresses, FROM_DEFAULT)
+        return PodSelection(settings.default_network, addresses, FROM_DEFAULT, "", origin)
     raise CniError(INVALID_CONFIG, f"no network for {who}: no annotation names one "
                    f"({' or '.join(NETWORK_KEYS)}), "
                    + ("its namespace is not a network, "

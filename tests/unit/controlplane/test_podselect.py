@@ -28,8 +28,10 @@ def test_a_pod_annotation_names_the_network(key: str) -> None:
 
 @pytest.mark.parametrize("key", [podselect.ADDRESS_KEY, podselect.SEED_ADDRESS_KEY])
 def test_a_pod_annotation_requests_an_address(key: str) -> None:
-    chosen = select(settings(), KNOWN, pod={key: "10.1.2.3/24"})
+    chosen = select(settings(), KNOWN, pod={key: "10.1.2.3/24"}, namespace="ns",
+                    pod_name="p")
     assert chosen.addresses == (ipaddress.ip_address("10.1.2.3"),)
+    assert chosen.address_origin == f"pod annotation {key} of pod ns/p"
     assert chosen.network == "default"
 
 
