@@ -93,6 +93,10 @@ def parse_settings(raw: dict[str, Any]) -> SelectionSettings:
     from_namespace = config.get(raw, "k8sNetworkFromNamespace", bool, False)
     default = config.get(raw, "defaultNetwork", str, "")
     kubeconfig = config.get(raw, "k8sConfigPath", str, "")
+    if not kubeconfig:  # a Kubernetes control plane's own connection, if it names one
+        section = raw.get("controlPlane")
+        if isinstance(section, dict) and section.get("type") == "kubernetes":
+            kubeconfig = config.get(section, "kubeconfig", str, "")
     if kubeconfig and not kubeconfig.startswith("/"):
         raise config.fail(f"'k8sConfigPath' {shown(kubeconfig)} must be an absolute path")
     args = config.get(raw, "args", dict, {})
