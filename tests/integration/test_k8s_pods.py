@@ -10,7 +10,6 @@ runs in-process (one GET per ADD) and through xvm-cnid (its watch cache).
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -175,10 +174,8 @@ def test_a_pod_missing_from_the_cache_is_waited_for_then_fetched_once(
                      "containers": [{"name": "c", "image": "example.invalid/none"}]}})
         _pod(cluster, ns, "cached", {podselect.ADDRESS_KEY: "10.250.1.61"})
     conf = _config(host, cluster)
-    began = time.monotonic()
     assert _address(_add(host, conf, ns, "moved")) == "10.250.1.60"
-    if host.agent is not None:
-        assert time.monotonic() - began >= 1.5  # waited for the watch first
+    if host.agent is not None:  # the cache missed it, waited, then asked once
         log = (host.data_dir.parent / "agent.log").read_text()
         assert "pod xvm-late/moved not in the watch cache" in log
     unknown = _address(_add(host, conf, ns, "nobody"))
