@@ -184,6 +184,33 @@ def render_plugin(host_python: str, ver: str) -> str:
     return f"{shebang}\n{VERSION_MARK}{ver}\n{rest}"
 
 
+def in_root(root: Path, path: str, hops: int = 40) -> Path | None:
+    """``path`` as the host resolves it, seen under ``root``: symbolic links are
+    followed inside the root (``/usr/bin/python3 -> /etc/alternatives/python3`` must not
+    lead into this container's own /etc). None when it does not resolve."""
+    parts = [p for p in path.split("/") if p]
+    here = root
+    while parts:
+        part = parts.pop(0)
+        if part == "..":
+            here = here.parent if here != root else root
+            continue
+        nxt = here / part
+        if nxt.is_symlink():
+            hops -= 1
+            if hops < 0:
+                return None
+            target = os.readlink(nxt)
+            if target.startswith("/"):
+                here = root
+            parts = [p for p in target.split("/") if p] + parts
+            continue
+        if not nxt.exists():
+            return None
+        here = nxt
+    return here
+
+
 # --- the library directory -------------------------------------------------------------
 
 def _install_lib(layout: Layout, ver: str, report: Report) -> None:
@@ -296,9 +323,9 @@ def install(root: Path, source: str, host_python: str = "/usr/bin/python3",
     ver = version()
     if not host_python.startswith("/"):
         raise InstallError(f"--host-python {host_python!r} must be an absolute path")
-    python_here = root / host_python.lstrip("/")
-    if not os.access(python_here, os.X_OK):
-        raise InstallError(f"the host has no {host_python} (looked at {python_here}): the "
+    python_here = in_root(root, host_python)
+    if python_here is None or not os.access(python_here, os.X_OK):
+        raise InstallError(f"the host has no {host_python} (looked under {root}): the "
                            "plugin runs on the host's Python >= 3.10")
     render_config(source, ver)  # refuse a bad configuration before changing anything
     have = installed_version(layout)

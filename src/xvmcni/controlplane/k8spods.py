@@ -213,6 +213,16 @@ def pod_of(request: Request) -> tuple[str, str] | None:
     return (namespace, name) if namespace and name else None
 
 
+def choose_network(request: Request, raw: dict[str, Any], known: list[str],
+                   sources: PodSources | None) -> PodSelection:
+    """For a model with several networks in one configuration (macvlan): the
+    configuration's selection fields (``podselect.parse_settings``), the pod's
+    annotations when asked for, and CniError(7) unless the network chosen is one of
+    ``known``. ``sources``: ``runtime.pod_sources``."""
+    chosen = selection(request, podselect.parse_settings(raw), known, sources)
+    return podselect.require_known(chosen, known)
+
+
 def selection(request: Request, settings: SelectionSettings, known: list[str],
               sources: PodSources | None) -> PodSelection:
     """The network and requested addresses for the pod of ``request``, by

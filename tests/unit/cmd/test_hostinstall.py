@@ -29,15 +29,22 @@ CONFIG = json.dumps({
 def root(tmp_path: Path) -> Path:
     host = tmp_path / "host"
     (host / "usr/bin").mkdir(parents=True)
-    (host / "usr/bin/python3").symlink_to(sys.executable)
+    fake_python(host / "usr/bin/python3")
     return host
 
 
+def fake_python(path: Path) -> None:
+    """The host's interpreter, as far as the installer looks: an executable file."""
+    path.write_text("#!/bin/sh\n")
+    path.chmod(0o755)
+
+
 def files(root: Path) -> dict[str, tuple[int, int]]:
-    """Every file under ``root`` (but the python link) with its inode and mtime."""
+    """Every file under ``root`` (but the fake python) with its inode and mtime."""
     out = {}
     for path in root.rglob("*"):
-        if path.is_file() and not path.is_symlink():
+        if path.is_file() and not path.is_symlink() \
+                and path.relative_to(root).parts[0] != "usr":
             st = path.stat()
             out[str(path.relative_to(root))] = (st.st_ino, st.st_mtime_ns)
     return out
@@ -265,3 +272,22 @@ def test_the_configmaps_configuration_is_accepted() -> None:
     source = yaml.safe_load(manifest.read_text())["data"]["10-xvm.conflist"]
     text, stamp = hostinstall.render_config(source, "1")
     assert json.loads(text)["plugins"][0]["type"] == "xvm-cni" and stamp["version"] == "1"
+
+
+def test_the_host_python_is_found_through_links_inside_the_root(root: Path) -> None:
+    """Debian links /usr/bin/python3 relatively, other systems through an absolute
+    /etc/alternatives link: both resolve inside the host root, not in ours."""
+    (root / "usr/bin/python3").unlink()
+    fake_python(root / "usr/bin/python3.11")
+    (root / "etc/alternatives").mkdir(parents=True)
+    (root / "etc/alternatives/python3").symlink_to("/usr/bin/python3.11")
+    (root / "usr/bin/python3").symlink_to("/etc/alternatives/python3")
+    assert hostinstall.in_root(root, "/usr/bin/python3") == root / "usr/bin/python3.11"
+    hostinstall.install(root, CONFIG)
+    # An absolute link that exists only outside the root is not taken for the host's.
+    (root / "usr/bin/python3").unlink()
+    (root / "usr/bin/python3").symlink_to("/usr/bin/env")
+    assert hostinstall.in_root(root, "/usr/bin/python3") is None
+    loop = root / "usr/bin/loop"
+    loop.symlink_to("loop")
+    assert hostinstall.in_root(root, "/usr/bin/loop") is None
