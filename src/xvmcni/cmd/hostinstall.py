@@ -31,6 +31,7 @@ that fails half-way leaves the old file (or none) and no temporary behind.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import logging
@@ -149,6 +150,7 @@ def _package_files() -> Iterator[tuple[Path, Path]]:
                 yield path, Path(src.name) / path.relative_to(src)
 
 
+@functools.cache  # the shipped files do not change while this process runs
 def version() -> str:
     """The package version and a digest of every shipped file (content and name)."""
     digest = hashlib.sha256()
