@@ -253,7 +253,7 @@ class Agent:
             try:
                 settings = podselect.parse_settings(network.config.raw)
                 if podselect.wants_pod(settings):
-                    sources.cache(settings.kubeconfig)
+                    sources.cache(settings.kubeconfig, settings.node)
             except Exception:  # no kubeconfig yet: the first ADD reports it (logged)
                 log.exception("%s: cannot watch Kubernetes pods", network.name)
 

@@ -181,22 +181,24 @@ def make_api(kubeconfig: str) -> Any:
 
 
 class PodSources:
-    """The agent's pod caches, one per kubeconfig, started on first use (and at agent
-    start for the networks it knows), stopped with the agent."""
+    """The agent's pod caches, one per (kubeconfig, node name), started on first use
+    (and at agent start for the networks it knows), stopped with the agent."""
 
-    def __init__(self, factory: Callable[[str], PodCache] | None = None) -> None:
+    def __init__(self, factory: Callable[[str, str], PodCache] | None = None) -> None:
         self._factory = factory or (
-            lambda path: PodCache(lambda: make_api(path), node_name()))
-        self._caches: dict[str, PodCache] = {}
+            lambda path, node: PodCache(lambda: make_api(path), node))
+        self._caches: dict[tuple[str, str], PodCache] = {}
         self._lock = threading.Lock()
 
-    def cache(self, kubeconfig: str) -> PodCache:
+    def cache(self, kubeconfig: str, node: str = "") -> PodCache:
+        """``node``: '' for $NODE_NAME, then the host name."""
+        key = (kubeconfig, node or node_name())
         with self._lock:
-            found = self._caches.get(kubeconfig)
+            found = self._caches.get(key)
             if found is None:
-                found = self._factory(kubeconfig)
+                found = self._factory(*key)
                 found.start()
-                self._caches[kubeconfig] = found
+                self._caches[key] = found
                 log.info("watching the pods of node %s and all namespaces", found.node)
             return found
 
@@ -238,7 +240,7 @@ def selection(request: Request, settings: SelectionSettings, known: list[str],
     if pod is not None and podselect.wants_pod(settings):
         try:
             if sources is not None:
-                info = sources.cache(settings.kubeconfig).lookup(*pod)
+                info = sources.cache(settings.kubeconfig, settings.node).lookup(*pod)
             else:
                 info = OneShot(make_api(settings.kubeconfig)).lookup(*pod)
         except PodLookupFailed as exc:

@@ -64,6 +64,9 @@ class SelectionSettings:
     kubeconfig: str = ""
     # Annotations handed in with the configuration, for this one invocation.
     args_annotations: Mapping[str, str] = field(default_factory=dict)
+    # This node's name in Kubernetes, when the configuration names it (a kubernetes
+    # control plane's 'nodeName'); '' = $NODE_NAME, then the host name.
+    node: str = ""
 
 
 @dataclass(frozen=True)
@@ -93,10 +96,12 @@ def parse_settings(raw: dict[str, Any]) -> SelectionSettings:
     from_namespace = config.get(raw, "k8sNetworkFromNamespace", bool, False)
     default = config.get(raw, "defaultNetwork", str, "")
     kubeconfig = config.get(raw, "k8sConfigPath", str, "")
-    if not kubeconfig:  # a Kubernetes control plane's own connection, if it names one
-        section = raw.get("controlPlane")
-        if isinstance(section, dict) and section.get("type") == "kubernetes":
-            kubeconfig = config.get(section, "kubeconfig", str, "")
+    node = ""
+    section = raw.get("controlPlane")
+    if isinstance(section, dict) and section.get("type") == "kubernetes":
+        # A Kubernetes control plane's own connection and node name serve here too.
+        kubeconfig = kubeconfig or config.get(section, "kubeconfig", str, "")
+        node = config.get(section, "nodeName", str, "")
     if kubeconfig and not kubeconfig.startswith("/"):
         raise config.fail(f"'k8sConfigPath' {shown(kubeconfig)} must be an absolute path")
     args = config.get(raw, "args", dict, {})
@@ -105,7 +110,8 @@ def parse_settings(raw: dict[str, Any]) -> SelectionSettings:
         if not isinstance(value, str):
             raise config.fail(f"args.annotations {shown(key)} must be a string, "
                               f"got {shown(value)}")
-    return SelectionSettings(read, from_namespace, default, kubeconfig, dict(annotations))
+    return SelectionSettings(read, from_namespace, default, kubeconfig, dict(annotations),
+                             node)
 
 
 def wants_pod(settings: SelectionSettings) -> bool:

@@ -186,7 +186,7 @@ def test_an_unavailable_api_server_keeps_the_copy_and_resumes(
 
 class Sources(k8spods.PodSources):
     def __init__(self, made: k8spods.PodCache) -> None:
-        super().__init__(lambda _path: made)
+        super().__init__(lambda _path, _node: made)
 
 
 def test_selection_through_the_cache(client: FakeApi, cache: k8spods.PodCache) -> None:
@@ -217,7 +217,7 @@ def test_unreachable_api_server_is_code_11(client: FakeApi,
 
 
 def test_without_pod_args_or_reading_nothing_is_asked(client: FakeApi) -> None:
-    def explode(_path: str) -> k8spods.PodCache:
+    def explode(_path: str, _node: str) -> k8spods.PodCache:
         raise AssertionError("no cache may be made")
     sources = k8spods.PodSources(explode)
     settings = SelectionSettings(read_annotations=True, default_network="d")
@@ -232,3 +232,24 @@ def test_node_name_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     assert k8spods.node_name() == "worker-7"
     monkeypatch.delenv("NODE_NAME")
     assert k8spods.node_name()
+
+
+def test_one_cache_per_kubeconfig_and_node(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NODE_NAME", "from-env")
+    made: list[tuple[str, str]] = []
+
+    class Idle:
+        node = "?"
+
+        def start(self) -> None:
+            return None
+
+    def factory(path: str, node: str) -> k8spods.PodCache:
+        made.append((path, node))
+        return Idle()  # type: ignore[return-value]
+
+    sources = k8spods.PodSources(factory)
+    first = sources.cache("/k")
+    assert sources.cache("/k", "") is first and sources.cache("/k", "from-env") is first
+    assert sources.cache("/k", "other") is not first
+    assert made == [("/k", "from-env"), ("/k", "other")]

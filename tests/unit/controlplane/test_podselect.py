@@ -127,8 +127,10 @@ def test_parse_settings_reads_the_seed_fields() -> None:
                                        {podselect.SEED_NETWORK_KEY: "red"})
     assert podselect.parse_settings({}) == SelectionSettings()
     # Without k8sConfigPath, a Kubernetes control plane's kubeconfig is used.
-    plane = {"controlPlane": {"type": "kubernetes", "kubeconfig": "/etc/k.conf"}}
+    plane = {"controlPlane": {"type": "kubernetes", "kubeconfig": "/etc/k.conf",
+                              "nodeName": "n7"}}
     assert podselect.parse_settings(plane).kubeconfig == "/etc/k.conf"
+    assert podselect.parse_settings(plane).node == "n7"
     assert podselect.parse_settings({**plane, "k8sConfigPath": "/x"}).kubeconfig == "/x"
     assert not podselect.wants_pod(podselect.parse_settings({}))
 
