@@ -225,36 +225,46 @@ def choose_network(request: Request, raw: dict[str, Any], known: list[str],
     return podselect.require_known(chosen, known)
 
 
-def selection(request: Request, settings: SelectionSettings, known: list[str],
-              sources: PodSources | None) -> PodSelection:
-    """The network and requested addresses for the pod of ``request``, by
-    ``podselect.select`` over the invocation's ``args.annotations`` and (when the
-    configuration asks for it and the runtime names a pod) the pod's and namespace's
-    annotations: from the agent's cache (``sources``), or one GET without an agent.
+def pod_info(request: Request, settings: SelectionSettings,
+             sources: PodSources | None) -> PodInfo | None:
+    """The annotations of the pod ``request`` names (and of its namespace), when the
+    configuration asks for them: from the agent's cache (``sources``), or one GET
+    without an agent. None when no pod is named, reading is off, or the API server
+    does not know the pod. For a model with its own selection rule, this is the
+    Kubernetes part alone.
 
     CniError(11) when the pod's objects cannot be read: guessing a network for a pod
     that asked for another is worse than a retry.
     """
     pod = pod_of(request)
-    info: PodInfo | None = None
-    if pod is not None and podselect.wants_pod(settings):
-        try:
-            if sources is not None:
-                info = sources.cache(settings.kubeconfig, settings.node).lookup(*pod)
-            else:
-                info = OneShot(make_api(settings.kubeconfig)).lookup(*pod)
-        except PodLookupFailed as exc:
-            raise CniError(TRY_AGAIN_LATER, f"cannot read pod {pod[0]}/{pod[1]} from the "
-                           "Kubernetes API server to choose its network", str(exc)) from exc
-        except Exception as exc:  # a missing kubeconfig, a bad certificate...
-            if isinstance(exc, CniError):
-                raise
-            raise CniError(TRY_AGAIN_LATER, "cannot connect to the Kubernetes API server "
-                           f"to read pod {pod[0]}/{pod[1]}", _short(exc)) from exc
-        if info is None:
-            log.warning("pod %s/%s is not known to the API server: choosing its network "
-                        "without its annotations", *pod)
-    namespace, name = pod if pod is not None else ("", "")
+    if pod is None or not podselect.wants_pod(settings):
+        return None
+    try:
+        if sources is not None:
+            info = sources.cache(settings.kubeconfig, settings.node).lookup(*pod)
+        else:
+            info = OneShot(make_api(settings.kubeconfig)).lookup(*pod)
+    except PodLookupFailed as exc:
+        raise CniError(TRY_AGAIN_LATER, f"cannot read pod {pod[0]}/{pod[1]} from the "
+                       "Kubernetes API server to choose its network", str(exc)) from exc
+    except Exception as exc:  # a missing kubeconfig, a bad certificate...
+        if isinstance(exc, CniError):
+            raise
+        raise CniError(TRY_AGAIN_LATER, "cannot connect to the Kubernetes API server "
+                       f"to read pod {pod[0]}/{pod[1]}", _short(exc)) from exc
+    if info is None:
+        log.warning("pod %s/%s is not known to the API server: choosing its network "
+                    "without its annotations", *pod)
+    return info
+
+
+def selection(request: Request, settings: SelectionSettings, known: list[str],
+              sources: PodSources | None) -> PodSelection:
+    """The network and requested addresses for the pod of ``request``, by
+    ``podselect.select`` over the invocation's ``args.annotations`` and the pod's and
+    namespace's annotations (``pod_info``)."""
+    info = pod_info(request, settings, sources)
+    namespace, name = pod_of(request) or ("", "")
     return podselect.select(settings, known,
                             pod=info.annotations if info is not None else None,
                             namespace=namespace,
