@@ -11,6 +11,7 @@ the edge between the two.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ipaddress
 import logging
 from collections.abc import Callable, Iterator
@@ -21,6 +22,7 @@ from xvmcni import logsetup, networks
 from xvmcni.cni.names import shown
 from xvmcni.cni.request import Request
 from xvmcni.cni.result import IPConfig, Result, version_tuple
+from xvmcni.controlplane import k8spods, podselect
 from xvmcni.dataplane.errors import DataplaneError
 from xvmcni.errors import (
     CHECK_FAILED,
@@ -207,6 +209,37 @@ def requested_addresses(request: Request, network: Network) -> list[IPAddress]:
     return out
 
 
+def pod_requested_addresses(call: Call) -> tuple[list[IPAddress], str]:
+    """Addresses the pod asks for through annotations (``args.annotations`` in the
+    configuration, or its Kubernetes pod when ``k8sReadAnnotations`` is set), and
+    where they came from; ([], '') when it asks for none. A single-network model
+    honours them when no annotation names another network (see podselect)."""
+    settings = podselect.parse_settings(call.network.config.raw)
+    asks_pod = podselect.wants_pod(settings) and k8spods.pod_of(call.request) is not None
+    if not settings.args_annotations and not asks_pod:
+        return [], ""
+    name = call.network.name
+    settings = dataclasses.replace(settings, default_network=name)
+    chosen = k8spods.selection(call.request, settings, [name], call.runtime.pod_sources)
+    addresses = list(podselect.addresses_for(chosen, name))
+    if chosen.addresses and not addresses:
+        log.info("ADD %s/%s: requested address is for network %s (%s), not %s",
+                 call.request.container_id[:12], call.request.ifname, chosen.network,
+                 chosen.describe(), name)
+    return addresses, chosen.address_origin if addresses else ""
+
+
+@contextlib.contextmanager
+def _requested_by(origin: str) -> Iterator[None]:
+    """Name the annotation in a refusal of the address it asked for."""
+    try:
+        yield
+    except CniError as err:
+        if not origin:
+            raise
+        raise CniError(err.code, f"{err.msg} (asked for by {origin})", err.details) from err
+
+
 def requested_mac(request: Request, network: Network) -> str:
     mac = network.config.runtime_config.get("mac") or request.args.get("MAC") or ""
     if not isinstance(mac, str):
@@ -228,22 +261,27 @@ def requested_mac(request: Request, network: Network) -> str:
 
 def _add(call: Call) -> dict[str, Any]:
     requested = requested_addresses(call.request, call.network)
+    origin = ""
+    if not requested:  # the runtime's own request (IP=, ips) wins over annotations
+        requested, origin = pod_requested_addresses(call)
     mac = requested_mac(call.request, call.network)
     request = call.request
     networks.ensure_pod_cidrs(call.network, call.runtime)  # routed+etcd: claim if none
     with networks.open_model(call.network, call.runtime) as model:
         model.prepare()  # e.g. a missing hostInterface fails here, before any change
         ipam = _ipam(call, model)
-        ipam.validate(requested)  # e.g. an address in another host's pool
+        with _requested_by(origin):
+            ipam.validate(requested)  # e.g. an address in another host's pool
         pod = Pod(request.container_id, request.ifname, request.netns,
                   model.host_ifname(*call.pod_key))
         with model.enter(pod) as pod_ns, _locked_registry(call) as registry:
-            return _add_locked(call, model, ipam, pod_ns, pod, registry, requested, mac)
+            return _add_locked(call, model, ipam, pod_ns, pod, registry, requested, mac,
+                               origin)
 
 
 def _add_locked(call: Call, model: NetworkModel, ipam: Ipam, pod_ns: Any, pod: Pod,
                 registry: AttachmentRegistry, requested: list[IPAddress],
-                mac: str) -> dict[str, Any]:
+                mac: str, origin: str = "") -> dict[str, Any]:
     request = call.request
     _name_rebuilt(registry, model, call.pod_key)
     existing = registry.get(*call.pod_key)
@@ -272,7 +310,8 @@ def _add_locked(call: Call, model: NetworkModel, ipam: Ipam, pod_ns: Any, pod: P
             # Delegated IPAM such as dhcp leases through the interface: plug it first.
             model.plug(pod_ns, pod, [], mac)
             undo.callback(_attempt, "remove the interface", model.unplug, pod, True)
-        attachment, created = ipam.allocate(registry, record, requested)
+        with _requested_by(origin):  # e.g. the annotated address is taken
+            attachment, created = ipam.allocate(registry, record, requested)
         if created:
             undo.callback(_attempt, "release the address", ipam.release, registry,
                           *call.pod_key)

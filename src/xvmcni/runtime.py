@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from xvmcni.controlplane.k8spods import PodSources
 from xvmcni.dataplane.hostif import HostInterfaceCache
 from xvmcni.dataplane.netlink import HostSockets, rtnl
 from xvmcni.dataplane.reaper import VethReaper
@@ -40,6 +41,9 @@ class Runtime:
     # The agent's running control planes by network state dir (peers.PeerSync fills
     # it); an ADD in the agent claims IPAM blocks through them.
     control_planes: dict[Path, Any] | None = None
+    # The agent's watch caches of Kubernetes pods (pod-selected networks and addresses);
+    # None in-process, which asks the API server once per ADD instead.
+    pod_sources: PodSources | None = None
 
     @classmethod
     def in_process(cls) -> Runtime:
@@ -48,7 +52,8 @@ class Runtime:
     @classmethod
     def for_agent(cls, reaper: VethReaper) -> Runtime:
         return cls(manage_logging=False, reaper=reaper, host_sockets=HostSockets(),
-                   registries=RegistryCache(), hostif_cache=HostInterfaceCache(2.0))
+                   registries=RegistryCache(), hostif_cache=HostInterfaceCache(2.0),
+                   pod_sources=PodSources())
 
     def host_rtnl(self) -> contextlib.AbstractContextManager[Any]:
         """A netlink socket in the host's (this thread's) namespace."""

@@ -26,6 +26,7 @@ from xvmcni.agent.metrics import Metrics
 from xvmcni.cni import wire
 from xvmcni.cni.invocation import Outcome, answer
 from xvmcni.cni.request import Request
+from xvmcni.controlplane import podselect
 from xvmcni.dataplane.errors import DataplaneError
 from xvmcni.dataplane.reaper import VethReaper
 from xvmcni.errors import TRY_AGAIN_LATER, CniError
@@ -239,6 +240,7 @@ class Agent:
         self.reaper.start()
         self.reconcile_all()
         self.peers.start()
+        self._watch_pods()
         self._server = listener.bind(self.options.socket_path, self,
                                      self.options.max_connections)
         if self.metrics is not None:
@@ -254,8 +256,24 @@ class Agent:
             self.probes.delete_all()
             self.pool.shutdown(wait=True, cancel_futures=False)
             self.peers.stop()
+            if self.runtime.pod_sources is not None:
+                self.runtime.pod_sources.stop()
             self.reaper.stop()
             log.info("xvm-cnid stopped")
+
+    def _watch_pods(self) -> None:
+        """Start the pod caches the known networks read annotations from, so the first
+        ADD finds them warm (a network configured later starts its cache on first use)."""
+        sources = self.runtime.pod_sources
+        if sources is None:
+            return
+        for network in self.networks():
+            try:
+                settings = podselect.parse_settings(network.config.raw)
+                if podselect.wants_pod(settings):
+                    sources.cache(settings.kubeconfig, settings.node)
+            except Exception:  # no kubeconfig yet: the first ADD reports it (logged)
+                log.exception("%s: cannot watch Kubernetes pods", network.name)
 
     def shutdown(self) -> None:
         self._stop.set()

@@ -385,6 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_connectivity(sub)
     add_ipam(sub)
     add_lab(sub)
+    from xvmcni.cmd import hostinstall  # install / uninstall onto a host root (DaemonSet)
+    hostinstall.add_commands(sub)
     return parser
 
 

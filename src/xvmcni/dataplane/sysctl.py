@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from xvmcni.dataplane.errors import DataplaneError
 
-PROC_SYS = Path("/proc/sys")
+# In a container that is not privileged /proc/sys is read-only; the Kubernetes
+# DaemonSet mounts the node's /proc/sys/net writable elsewhere and names it here. The
+# net.* entries resolve against the writer's network namespace, wherever mounted.
+PROC_SYS = Path(os.environ.get("XVM_CNI_PROC_SYS") or "/proc/sys")
 
 
 def ensure(key: str, value: str) -> None:
