@@ -50,8 +50,8 @@ from typing import Any
 import benchlib as bl
 
 from xvmcni import lab as labapi
+from xvmcni.dataplane.icmp import ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, checksum
 from xvmcni.lab import agents, grow, plumbing
-from xvmcni.lab.icmp import ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, checksum
 from xvmcni.lab.names import AGENT_LOG
 
 TARGET_P99 = 1.0

@@ -14,7 +14,10 @@ re-applied (repairing anything removed by hand) after a nudge and otherwise ever
 ``REAPPLY_INTERVAL`` seconds: a full re-apply reads the network's routes,
 neighbours and FDB back from the kernel, and with 50 idle agents on 2 cores doing
 that every tick cost more CPU than anything else they do (bench/convergence.py).
-A new peer set from the control plane is applied at once, on its own thread.
+A new peer set from the control plane is applied at once, on its own thread, and
+as a change against the set applied before (``PeerMemory``: the routed model then
+programs only the peers that changed, without those dumps); the periodic re-apply
+and the one after an error stay full.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from xvmcni.controlplane import peercache
 from xvmcni.controlplane.base import Peer
 from xvmcni.dataplane.errors import DataplaneError
 from xvmcni.errors import CniError
+from xvmcni.models.base import PeerMemory
 from xvmcni.networks import Network
 from xvmcni.runtime import LOCK_TIMEOUT, Runtime
 from xvmcni.state.locks import network_lock
@@ -61,6 +65,8 @@ class _Tracked:
         self.peers: list[Peer] | None = None
         self.published: Peer | None = None
         self.blocks_known = network.blocks is None and network.cidrs is None
+        # What the model last applied: a peer event programs only the change.
+        self.memory = PeerMemory()
 
 
 class PeerSync:
@@ -145,7 +151,7 @@ class PeerSync:
             self._hold_blocks(item)
             self._publish(item)
             if reapply and item.peers is not None:
-                self._program(item.network, item.peers)
+                self._program(item, item.peers, full=True)
 
     def _track(self, network: Network) -> None:
         plane = networks.control_plane(network)
@@ -162,16 +168,23 @@ class PeerSync:
             peercache.write(item.network.state_dir, peers)
         except OSError as exc:
             log.warning("%s: cannot cache peers: %s", item.network.name, exc)
-        self._program(item.network, peers)
+        self._program(item, peers)
 
-    def _program(self, network: Network, peers: list[Peer]) -> None:
+    def _program(self, item: _Tracked, peers: list[Peer], full: bool = False) -> None:
+        """``full``: read the kernel back instead of programming the change since the
+        last apply (the periodic re-apply repairs what changed behind our back)."""
+        network = item.network
         try:
             with network_lock(network.state_dir, LOCK_TIMEOUT), \
                     networks.open_model(network, self.runtime) as model:
-                model.on_peers(peers)
+                if full:
+                    item.memory.forget()
+                model.on_peers(peers, item.memory)
         except CniError as err:
+            item.memory.forget()
             log.error("%s: cannot program peers: %s", network.name, err)
         except DataplaneError as err:
+            item.memory.forget()
             log.error("%s: cannot program peers: %s", network.name, to_cni(err))
 
     def _hold_blocks(self, item: _Tracked) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 from pyroute2.netlink.exceptions import NetlinkError
 
+from xvmcni.dataplane.errors import DataplaneError
 from xvmcni.dataplane.netlink import kernel_error
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -87,6 +88,24 @@ def main_routes(ipr: Any, protocol: int,
 
 
 def replace_route(ipr: Any, entry: RouteEntry, protocol: int) -> None:
+    _route(ipr, "replace", entry, protocol)
+
+
+def create_route(ipr: Any, entry: RouteEntry, protocol: int) -> bool:
+    """Install a route to a destination we did not route before, without a dump: the
+    kernel creates it only if table main has no route to ``entry.dst`` at our metric
+    (NLM_F_EXCL). False: there is one (someone else's, or ours we did not know of);
+    nothing was changed."""
+    try:
+        _route(ipr, "add", entry, protocol)
+    except DataplaneError as exc:
+        if isinstance(exc.__cause__, NetlinkError) and exc.__cause__.code == errno.EEXIST:
+            return False
+        raise
+    return True
+
+
+def _route(ipr: Any, command: str, entry: RouteEntry, protocol: int) -> None:
     spec: dict[str, Any] = {"dst": str(entry.dst), "gateway": str(entry.gateway),
                             "oif": entry.oif, "proto": protocol, "table": RT_TABLE_MAIN,
                             "family": FAMILIES[entry.dst.version]}
@@ -95,7 +114,7 @@ def replace_route(ipr: Any, entry: RouteEntry, protocol: int) -> None:
     if entry.prefsrc is not None:
         spec["prefsrc"] = str(entry.prefsrc)
     try:
-        ipr.route("replace", **spec)
+        ipr.route(command, **spec)
     except NetlinkError as exc:
         raise kernel_error(f"install route {entry.dst} via {entry.gateway}", exc) from exc
 

@@ -23,6 +23,19 @@ IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
+class PeerMemory:
+    """What a model last applied for its peers, kept by the caller across model
+    instances (a model is opened per request; the agent keeps one per network).
+    A model may use it to program only the change to a new peer set; ``forget``
+    makes the next apply a full one that reads the kernel back."""
+
+    def __init__(self) -> None:
+        self.state: Any = None
+
+    def forget(self) -> None:
+        self.state = None
+
+
 @dataclass(frozen=True)
 class Pod:
     """One container interface, as the model needs to know it."""
@@ -115,8 +128,9 @@ class NetworkModel(Protocol):
         """Delete host-side devices of ours that no recorded container explains."""
         ...
 
-    def on_peers(self, peers: list[Peer]) -> None:
-        """Program the kernel for this peer set (and only for it)."""
+    def on_peers(self, peers: list[Peer], memory: PeerMemory | None = None) -> None:
+        """Program the kernel for this peer set (and only for it). ``memory``: what
+        the previous call applied, if the caller keeps it (may be ignored)."""
         ...
 
     def local_peer(self, name: str) -> Peer | None:

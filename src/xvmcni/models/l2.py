@@ -28,7 +28,7 @@ from xvmcni.dataplane.hostif import HostInterface, HostInterfaceCache
 from xvmcni.dataplane.netlink import get_link
 from xvmcni.dataplane.reaper import VethReaper
 from xvmcni.ipam import blocks
-from xvmcni.models.base import IPInterface, Plugged, Pod
+from xvmcni.models.base import IPInterface, PeerMemory, Plugged, Pod
 from xvmcni.models.bridged import BridgedPorts
 
 log = logging.getLogger(__name__)
@@ -318,7 +318,7 @@ class L2Model(BridgedPorts):
     def remove_orphans(self, known: set[str]) -> list[str]:
         return self._remove_orphans(self.settings.bridge_name, known)
 
-    def on_peers(self, peers: list[Peer]) -> None:
+    def on_peers(self, peers: list[Peer], memory: PeerMemory | None = None) -> None:
         """Unicast flooding: exactly one all-zeros FDB entry per remote host, stale
         ones removed. Multicast: nothing (the kernel finds the peers itself). Before
         the host joined (no VXLAN device) there is nothing to program."""

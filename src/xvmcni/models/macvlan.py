@@ -42,7 +42,7 @@ from xvmcni.dataplane.netns import netns_gone, open_netns
 from xvmcni.dataplane.routednet import Underlay, lookup_underlay
 from xvmcni.ipam import blocks
 from xvmcni.ipam.hostslices import HostRange, cidr_range, host_range
-from xvmcni.models.base import IPAddress, IPInterface, Plugged, Pod
+from xvmcni.models.base import IPAddress, IPInterface, PeerMemory, Plugged, Pod
 from xvmcni.models.bridged import PodNamespace
 from xvmcni.models.macvlan_config import KIND, MacvlanSettings, Segment
 from xvmcni.models.routed_peers import derived_mac, vtep_mac
@@ -351,7 +351,7 @@ class MacvlanModel:
 
     # --- peers -----------------------------------------------------------------------
 
-    def on_peers(self, peers: list[Peer]) -> None:
+    def on_peers(self, peers: list[Peer], memory: PeerMemory | None = None) -> None:
         """The flood list (without a multicast group) and a route per remote host's
         slice via its router address; nothing before the host joined."""
         seg = self.segment

@@ -42,7 +42,7 @@ from xvmcni.dataplane.routednet import (
     vxlan_mismatch,
 )
 from xvmcni.models import routed_peers
-from xvmcni.models.base import IPAddress, IPInterface, Plugged, Pod
+from xvmcni.models.base import IPAddress, IPInterface, PeerMemory, Plugged, Pod
 from xvmcni.models.bridged import BridgedPorts
 from xvmcni.models.routed_peers import AUTO, ENCAPS, VXLAN, derived_mac, vtep_mac
 
@@ -435,13 +435,71 @@ class RoutedModel(BridgedPorts):
 
     # --- peers -------------------------------------------------------------------------
 
-    def on_peers(self, peers: list[Peer]) -> None:
-        """Converge the kernel to exactly these peers. Needs the host side (join)."""
-        if get_link(self.ipr, self.settings.bridge_name) is None:
+    def on_peers(self, peers: list[Peer], memory: PeerMemory | None = None) -> None:
+        """Converge the kernel to exactly these peers. Needs the host side (join).
+
+        With ``memory`` holding what an earlier call applied on this same host side,
+        only the difference is programmed, without reading the kernel back (a peer
+        event on 50 hosts cost each agent three dumps otherwise). The first apply, one
+        after ``memory.forget()`` (the agent's periodic re-apply) and one after any
+        error read the kernel back and converge in full."""
+        bridge = get_link(self.ipr, self.settings.bridge_name)
+        applied = memory.state if memory is not None else None
+        if memory is not None:
+            memory.forget()  # until this apply has succeeded
+        if bridge is None:
             log.info("network %s has not joined this host: peers are programmed on join",
                      self.settings.network)
             return
-        self._converge(peers)
+        index = int(bridge["index"])
+        if isinstance(applied, routed_peers.Applied) and memory is not None \
+                and self._change(applied, index, peers, memory):
+            return
+        self._converge(peers, memory, index)
+
+    def _change(self, applied: routed_peers.Applied, bridge_index: int, peers: list[Peer],
+                memory: PeerMemory) -> bool:
+        """Program only what differs between ``applied`` and ``peers``. False: not
+        possible (another host side, a destination routed already, the kernel refused
+        something): the caller converges in full."""
+        s = self.settings
+        local = self.local()
+        if applied.bridge_index != bridge_index or applied.local != local:
+            return False
+        want = routed_peers.desired(local, peers)
+        todo = routed_peers.plan_change(applied, want)
+        vx = local.vxlan_index or 0  # no neighbours or FDB entries without the device
+        try:
+            for n in todo.add_neighbours:
+                routes.replace_neighbour(self.ipr, vx, n)
+            for f in todo.add_fdb:
+                routes.replace_fdb(self.ipr, vx, f)
+            for r in todo.add_routes:
+                if r.dst in applied.want.routes:
+                    routes.replace_route(self.ipr, r, s.route_protocol)  # ours already
+                elif not routes.create_route(self.ipr, r, s.route_protocol):
+                    # Someone else's (or a stale one of ours): only the full read-back
+                    # can tell; it leaves theirs alone and reports it.
+                    log.info("network %s: %s is routed already: reading the kernel back",
+                             s.network, r.dst)
+                    return False
+            for r in todo.del_routes:
+                routes.delete_route(self.ipr, r, s.route_protocol)
+            for f in todo.del_fdb:
+                routes.delete_fdb(self.ipr, vx, f)
+            for n in todo.del_neighbours:
+                routes.delete_neighbour(self.ipr, vx, n)
+        except DataplaneError as exc:
+            log.warning("network %s: could not change the peers (%s): converging in full",
+                        s.network, exc)
+            return False
+        for why in want.skipped:
+            log.warning("network %s: peer left out: %s", s.network, why)
+        if not todo.empty:
+            log.info("network %s: %d peer routes now (+%d -%d)", s.network,
+                     len(want.routes), len(todo.add_routes), len(todo.del_routes))
+        memory.state = routed_peers.Applied(bridge_index, local, want, applied.foreign)
+        return True
 
     def local_peer(self, name: str) -> Peer | None:
         """``me`` once the host side exists (the host joined), for the agent's peer
@@ -467,8 +525,8 @@ class RoutedModel(BridgedPorts):
         the kernel's per-peer state against the control plane's). Empty: in line."""
         return self._plan(peers)[2]
 
-    def _plan(self, peers: list[Peer]
-              ) -> tuple[routed_peers.Local, routed_peers.Desired, routed_peers.Plan]:
+    def _plan(self, peers: list[Peer]) -> tuple[routed_peers.Local, routed_peers.Desired,
+                                                routed_peers.Plan, set[IPNetwork]]:
         s = self.settings
         local = self.local()
         want = routed_peers.desired(local, peers)
@@ -485,11 +543,14 @@ class RoutedModel(BridgedPorts):
         outside = [r for r in ours if not self._in_cluster(r.dst)]
         ours = [r for r in ours if self._in_cluster(r.dst)]
         foreign |= {r.dst for r in outside}
-        return local, want, routed_peers.plan(want, ours, neighbours, fdb, foreign)
+        return local, want, routed_peers.plan(want, ours, neighbours, fdb, foreign), foreign
 
-    def _converge(self, peers: list[Peer]) -> routed_peers.Plan:
+    def _converge(self, peers: list[Peer], memory: PeerMemory | None = None,
+                  bridge_index: int = 0) -> routed_peers.Plan:
+        """Read our routes, neighbours and FDB entries back and converge them to
+        ``peers``; with ``memory``, remember what was applied if all of it was."""
         s = self.settings
-        local, want, todo = self._plan(peers)
+        local, want, todo, foreign = self._plan(peers)
         for why in want.skipped:
             log.warning("network %s: peer left out: %s", s.network, why)
         vx = local.vxlan_index
@@ -517,6 +578,9 @@ class RoutedModel(BridgedPorts):
             attempt(f"neighbour {n.address}", routes.delete_neighbour, self.ipr, vx, n)
         for why in failed:
             log.error("network %s: could not program a peer: %s", s.network, why)
+        if memory is not None and not failed:
+            memory.state = routed_peers.Applied(bridge_index, local, want,
+                                                frozenset(foreign))
         if not todo.empty:
             log.info("network %s: %d peer routes now (+%d -%d)", s.network,
                      len(want.routes), len(todo.add_routes), len(todo.del_routes))

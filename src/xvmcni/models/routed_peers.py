@@ -186,3 +186,23 @@ def plan(want: Desired, routes: Iterable[RouteEntry], neighbours: Iterable[Neigh
                     for e in entries]
     out.del_neighbours = [n for a, n in have_neigh.items() if a not in want.neighbours]
     return out
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What the routed model last programmed for a full peer set, to diff the next
+    one against without reading the kernel back. Valid only while the host side is
+    the one it was programmed on (same bridge, same ``Local``: devices, underlay,
+    pod CIDRs)."""
+
+    bridge_index: int
+    local: Local
+    want: Desired                 # after ``plan``: without the foreign destinations
+    foreign: frozenset[IPNetwork]  # destinations left to someone else at that time
+
+
+def plan_change(applied: Applied, want: Desired) -> Plan:
+    """The changes from what was applied to ``want`` (which loses the destinations
+    that were foreign at the last full apply, as ``plan`` does)."""
+    return plan(want, applied.want.routes.values(), applied.want.neighbours.values(),
+                applied.want.fdb.values(), applied.foreign)

@@ -13,7 +13,7 @@ from xvmcni.controlplane.base import Peer
 from xvmcni.dataplane.routes import FdbEntry, NeighEntry, RouteEntry
 from xvmcni.errors import INVALID_CONFIG, CniError
 from xvmcni.models import routed
-from xvmcni.models.routed_peers import Local, desired, plan, vtep_mac
+from xvmcni.models.routed_peers import Applied, Local, desired, plan, plan_change, vtep_mac
 
 BASE: dict[str, Any] = {"cniVersion": "1.0.0", "name": "rnet", "type": "xvm-cni",
                         "model": "routed", "hostInterface": "eth0",
@@ -203,3 +203,27 @@ def test_a_cidr_someone_else_routes_is_not_taken_over() -> None:
     assert [r.dst for r in todo.add_routes] == [N4("10.244.2.0/24")]
     assert [n.address for n in todo.add_neighbours] == [V4("10.244.2.0")]
     assert len(todo.add_fdb) == 1
+
+
+def test_a_change_against_what_was_applied_touches_only_the_changed_peer() -> None:
+    """A peer that moved to another underlay address: its neighbour and FDB entry are
+    replaced, the old FDB entry goes, its route (via its CIDR, onlink) stays; the
+    unchanged peer is not touched; a destination foreign at the last full apply stays
+    out."""
+    first = desired(LOCAL, PEERS)
+    applied = Applied(7, LOCAL, first, frozenset({N4("10.244.9.0/24")}))
+    moved = [*PEERS[:2], Peer("far", V4("192.168.7.99"), "", ("10.244.3.0/24",)),
+             Peer("theirs", V4("192.168.7.14"), "", ("10.244.9.0/24",))]
+    want = desired(LOCAL, moved)
+    todo = plan_change(applied, want)
+    old_mac, new_mac = vtep_mac("net", V4("192.168.7.13")), vtep_mac("net", V4("192.168.7.99"))
+    assert todo.add_neighbours == [NeighEntry(V4("10.244.3.0"), new_mac)]
+    assert todo.add_fdb == [FdbEntry(new_mac, V4("192.168.7.99"))]
+    assert todo.del_fdb == [FdbEntry(old_mac, V4("192.168.7.13"))]
+    assert (todo.add_routes, todo.del_routes, todo.del_neighbours) == ([], [], [])
+    assert N4("10.244.9.0/24") not in want.routes
+    assert any("10.244.9.0/24 is routed by someone else" in why for why in want.skipped)
+    # Every peer gone: everything that was applied goes, in reverse order of adding.
+    gone = plan_change(applied, desired(LOCAL, PEERS[:1]))
+    assert {r.dst for r in gone.del_routes} == set(first.routes)
+    assert len(gone.del_fdb) == len(gone.del_neighbours) == 2
