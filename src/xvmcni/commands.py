@@ -108,7 +108,7 @@ def _parts(request: Request, network: Network, runtime: Runtime) -> list[Network
         return [p for p in parts if p.state_dir.exists()]
     held = _holding(parts, request, runtime)
     if request.command == "ADD":
-        chosen = networks.choose_segment(network, request)
+        chosen = networks.choose_segment(network, request, runtime.pod_sources)
         if held is not None and held.name != chosen.name:
             raise CniError(INVALID_CONFIG, f"container {request.container_id[:12]} "
                            f"({request.ifname}) is attached to {held.name} already, not "
@@ -117,7 +117,7 @@ def _parts(request: Request, network: Network, runtime: Runtime) -> list[Network
     if held is not None:
         return [held]
     try:
-        return [networks.choose_segment(network, request)]
+        return [networks.choose_segment(network, request, runtime.pod_sources)]
     except CniError:
         if request.command == "DEL":
             return []  # on none of the networks, and none chosen: nothing to remove

@@ -19,10 +19,11 @@ from typing import Any
 from xvmcni import config
 from xvmcni.cni.request import Request
 from xvmcni.config import NetworkConfig
-from xvmcni.controlplane import etcdconfig, k8sconfig, peercache, static
+from xvmcni.controlplane import etcdconfig, k8sconfig, k8spods, peercache, static
 from xvmcni.controlplane.base import ControlPlane, Peer
 from xvmcni.controlplane.etcdconfig import EtcdSettings
 from xvmcni.controlplane.multicast import MulticastControlPlane
+from xvmcni.controlplane.podselect import SelectionSettings
 from xvmcni.dataplane import names
 from xvmcni.errors import ADDRESS_EXHAUSTED, TRY_AGAIN_LATER, CniError
 from xvmcni.ipam import blocks, nodelocal, podcidrs
@@ -216,9 +217,12 @@ def segment_network(network: Network, segment: macvlan_config.Segment,
                                requested=requested)
 
 
-def choose_segment(network: Network, request: Request) -> Network:
+def choose_segment(network: Network, request: Request,
+                   pod_sources: k8spods.PodSources | None = None) -> Network:
     """The macvlan segment a pod joins (CniError 7 with the reason when none); any
-    other network unchanged."""
+    other network unchanged. With ``k8sReadAnnotations`` and the pod named in
+    CNI_ARGS, its and its namespace's annotations come from ``pod_sources`` (the
+    agent's watch cache, ``runtime.pod_sources``), or one GET without an agent."""
     settings = network.settings
     if not isinstance(settings, macvlan_config.MacvlanSettings):
         return network
@@ -226,7 +230,15 @@ def choose_segment(network: Network, request: Request) -> Network:
     caps = network.config.runtime_config.get("ips")
     if isinstance(caps, list):
         ips += [item for item in caps if isinstance(item, str)]
-    choice = choose_network(settings, settings.annotations, request.args, ips)
+    info = None
+    if settings.read_annotations:
+        # Only the Kubernetes part of the selection: the namespace *name* is in CNI_ARGS.
+        info = k8spods.pod_info(request, SelectionSettings(
+            read_annotations=True, kubeconfig=settings.k8s_config_path), pod_sources)
+    choice = choose_network(
+        settings, settings.annotations, request.args, ips,
+        pod=None if info is None else info.annotations,
+        namespace_annotations=None if info is None else info.namespace_annotations)
     return segment_network(network, choice.segment, choice.requested)
 
 

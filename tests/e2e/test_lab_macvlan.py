@@ -127,3 +127,43 @@ def test_across_a_routed_underlay(make_lab_name: Callable[[str], str]) -> None:
         assert [r.split()[0] for r in routes if r] == ["10.20.13.0/24"]  # h3 is on-link
     finally:
         labmod.lab_down(name)
+
+
+@pytest.mark.skipif(shutil.which("etcd") is None, reason="needs etcd-server")
+def test_two_networks_with_the_etcd_control_plane(
+        make_lab_name: Callable[[str], str]) -> None:
+    """``--control etcd``: the same reachability as the static lab (same network
+    directly, the other through two routers, hosts to every pod), every agent
+    publishes its host in etcd for each network, and ``down`` leaves nothing."""
+    from tests.e2e.test_lab_etcd import assert_gone, etcd_keys, root_links
+    name = make_lab_name("mve")
+    links_before = root_links()
+    try:
+        lab = labmod.lab_up(name, hosts=3, pods=2, model="macvlan", control="etcd")
+        assert lab.etcd_pid and all(h.agent_adds == 2 for h in lab.hosts)
+        nets = {p.name: ("blue" if p.ip.startswith("10.10.") else "red") for p in lab.pods}
+        assert sorted(nets.values()) == ["blue"] * 3 + ["red"] * 3
+        keys = etcd_keys(name)
+        conf = json.loads(Path(lab.host("h1").config_path).read_text())
+        assert conf["controlPlane"]["type"] == "etcd", conf
+        lab_net = conf["name"]
+        published = sorted(k.split("/hosts/")[0].rsplit("/", 1)[1] + ":" + k.rsplit("/", 1)[1]
+                           for k in keys if "/hosts/" in k)
+        assert published == sorted(f"{lab_net}@{seg}:{h}" for h in ("h1", "h2", "h3")
+                                   for seg in ("blue", "red")), keys
+        matrix = probes.ping_matrix(lab)
+        assert matrix.ok, matrix.failures()
+        for src in lab.pods:
+            for dst in lab.pods:
+                if src.host == dst.host or src is dst:
+                    continue
+                want = 64 if nets[src.name] == nets[dst.name] else 62
+                assert ttl(src.netns_path, dst.ip) == want, (src.name, dst.name)
+        for host in lab.hosts:
+            for pod in lab.pods:
+                assert ttl(host.netns_path, pod.ip) is not None, (host.name, pod.name)
+    finally:
+        report = labmod.lab_down(name)
+    assert report.clean, report.leftovers
+    assert report.etcd_stopped and len(report.agents_stopped) == 3
+    assert_gone(name, links_before)

@@ -219,3 +219,53 @@ def _unreachable(host: Host, cluster: K8sCluster) -> Iterator[None]:
     finally:
         subprocess.run(["nsenter", f"--net={host.path}", "nft", "delete", "table", "inet",
                         table], check=True)
+
+
+def _macvlan_config(host: Host, cluster: K8sCluster, **extra: Any) -> dict[str, Any]:
+    """A macvlan configuration (issue 10) with two networks, 'blue' the default;
+    this host (172.30.0.11) holds the slices 10.61.11.0/24 and 10.62.11.0/24."""
+    conf: dict[str, Any] = {
+        "cniVersion": "1.0.0", "name": "k8smv", "type": "xvm-cni", "model": "macvlan",
+        "dataDir": str(host.data_dir), "defaultNetwork": "blue",
+        "vxlans": [{"id": 161, "name": "blue", "cidr": "10.61.0.0/16",
+                    "options": {"vtepdev": "eth0"}},
+                   {"id": 162, "name": "xvm-mvred", "cidr": "10.62.0.0/16",
+                    "options": {"vtepdev": "eth0"}}],
+        "controlPlane": {"type": "static", "peers": []},
+        "k8sReadAnnotations": True, "k8sConfigPath": str(cluster.kubeconfig)}
+    if host.agent_socket:
+        conf["agentSocket"] = host.agent_socket
+    conf.update(extra)
+    return conf
+
+
+def test_macvlan_network_and_address_from_pod_annotations(
+        k8s_host: tuple[Host, K8sCluster]) -> None:
+    """The macvlan model chooses each pod's network from its Kubernetes annotations
+    (seed 004's keys and ours), its namespace's annotation, or its namespace's name."""
+    host, cluster = k8s_host
+    with host.sim.entered():
+        ns = _namespace(cluster, "xvm-mvapps")
+        _pod(cluster, ns, "named", {podselect.SEED_NETWORK_KEY: "xvm-mvred"})
+        _pod(cluster, ns, "asks", {podselect.SEED_ADDRESS_KEY: "10.62.11.77"})
+        _pod(cluster, ns, "ours", {podselect.NETWORK_KEY: "xvm-mvred",
+                                   podselect.ADDRESS_KEY: "10.62.11.78"})
+        _pod(cluster, ns, "plain")
+        red = _namespace(cluster, "xvm-mvred")  # named like a network
+        _pod(cluster, red, "by-name")
+        tagged = _namespace(cluster, "xvm-mvtagged",
+                            annotations={podselect.NETWORK_KEY: "xvm-mvred"})
+        _pod(cluster, tagged, "by-ns-annotation")
+    conf = _macvlan_config(host, cluster)
+    assert _address(_add(host, conf, ns, "named")).startswith("10.62.11.")
+    assert _address(_add(host, conf, ns, "asks")) == "10.62.11.77"
+    assert _address(_add(host, conf, ns, "ours")) == "10.62.11.78"
+    assert _address(_add(host, conf, ns, "plain")).startswith("10.61.11.")
+    assert _address(_add(host, conf, tagged, "by-ns-annotation")).startswith("10.62.11.")
+    # The namespace's name counts only with k8sNetworkFromNamespace.
+    assert _address(_add(host, conf, red, "by-name")).startswith("10.61.11.")
+    from_ns = _macvlan_config(host, cluster, k8sNetworkFromNamespace=True)
+    pod = host.new_pod()
+    plumbing.bring_up_lo(pod)
+    res = host.cni("ADD", from_ns, "c-by-name2", pod, args=_args(red, "by-name"))
+    assert _address(res).startswith("10.62.11.")

@@ -1,16 +1,22 @@
 """Which of a macvlan configuration's networks a pod joins, and at which address.
 
 A pure function, so every source of per-pod facts can feed it: the config's
-``args.annotations`` (the seed's keys), CNI_ARGS, the ``ips`` capability, and
-(later) Kubernetes pod annotations from the agent's watch cache. First match wins:
+``args.annotations``, CNI_ARGS, the ``ips`` capability, and the Kubernetes pod's and
+namespace's annotations (read by the caller from the agent's watch cache,
+``controlplane.k8spods.pod_info``). The keys and their two spellings (seed 004's
+``vxlan-cni.phdata.io/NetworkName``/``RequestedAddress`` and ours
+``xvm-cni.io/network``/``address``) are ``podselect``'s, read by ``podselect.one_key``,
+and the order is podselect's with one step added (a requested address picks the
+network holding it). First match wins:
 
-1. a network named by the annotations (``vxlan-cni.phdata.io/NetworkName``) or by
+1. a network named by an annotation: ``args.annotations``, then the pod's; or by
    CNI_ARGS ``XVM_NETWORK=<name>``;
-2. the network whose subnet holds a requested address (annotation
-   ``vxlan-cni.phdata.io/RequestedAddress``, CNI_ARGS ``IP=``, capability ``ips``);
-3. with ``k8sNetworkFromNamespace``, the network named like the pod's namespace
+2. the network whose subnet holds a requested address (annotation of the invocation
+   or the pod, CNI_ARGS ``IP=``, capability ``ips``);
+3. a network named by the namespace's annotation;
+4. with ``k8sNetworkFromNamespace``, the network named like the pod's namespace
    (CNI_ARGS ``K8S_POD_NAMESPACE``);
-4. ``defaultNetwork``.
+5. ``defaultNetwork``.
 
 Nothing found, an unknown name, or an address outside the chosen network is a
 configuration error (CNI code 7) that says why.
@@ -23,10 +29,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from xvmcni.cni.names import shown
+from xvmcni.controlplane.podselect import ADDRESS_KEYS, NETWORK_KEYS, one_key
 from xvmcni.errors import INVALID_CONFIG, CniError
 from xvmcni.models.macvlan_config import (
-    ANNOTATION_ADDRESS,
-    ANNOTATION_NETWORK,
     IPAddress,
     MacvlanSettings,
     Segment,
@@ -54,15 +59,33 @@ def _addresses(texts: Sequence[str], where: str) -> list[IPAddress]:
     return out
 
 
+def _first(maps: Sequence[tuple[str, Mapping[str, str] | None]],
+           keys: Sequence[str]) -> tuple[str, str, str] | None:
+    """(where, key, value) of the first map holding one of ``keys``."""
+    for where, given in maps:
+        if given is None:
+            continue
+        hit = one_key(given, keys, where)
+        if hit is not None:
+            return where, hit[0], hit[1]
+    return None
+
+
 def choose_network(settings: MacvlanSettings, annotations: Mapping[str, str],
-                   cni_args: Mapping[str, str], ips: Sequence[str]) -> Choice:
-    """The network and requested addresses for one pod. ``annotations``: the pod's
-    (config ``args.annotations``, or a watch cache's); ``ips``: addresses from
-    CNI_ARGS ``IP=`` and the ``ips`` capability."""
-    requested = _addresses([a for a in annotations.get(ANNOTATION_ADDRESS, "").split(",")
-                            if a.strip()], f"annotation {ANNOTATION_ADDRESS}")
+                   cni_args: Mapping[str, str], ips: Sequence[str], *,
+                   pod: Mapping[str, str] | None = None,
+                   namespace_annotations: Mapping[str, str] | None = None) -> Choice:
+    """The network and requested addresses for one pod. ``annotations``: the config's
+    ``args.annotations``; ``pod`` and ``namespace_annotations``: the Kubernetes
+    objects' (None when not read); ``ips``: addresses from CNI_ARGS ``IP=`` and the
+    ``ips`` capability."""
+    own = [("args.annotations", annotations), ("pod annotations", pod)]
+    asked = _first(own, ADDRESS_KEYS)
+    requested = [] if asked is None else _addresses(
+        [a for a in asked[2].split(",") if a.strip()], f"{asked[0]} {asked[1]}")
     requested += [a for a in _addresses(ips, "requested IP") if a not in requested]
-    named = annotations.get(ANNOTATION_NETWORK) or cni_args.get(ARG_NETWORK, "")
+    by_name = _first(own, NETWORK_KEYS)
+    named = by_name[2] if by_name is not None else cni_args.get(ARG_NETWORK, "")
     known = ", ".join(s.name for s in settings.segments)
     if named:
         segment = settings.segment(named)
@@ -81,6 +104,15 @@ def choose_network(settings: MacvlanSettings, annotations: Mapping[str, str],
                               " lies in more than one network"), f"networks: {known}")
         return _with_addresses(Choice(holders[0], tuple(requested), "address"))
     namespace = cni_args.get(ARG_NAMESPACE, "")
+    by_namespace = _first([(f"annotations of namespace {namespace}", namespace_annotations)],
+                          NETWORK_KEYS)
+    if by_namespace is not None:
+        segment = settings.segment(by_namespace[2])
+        if segment is None:
+            raise CniError(INVALID_CONFIG, f"network {shown(by_namespace[2])} (from the "
+                           f"{by_namespace[0]}) is not one of {settings.network}'s "
+                           "networks", f"known: {known}")
+        return Choice(segment, (), "namespace annotation")
     if settings.from_namespace and namespace:
         segment = settings.segment(namespace)
         if segment is not None:
@@ -89,15 +121,15 @@ def choose_network(settings: MacvlanSettings, annotations: Mapping[str, str],
         segment = settings.segment(settings.default_network)
         assert segment is not None  # checked by the config parser
         return Choice(segment, (), "default")
-    why = "no network named by the pod (annotation " + ANNOTATION_NETWORK + \
+    why = "no network named by the pod (annotation " + " or ".join(NETWORK_KEYS) + \
         f" or CNI_ARGS {ARG_NETWORK})"
     if settings.from_namespace:
         why += f", none named like its namespace {shown(namespace)}" if namespace else \
             ", no namespace given (CNI_ARGS K8S_POD_NAMESPACE)"
     details = f"networks: {known}"
-    if settings.read_annotations:
-        details += ("; k8sReadAnnotations: Kubernetes pod annotations are not read yet, "
-                    "pass them in args.annotations")
+    if settings.read_annotations and pod is None:
+        details += ("; k8sReadAnnotations: no Kubernetes pod was read (CNI_ARGS "
+                    "K8S_POD_NAMESPACE and K8S_POD_NAME name it)")
     raise CniError(INVALID_CONFIG, f"no network for this pod: {why}, and no "
                    "'defaultNetwork'", details)
 

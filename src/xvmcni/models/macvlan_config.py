@@ -16,7 +16,7 @@ Both spellings are accepted, field by field (the README maps them):
       options.vtepdev                        hostInterface (also top level)
     defaultNetwork                         defaultNetwork
     k8sNetworkFromNamespace                networkFromNamespace
-    k8sReadAnnotations, k8sConfigPath      accepted (annotations come from the agent's
+    k8sReadAnnotations, k8sConfigPath      same (annotations come from the agent's
                                            watch cache, not from a client per ADD)
 
 Pure parsing: nothing here looks at the host.

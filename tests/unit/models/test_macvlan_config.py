@@ -180,7 +180,35 @@ def test_no_network_at_all_says_why() -> None:
     reading = settings(args=None, defaultNetwork=None, k8sReadAnnotations=True)
     with pytest.raises(CniError) as caught:
         choose_network(reading, {}, {}, [])
-    assert "pod annotations are not read yet" in str(caught.value)
+    assert "no Kubernetes pod was read" in str(caught.value)
+
+
+def test_choice_from_pod_and_namespace_annotations() -> None:
+    s = settings(args=None, defaultNetwork=None, k8sReadAnnotations=True)
+    seed = {"vxlan-cni.phdata.io/NetworkName": "red"}
+    ours = {"xvm-cni.io/network": "red"}
+    for pod in (seed, ours):
+        assert choose_network(s, {}, {}, [], pod=pod).source == "name"
+    # The pod's requested address picks its network; ours and the seed's keys.
+    for key in ("vxlan-cni.phdata.io/RequestedAddress", "xvm-cni.io/address"):
+        got = choose_network(s, {}, {}, [], pod={key: "10.20.1.9"})
+        assert got.segment.name == "red" and [str(a) for a in got.requested] == ["10.20.1.9"]
+    # The namespace's annotation names the network when the pod does not...
+    by_ns = choose_network(s, {}, {"K8S_POD_NAMESPACE": "x"}, [], pod={},
+                           namespace_annotations=ours)
+    assert by_ns.segment.name == "red" and by_ns.source == "namespace annotation"
+    # ...and the pod's own (or the invocation's) wins over it.
+    assert choose_network(s, {}, {}, [], pod={"xvm-cni.io/network": "blue"},
+                          namespace_annotations=ours).segment.name == "blue"
+    assert choose_network(s, {"xvm-cni.io/network": "blue"}, {}, [], pod=seed
+                          ).segment.name == "blue"
+    with pytest.raises(CniError) as caught:
+        choose_network(s, {}, {}, [], pod={**seed, "xvm-cni.io/network": "blue"})
+    assert caught.value.code == 7 and "disagree" in str(caught.value)
+    with pytest.raises(CniError) as caught:
+        choose_network(s, {}, {}, [], pod={}, namespace_annotations={
+            "xvm-cni.io/network": "green"})
+    assert caught.value.code == 7 and "green" in str(caught.value)
 
 
 def test_choose_segment_from_request() -> None:
