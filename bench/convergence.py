@@ -3,7 +3,7 @@ host's pods and they reach every existing pod.
 
     sudo .venv/bin/python bench/convergence.py [--hosts 10 50] [--pods 1] [--joins 10]
         [--model routed|l2] [--encap vxlan] [--underlay flat|routed]
-        [--control etcd] [--out FILE]
+        [--control etcd [kubernetes]] [--out FILE]
 
 For each ``--hosts`` N: a lab of N hosts x ``--pods`` pods with the control plane
 ``--control`` (agents on), built with the lab API. Then ``--joins`` times: a new host
@@ -25,7 +25,13 @@ ADDs) is recorded too. Everything is removed at the end, also on errors and Ctrl
 
 Control planes: ``CONTROL_PLANES`` maps ``--control`` to the one small piece that
 differs (build a lab whose hosts find each other through it; make a new host known
-to it). Kubernetes slots in there as a second entry.
+to it). ``--control etcd kubernetes`` measures both in one run, one after the other
+per N, printed side by side and written to one JSON; Kubernetes is measured by
+bench/convergence_k8s.py's ``measure`` (routed model only, needs $XVM_TEST_K8S):
+there the clock starts at the new Node's POST with the new host's agent already
+running (a kubelet registering), here at the agent's spawn, so compare the two as
+"new host known -> every pair reaches", not hop by hop. For Kubernetes the joins
+accumulate (each new Node stays), for etcd each join meets the same N hosts.
 """
 
 from __future__ import annotations
@@ -84,6 +90,23 @@ def _etcd_join(lab: labapi.Lab, host: labapi.Host) -> None:
 
 
 CONTROL_PLANES = {"etcd": ControlPlane("etcd", _etcd_up, _etcd_join)}
+# Measured by bench/convergence_k8s.py (its own lab: API server, controller-manager).
+KUBERNETES = "kubernetes"
+
+
+def run_k8s_size(args: argparse.Namespace, hosts: int) -> dict[str, Any]:
+    """``--joins`` new Nodes at N existing ones, through convergence_k8s.measure."""
+    import convergence_k8s  # a sibling script; loads the test support's API server
+
+    def progress(line: str) -> None:
+        print(f"  k8s {line}", file=sys.stderr, flush=True)
+
+    load = os.getloadavg()
+    began = time.monotonic()
+    samples = convergence_k8s.measure(hosts, args.joins, args.encap, progress)
+    return {"hosts": hosts, "control": KUBERNETES, "loadavg_before": load,
+            "seconds_total": time.monotonic() - began, "samples": samples,
+            "loadavg_after": os.getloadavg()}
 
 
 # --- measuring ---------------------------------------------------------------------
@@ -326,7 +349,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="lab sizes N (default 10 50)")
     p.add_argument("--pods", type=int, default=1, help="pods per host (default 1)")
     p.add_argument("--joins", type=int, default=10, help="joins measured per N (default 10)")
-    p.add_argument("--control", choices=sorted(CONTROL_PLANES), default="etcd")
+    p.add_argument("--control", choices=sorted([*CONTROL_PLANES, KUBERNETES]), nargs="+",
+                   default=["etcd"], help="control planes measured in this run, side by "
+                   "side (default etcd)")
     p.add_argument("--model", choices=["routed", "l2"], default="routed")
     p.add_argument("--encap", choices=["vxlan", "none", "auto"], default="vxlan")
     p.add_argument("--underlay", choices=["flat", "routed"], default="flat")
@@ -365,15 +390,61 @@ def summarize(sizes: list[dict[str, Any]]) -> list[list[str]]:
     return rows
 
 
+def side_by_side(etcd: list[dict[str, Any]], k8s: list[dict[str, Any]]) -> list[list[str]]:
+    """Per N: each control plane's joins, p50 / p99 / max of the convergence time and
+    the 1-minute load average before its run."""
+    rows = []
+    for size in etcd:
+        done = [j["seconds"] for j in size.get("joins", []) if not j["unreached"]]
+        load = size.get("load_before_build", (float("nan"),))[0]
+        rows.append([str(size["hosts"]), "etcd", str(len(done)),
+                     *(bl.fmt(bl.percentile(done, q), 3) for q in (50, 99)),
+                     bl.fmt(max(done, default=float("nan")), 3), f"{load:.1f}"])
+    for size in k8s:
+        done = size["samples"]["converged"]
+        rows.append([str(size["hosts"]), KUBERNETES, str(len(done)),
+                     *(bl.fmt(bl.percentile(done, q), 3) for q in (50, 99)),
+                     bl.fmt(max(done, default=float("nan")), 3),
+                     f"{size['loadavg_before'][0]:.1f}"])
+    return sorted(rows, key=lambda r: (int(r[0]), r[1]))
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     bl.require_root()
+    controls = list(dict.fromkeys(args.control))
+    if KUBERNETES in controls:
+        if args.model != "routed" or args.encap == "auto":
+            sys.exit("--control kubernetes: routed model, --encap vxlan or none")
+        import convergence_k8s  # a sibling script (bench/ is on the path)
+        reason = convergence_k8s.skip_reason()
+        if reason:
+            sys.exit(f"--control kubernetes: {reason}")
     bl.install_signal_handlers()
-    plane = CONTROL_PLANES[args.control]
     load_before = os.getloadavg()
-    sizes = [run_size(args, plane, n) for n in args.hosts]
+    sizes: list[dict[str, Any]] = []
+    k8s_sizes: list[dict[str, Any]] = []
+    for n in args.hosts:
+        if "etcd" in controls:
+            sizes.append(run_size(args, CONTROL_PLANES["etcd"], n))
+        if KUBERNETES in controls:
+            k8s_sizes.append(run_k8s_size(args, n))
+    if k8s_sizes:
+        print(f"convergence at N existing hosts, side by side (same run); etcd: from the "
+              f"new host's agent spawn, kubernetes: from the new Node's POST; model "
+              f"{args.model} (encap {args.encap}); load = 1-minute load average before")
+        print(bl.table(["N hosts", "control plane", "joins converged", "p50", "p99", "max",
+                        "load"], side_by_side(sizes, k8s_sizes)))
+        print()
+    data = {"params": vars(args), "load_before": load_before, "sizes": sizes,
+            "kubernetes": k8s_sizes, "target_p99_seconds": TARGET_P99}
+    if not sizes:
+        print(f"\nload average (1 min) before {load_before[0]:.1f}, after "
+              f"{os.getloadavg()[0]:.1f}")
+        print(f"wrote {bl.write_json('convergence', args.out, data)}")
+        return
     rows = summarize(sizes)
-    print(f"convergence, control plane {args.control}, model {args.model} "
+    print(f"convergence, control plane etcd, model {args.model} "
           f"(encap {args.encap}), underlay {args.underlay}, {args.pods} pod(s) per host; "
           "seconds from the new host's agent spawn; idle lab CPU: share of all CPUs busy "
           "with the lab idle (the whole machine)")
@@ -385,8 +456,6 @@ def main(argv: list[str] | None = None) -> None:
         verdict = "meets" if size["p99"] <= TARGET_P99 else "MISSES"
         print(f"N={size['hosts']}: p99 {size['p99']:.3f} s, target {TARGET_P99:g} s: {verdict}")
     print(f"\nload average (1 min) before {load_before[0]:.1f}, after {os.getloadavg()[0]:.1f}")
-    data = {"params": vars(args), "load_before": load_before, "sizes": sizes,
-            "target_p99_seconds": TARGET_P99}
     print(f"wrote {bl.write_json('convergence', args.out, data)}")
 
 

@@ -1,6 +1,7 @@
 """Which hosts the control plane says exist, one source per control plane in
 ``SOURCES``: static (the config's list), etcd (asked now, read-only), multicast
-(none: the kernel learns). A source also reports on the control plane itself
+(none: the kernel learns), kubernetes (the
+Nodes, ``diagnose.k8speers``). A source also reports on the control plane itself
 (reachable, this host's record present and as the kernel would publish it)."""
 
 from __future__ import annotations
@@ -111,10 +112,17 @@ def _freshness(network: Network, me: str, lease: tuple[int, int] | None) -> Find
                  network.name)
 
 
+def _kubernetes(network: Network, model: Any) -> PeerView:
+    from xvmcni.diagnose.k8speers import kubernetes_peers
+    peers, found = kubernetes_peers(network, model)
+    return PeerView(peers, found)
+
+
 SOURCES: dict[str, Callable[[Network, Any], PeerView]] = {
     "multicast": _multicast,
     "static": _static,
     "etcd": _etcd,
+    "kubernetes": _kubernetes,
 }
 
 
