@@ -102,17 +102,26 @@ class EtcdServer:
             argv = ["nsenter", f"--net=/run/netns/{self.netns}", *argv]
         return argv
 
-    def start(self, timeout: float = 20.0) -> None:
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(self.argv(), stdout=log, stderr=log,
-                                         preexec_fn=_die_with_parent)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"etcd exited: {self.log.read_text()[-2000:]}")
-            if self.healthy():
-                return
-            time.sleep(0.1)
+    def start(self, timeout: float = 20.0, attempts: int = 3) -> None:
+        """Start etcd and wait until healthy. A restart right after a SIGKILL can find
+        the old process's data-dir lock or ports not yet released, and etcd then exits
+        at once: such an early exit is retried (``attempts``), any other is an error."""
+        for attempt in range(1, attempts + 1):
+            with open(self.log, "ab") as log:
+                self.proc = subprocess.Popen(self.argv(), stdout=log, stderr=log,
+                                             preexec_fn=_die_with_parent)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    if attempt < attempts:
+                        break
+                    raise RuntimeError(f"etcd exited: {self.log.read_text()[-2000:]}")
+                if self.healthy():
+                    return
+                time.sleep(0.1)
+            else:
+                break
+            time.sleep(1.0)
         raise RuntimeError(f"etcd did not come up: {self.log.read_text()[-2000:]}")
 
     def ctl(self, *args: str, check: bool = True) -> str:

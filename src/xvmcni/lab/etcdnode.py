@@ -119,7 +119,9 @@ def _wait_healthy(name: str, pid: int, timeout: float = START_TIMEOUT) -> None:
 
 def lab_etcds(name: str) -> dict[int, str]:
     """Running etcd processes of lab ``name`` (pid -> data dir), by command line."""
-    return procs.etcds_under(lab_dir(name))
+    # Only the lab's own etcd (<lab>/etcd/): a --control kubernetes lab's etcd lives
+    # under <lab>/k8s/ and is stopped with its API server by lab/k8s.py, after it.
+    return procs.etcds_under(lab_dir(name) / ETCD_DIR)
 
 
 def stop_lab_etcd(lab: Lab, progress: Progress) -> procs.Stopped:

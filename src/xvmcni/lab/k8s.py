@@ -135,6 +135,11 @@ def stop(name: str) -> list[int]:
     for pid in stopped:
         if ours(pid):
             os.kill(pid, signal.SIGKILL)
+    # SIGKILL is delivered asynchronously: wait until each is gone (or a zombie).
+    deadline = time.monotonic() + 5
+    while any(ours(p) for p in stopped) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for pid in stopped:
         # Ours to reap when this process is their subreaper (the lab's agents' is).
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
