@@ -98,14 +98,7 @@ def add_pod(lab: K8sLab, name: str, container: str, **conf: object) -> tuple[str
     return pod, [i["address"].split("/")[0] for i in result["ips"]]
 
 
-# Strict: these fail today and must start passing when the regression is fixed.
-IPV6_REGRESSION = pytest.mark.xfail(strict=True, reason=(
-    "known regression found at the last merge (2026-11-30): IPv6 pod-to-pod across "
-    "Kubernetes nodes gets no reply although routes and forwarding are in place; "
-    "issue 9 stays open until it is fixed"))
-
-
-@pytest.mark.parametrize("dual", [False, pytest.param(True, marks=IPV6_REGRESSION)],
+@pytest.mark.parametrize("dual", [False, True],
                          ids=["ipv4", "dual-stack"])
 def test_vxlan_three_nodes_added_and_removed(lab: K8sLab, dual: bool) -> None:
     """h1, h2 (switch A) and h3 (behind the router) over VXLAN: Nodes get pod CIDRs
@@ -166,7 +159,6 @@ def test_vxlan_three_nodes_added_and_removed(lab: K8sLab, dual: bool) -> None:
     assert all(ping(lab.hosts["h1"], pods["h1"][0], a) for a in pods["h3"][1])
 
 
-@IPV6_REGRESSION
 def test_none_dual_stack_with_ipv6_prefix_and_readdressing(lab: K8sLab) -> None:
     """encap none, dual-stack pod CIDRs (the controller-manager with two cluster
     CIDRs), Nodes with an IPv4 InternalIP only: every host's IPv6 address is
@@ -219,7 +211,6 @@ NET3 = {"h1": ("192.168.55.0/26,fd00:5::1:0/112", "172.31.1.11,fd00:31::ac1f:10b
         "h2": ("192.168.55.64/26,fd00:5::2:0/112", "172.31.1.12,fd00:31::ac1f:10c")}
 
 
-@IPV6_REGRESSION
 def test_secondary_network_from_annotations_with_its_own_protocol(lab: K8sLab) -> None:
     """xcluster-cni's multi-networking: besides the primary network (spec.podCIDRs,
     protocol 202), a second xvm-cnid per host serves network net3 from seed 001's

@@ -137,6 +137,9 @@ def _adopt(host_ipr: Any, pod_ipr: Any, pod_fd: int, host_name: str, bridge_inde
                     container_mac=container_mac_now, container_index=index)
 
 
+IFA_F_NODAD = 0x02  # linux/if_addr.h: no duplicate address detection
+
+
 def _configure_container(pod_ipr: Any, side: ContainerSide, fresh: bool) -> tuple[int, str]:
     """Bring the container end up with its addresses and routes; (ifindex, MAC).
 
@@ -154,8 +157,12 @@ def _configure_container(pod_ipr: Any, side: ContainerSide, fresh: bool) -> tupl
             for a in pod_ipr.get_addr(index=index)}
         for addr in side.addresses:
             if (str(addr.ip), addr.network.prefixlen) not in present:
+                # IPv6 without duplicate address detection: the IPAM already made the
+                # address unique, and with DAD it would stay tentative (unusable as a
+                # source, unreachable) for a second or more after ADD has returned.
                 pod_ipr.addr("add", index=index, address=str(addr.ip),
-                             prefixlen=addr.network.prefixlen)
+                             prefixlen=addr.network.prefixlen,
+                             flags=IFA_F_NODAD if addr.version == 6 else 0)
         for dst, gw in side.routes:
             spec: dict[str, Any] = {"dst": str(dst), "oif": index}
             if gw is not None:
