@@ -33,6 +33,17 @@ class PodNamespace:
     ipr: Any
 
 
+@contextlib.contextmanager
+def pod_namespace(netns: str) -> Iterator[PodNamespace]:
+    """Open the container's netns and a netlink socket inside it; both closed after."""
+    fd = open_netns(netns)
+    try:
+        with rtnl(fd) as pod_ipr:
+            yield PodNamespace(fd, pod_ipr)
+    finally:
+        os.close(fd)
+
+
 class BridgedPorts:
     ipr: Any
     _reaper: VethReaper | None
@@ -49,14 +60,8 @@ class BridgedPorts:
     def host_ifname(self, container_id: str, ifname: str) -> str:
         return names.host_veth_name(container_id, ifname)
 
-    @contextlib.contextmanager
-    def enter(self, pod: Pod) -> Iterator[PodNamespace]:
-        fd = open_netns(pod.netns)
-        try:
-            with rtnl(fd) as pod_ipr:
-                yield PodNamespace(fd, pod_ipr)
-        finally:
-            os.close(fd)
+    def enter(self, pod: Pod) -> contextlib.AbstractContextManager[PodNamespace]:
+        return pod_namespace(pod.netns)
 
     def _admit(self, pod: Pod, mac: str, addresses: list[IPInterface]) -> None:
         podport.admit(self.guard_table, pod.host_ifname, mac, addresses)

@@ -26,8 +26,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
-import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,13 +36,13 @@ from xvmcni.controlplane import peercache
 from xvmcni.controlplane.base import Peer
 from xvmcni.dataplane import l2net, macvlannet, macvlanpod, names, nft, ownership
 from xvmcni.dataplane.errors import DataplaneError
-from xvmcni.dataplane.netlink import get_link, rtnl
-from xvmcni.dataplane.netns import netns_gone, open_netns
+from xvmcni.dataplane.netlink import get_link
+from xvmcni.dataplane.netns import netns_gone
 from xvmcni.dataplane.routednet import Underlay, lookup_underlay
 from xvmcni.ipam import blocks
 from xvmcni.ipam.hostslices import HostRange, cidr_range, host_range
 from xvmcni.models.base import IPAddress, IPInterface, PeerMemory, Plugged, Pod
-from xvmcni.models.bridged import PodNamespace
+from xvmcni.models.bridged import PodNamespace, pod_namespace
 from xvmcni.models.macvlan_config import KIND, MacvlanSettings, Segment
 from xvmcni.models.routed_peers import derived_mac, vtep_mac
 from xvmcni.state.locks import network_lock
@@ -234,14 +233,8 @@ class MacvlanModel:
         elif (("inet", nft.table_name(self.network)) in nft.list_tables()):
             nft.run_batch(macvlannet.delete_isolation_batch(self.network))
 
-    @contextlib.contextmanager
-    def enter(self, pod: Pod) -> Iterator[PodNamespace]:
-        fd = open_netns(pod.netns)
-        try:
-            with rtnl(fd) as pod_ipr:
-                yield PodNamespace(fd, pod_ipr)
-        finally:
-            os.close(fd)
+    def enter(self, pod: Pod) -> contextlib.AbstractContextManager[PodNamespace]:
+        return pod_namespace(pod.netns)
 
     def _vxlan(self) -> int:
         if self._vxlan_index is None:
