@@ -116,7 +116,11 @@ def settled_view(host: str, netns_path: str, network: str, data_dir: str,
     while True:
         view = host_view(host, netns_path, network, data_dir)
         waited = time.monotonic() - began
-        if not view.retired or waited > timeout:
+        # The reaper deletes retired veths first and evicts their anti-spoofing
+        # elements right after: settled once neither is left (a real leak still
+        # shows when ``timeout`` has passed).
+        evicting = view.admitted is not None and bool(set(view.admitted) - set(view.veths))
+        if not (view.retired or evicting) or waited > timeout:
             return view, waited
         time.sleep(0.05)
 
