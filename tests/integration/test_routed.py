@@ -20,7 +20,7 @@ from xvmcni.models.routed import RoutedModel
 from xvmcni.runtime import Runtime
 
 from .conftest import Host, agent_op, start_agent
-from .routed_lab import HOSTS, Lab, fdb, ip, neighbours, ping, routes_of
+from .routed_lab import HOSTS, Lab, fdb, ip, neighbours, ping, routes_of, sysctl
 
 VXLAN_DEV = "xvmrv1"
 BRIDGE = "xvmrb1"
@@ -58,6 +58,25 @@ def test_vxlan_pods_reach_each_other_across_a_router(lab: Lab) -> None:
     # Each host's VTEP MAC is the one every peer derived for it.
     h2_mac = json.loads(ip("-j", "-n", lab.hosts["h2"].name, "link", "show", VXLAN_DEV))[0]
     assert {n["lladdr"] for n in neigh if n["dst"] == "10.250.2.0"} == {h2_mac["address"]}
+
+
+def test_a_pod_reaches_another_hosts_own_address_under_loose_rp_filter(lab: Lab) -> None:
+    """The request leaves h1 on the underlay, unmasqueraded; h2 answers through its
+    tunnel, so the reply reaches h1 out of the VXLAN device from a source h1 routes
+    through eth0 (and the request reached h2's eth0 from a source h2 routes through
+    its tunnel: both hosts need loose filtering, as doctor says). Loose filtering
+    accepts that only on an interface with an IPv4 address: the VXLAN device holds
+    exactly the network address of its host's pod CIDR."""
+    lab.build(("h1", "h2"))
+    pod, _ = lab.add_pod("h1", lab.config("h1"), "u-h1")
+    lab.add_pod("h2", lab.config("h2"), "u-h2")
+    h1 = lab.hosts["h1"].name
+    addresses = json.loads(ip("-j", "-n", h1, "-4", "addr", "show", "dev", VXLAN_DEV))
+    assert [(a["local"], a["prefixlen"]) for a in addresses[0]["addr_info"]] == \
+        [("10.250.1.0", 32)]
+    for host in lab.hosts.values():
+        sysctl(host.name, "net.ipv4.conf.all.rp_filter", "2")
+    assert ping(lab.hosts["h1"], pod, HOSTS["h2"][1].split("/")[0])
 
 
 def test_plain_routes_on_one_subnet(lab: Lab) -> None:

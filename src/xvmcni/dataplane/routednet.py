@@ -89,6 +89,23 @@ class VxlanSpec:
     underlay: Underlay
     # Families the device carries: IPv6 is switched off on it unless pods use it.
     ipv6: bool
+    # The network address of this host's IPv4 pod CIDR, held as a /32 (None without an
+    # IPv4 CIDR). Reverse-path filtering drops every IPv4 packet that arrives on an
+    # interface with no IPv4 address when its source is routed out another one, even
+    # in loose mode (fib_validate_source's "no_addr" case): a pod pinging another
+    # host's own address gets the reply out of the tunnel from an underlay source.
+    # Flannel gives flannel.1 the same kind of address for the same reason.
+    rpf_address: ipaddress.IPv4Address | None = None
+
+
+def rpf_address(pod_cidr: ipaddress.IPv4Network | ipaddress.IPv6Network | None
+                ) -> ipaddress.IPv4Address | None:
+    """The VXLAN device's own address: the IPv4 pod CIDR's network address, which the
+    other hosts already use as this host's next hop (their neighbour entry for it
+    names our VTEP MAC), and which IPAM never hands out."""
+    if pod_cidr is None or pod_cidr.version != 4:
+        return None
+    return ipaddress.IPv4Address(pod_cidr.network_address)
 
 
 def claim(ipr: Any, link: Any, name: str, network: str, what: str, field: str) -> None:
@@ -162,9 +179,10 @@ def ensure_bridge(ipr: Any, spec: BridgeSpec, created: list[str]) -> int:
     return index
 
 
-def gateway_addresses(ipr: Any, index: int) -> set[tuple[IPAddress, int]]:
+def gateway_addresses(ipr: Any, index: int,
+                      family: int = socket.AF_UNSPEC) -> set[tuple[IPAddress, int]]:
     return {(ipaddress.ip_address(a.get("IFA_ADDRESS")), int(a["prefixlen"]))
-            for a in ipr.get_addr(index=index)}
+            for a in ipr.get_addr(index=index, family=family)}
 
 
 def vxlan_mismatch(link: Any, spec: VxlanSpec) -> str:
@@ -229,7 +247,23 @@ def ensure_vxlan(ipr: Any, spec: VxlanSpec, in_use: bool, created: list[str]) ->
             ipr.link("set", index=index, mtu=spec.mtu, state="up")
         except NetlinkError as exc:
             raise kernel_error(f"bring up {spec.name}", exc) from exc
+    _ensure_rpf_address(ipr, spec, index)
     return index
+
+
+def _ensure_rpf_address(ipr: Any, spec: VxlanSpec, index: int) -> None:
+    """Exactly ``spec.rpf_address``/32 as the device's IPv4 address: the device is
+    ours, so any other IPv4 address on it is a former CIDR's and goes."""
+    present = {a for a, _ in gateway_addresses(ipr, index, socket.AF_INET)}
+    wanted = {spec.rpf_address} if spec.rpf_address is not None else set()
+    try:
+        for stale in present - wanted:
+            ipr.addr("del", index=index, address=str(stale), prefixlen=32)
+        for address in wanted - present:
+            ipr.addr("add", index=index, address=str(address), prefixlen=32)
+    except NetlinkError as exc:
+        if exc.code not in (errno.EEXIST, errno.EADDRNOTAVAIL):
+            raise kernel_error(f"set the address of {spec.name}", exc) from exc
 
 
 def remove_owned(ipr: Any, network: str, names: list[str]) -> None:

@@ -39,6 +39,7 @@ from xvmcni.dataplane.routednet import (
     gateway_addresses,
     lookup_underlay,
     remove_owned,
+    rpf_address,
     vxlan_mismatch,
 )
 from xvmcni.models import routed_peers
@@ -225,7 +226,8 @@ class RoutedModel(BridgedPorts):
         under = self.underlay()
         return VxlanSpec(network=s.network, name=s.vxlan_name, vni=s.vxlan_id, port=s.port,
                          mac=vtep_mac(s.network, under.address.ip), mtu=self.mtu(),
-                         underlay=under, ipv6=s.pod_cidr(6) is not None)
+                         underlay=under, ipv6=s.pod_cidr(6) is not None,
+                         rpf_address=rpf_address(s.pod_cidr(4)))
 
     def gateway(self, version: int) -> IPAddress | None:
         return next((g.ip for g in self.settings.gateways if g.version == version), None)
