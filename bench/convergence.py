@@ -103,7 +103,9 @@ def run_k8s_size(args: argparse.Namespace, hosts: int) -> dict[str, Any]:
 
     load = os.getloadavg()
     began = time.monotonic()
-    samples = convergence_k8s.measure(hosts, args.joins, args.encap, progress)
+    logs = (Path(args.out).parent if args.out else bl.RESULTS_DIR) / "convergence-k8s-logs"
+    samples = convergence_k8s.measure(hosts, args.joins, args.encap, progress,
+                                      settle=lambda: settle(args.gap), logs=logs)
     return {"hosts": hosts, "control": KUBERNETES, "loadavg_before": load,
             "seconds_total": time.monotonic() - began, "samples": samples,
             "loadavg_after": os.getloadavg()}

@@ -56,8 +56,8 @@ from bench.benchlib import (
 )
 from tests.support.k8s import K8sCluster, assets_dir, skip_reason
 
-from xvmcni.lab import icmp, invoke, plumbing, simhost
-from xvmcni.lab.names import netns_path
+from xvmcni.lab import icmp, invoke, neightable, plumbing, simhost
+from xvmcni.lab.names import LAB_ROOT, netns_path
 
 K8S_ADDRESS = "172.30.0.5"
 CLUSTER = "10.244.0.0/16"
@@ -177,24 +177,50 @@ class Bench:
             self.add_failures.append(call.stdout.strip()[:200])
             time.sleep(0.05)
 
-    def all_reach(self, target: str, sources: list[str], timeout: float = 120) -> float:
-        """When the last of ``sources``' pods got an echo reply from ``target``'s pod."""
+    def all_reach(self, target: str, sources: list[str],
+                  timeout: float = 120) -> tuple[float, str]:
+        """When the last of ``sources``' pods got an echo reply from ``target``'s pod,
+        and which source that was."""
         address = self.pods[target][1]
 
-        def until_reply(src: str) -> float:
+        def until_reply(src: str) -> tuple[float, str]:
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
                 if icmp.ping(self.pods[src][0], address, timeout=0.1, tries=1):
-                    return time.monotonic()
+                    return time.monotonic(), src
             raise RuntimeError(f"{src} never reached {target} ({address})")
 
         with ThreadPoolExecutor(max_workers=min(16, len(sources))) as pool:
             return max(pool.map(until_reply, sources))
 
+    def keep_log(self, name: str, dest: Path) -> None:
+        """A copy of ``name``'s agent log (the workspace is removed at the end)."""
+        dest.mkdir(parents=True, exist_ok=True)
+        source = self.ws.tmp / name / "agent.log"
+        dest.joinpath(f"{name}-agent.log").write_bytes(source.read_bytes())
+
 
 def measure(nodes: int, rounds: int, encap: str = "vxlan",
-            progress: Progress = lambda line: None) -> dict[str, list[float]]:
-    """Samples (seconds) of convergence and its parts at ``nodes`` existing nodes."""
+            progress: Progress = lambda line: None,
+            settle: Callable[[], object] = lambda: None,
+            slow: float = 3.0, logs: Path | None = None) -> dict[str, list[float]]:
+    """Samples (seconds) of convergence and its parts at ``nodes`` existing nodes.
+    ``settle`` runs before each round (the etcd figures wait for a quiet machine too);
+    a round slower than ``slow`` seconds names its last pod's host and, with ``logs``,
+    keeps that host's and the new host's agent logs there."""
+    # The machine's neighbour table holds every simulated host's entries (see
+    # xvmcni.lab.neightable): sized before the first host, put back after the last.
+    neightable.ensure_room(nodes + rounds, 1, progress)
+    try:
+        return _measure(nodes, rounds, encap, progress, settle, slow, logs)
+    finally:
+        labs = [d for d in LAB_ROOT.iterdir() if d.is_dir()] if LAB_ROOT.is_dir() else []
+        neightable.restore_if_last(progress, other_labs=bool(labs))
+
+
+def _measure(nodes: int, rounds: int, encap: str, progress: Progress,
+             settle: Callable[[], object], slow: float,
+             logs: Path | None) -> dict[str, list[float]]:
     with Workspace() as ws:
         bench = Bench(ws, encap, progress)
         names = [bench.new_host() for _ in range(nodes)]
@@ -207,11 +233,18 @@ def measure(nodes: int, rounds: int, encap: str = "vxlan",
         samples: dict[str, list[float]] = {"converged": [], "cidr": [], "add": []}
         for r in range(rounds):
             new = bench.new_host()
+            settle()
             began = time.monotonic()
             bench.register(new)
             cidr = bench.cidr_assigned(new)
             added = bench.add_pod(new)
-            done = bench.all_reach(new, names)
+            done, last = bench.all_reach(new, names)
+            if done - began > slow:
+                progress(f"N={nodes} round {r + 1}: slow; the last to reach {new} was "
+                         f"{last}" + (f", agent logs kept in {logs}" if logs else ""))
+                if logs is not None:
+                    for host in (last, new):
+                        bench.keep_log(host, logs / f"n{nodes}-r{r + 1}")
             samples["converged"].append(done - began)
             samples["cidr"].append(cidr - began)
             samples["add"].append(added - began)

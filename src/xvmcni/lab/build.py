@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from xvmcni import plugin_file
-from xvmcni.lab import plumbing, simhost
+from xvmcni.lab import neightable, plumbing, simhost
 from xvmcni.lab.agents import count_served, lab_agents, start_agents
 from xvmcni.lab.etcdnode import etcd_binary, lab_etcds, start_etcd
 from xvmcni.lab.model import (
@@ -168,6 +168,7 @@ def _build(lab: Lab, state: StateFile, hosts: int, pods: int, progress: Progress
 
     started = time.monotonic()
     routed = lab.underlay == "routed"
+    neightable.ensure_room(hosts, pods, progress)
     simhost.create_switch(lab.switch_netns, record)
     progress(f"switch  {lab.switch_netns}: bridge {plumbing.SWITCH_BRIDGE}, "
              "multicast snooping off")

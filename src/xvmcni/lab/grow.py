@@ -14,7 +14,7 @@ import json
 import shutil
 from pathlib import Path
 
-from xvmcni.lab import plumbing, procs, simhost
+from xvmcni.lab import neightable, plumbing, procs, simhost
 from xvmcni.lab.agents import lab_agents, spawn_agent, wait_agent_ready
 from xvmcni.lab.build import apply_result, make_host
 from xvmcni.lab.model import (
@@ -56,6 +56,7 @@ def add_host(name: str, pods: int = 1, *, agent: bool = True, index: int = 0,
     host = new_host(lab.name, index, lab.underlay == "routed")
     lab.hosts.append(host)
     state.save()
+    neightable.ensure_room(len(lab.hosts), pods, progress)
     make_host(lab, host, index, record, progress)
     for j in range(1, pods + 1):
         pod = new_pod(lab.name, host.name, j)

@@ -13,12 +13,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from xvmcni.lab import plumbing
+from xvmcni.lab import neightable, plumbing
 from xvmcni.lab.agents import lab_agents, stop_lab_agents
 from xvmcni.lab.etcdnode import lab_etcds, stop_lab_etcd
 from xvmcni.lab.model import Host, Lab, Pod, Progress, load_state, quiet
 from xvmcni.lab.names import (
     DEFAULT_NAME,
+    LAB_ROOT,
     LabError,
     check_name,
     host_netns,
@@ -107,6 +108,8 @@ def lab_down(name: str = DEFAULT_NAME, plugin: str | None = None,
         except OSError as exc:
             progress(f"warning: cannot remove {lab_dir(name)}: {exc}")
 
+    others = [d for d in LAB_ROOT.iterdir() if d.is_dir()] if LAB_ROOT.is_dir() else []
+    neightable.restore_if_last(progress, other_labs=bool(others))
     report.leftovers = lab_netns(name) + ([str(lab_dir(name))] if lab_dir(name).exists() else [])
     report.leftovers += [f"xvm-cnid pid {pid}" for pid in sorted(lab_agents(name))]
     report.leftovers += [f"etcd pid {pid}" for pid in sorted(lab_etcds(name))]
