@@ -57,7 +57,7 @@ from bench.benchlib import (
 from tests.support.k8s import K8sCluster, assets_dir, skip_reason
 
 from xvmcni.lab import icmp, invoke, neightable, plumbing, simhost
-from xvmcni.lab.names import LAB_ROOT, netns_path
+from xvmcni.lab.names import netns_path
 
 K8S_ADDRESS = "172.30.0.5"
 CLUSTER = "10.244.0.0/16"
@@ -214,8 +214,7 @@ def measure(nodes: int, rounds: int, encap: str = "vxlan",
     try:
         return _measure(nodes, rounds, encap, progress, settle, slow, logs)
     finally:
-        labs = [d for d in LAB_ROOT.iterdir() if d.is_dir()] if LAB_ROOT.is_dir() else []
-        neightable.restore_if_last(progress, other_labs=bool(labs))
+        neightable.restore_if_last(progress)
 
 
 def _measure(nodes: int, rounds: int, encap: str, progress: Progress,

@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from xvmcni.lab.names import LAB_ROOT
+from xvmcni.lab.status import known_labs
 
 log = logging.getLogger(__name__)
 
@@ -91,10 +92,10 @@ def ensure_room(hosts: int, pods_per_host: int, progress: Progress) -> None:
                      f"table is shared by all {hosts} hosts of the lab")
 
 
-def restore_if_last(progress: Progress, other_labs: bool) -> None:
-    """Put back the values the labs found, unless another lab is still up or someone
-    changed a value since we set it."""
-    if other_labs:
+def restore_if_last(progress: Progress) -> None:
+    """Put back the values the labs found, unless a lab (its directory or one of its
+    namespaces) is still there or someone changed a value since we set it."""
+    if known_labs():
         return
     with _locked() as record:
         for key, entry in list(record.items()):

@@ -19,7 +19,6 @@ from xvmcni.lab.etcdnode import lab_etcds, stop_lab_etcd
 from xvmcni.lab.model import Host, Lab, Pod, Progress, load_state, quiet
 from xvmcni.lab.names import (
     DEFAULT_NAME,
-    LAB_ROOT,
     LabError,
     check_name,
     host_netns,
@@ -108,8 +107,7 @@ def lab_down(name: str = DEFAULT_NAME, plugin: str | None = None,
         except OSError as exc:
             progress(f"warning: cannot remove {lab_dir(name)}: {exc}")
 
-    others = [d for d in LAB_ROOT.iterdir() if d.is_dir()] if LAB_ROOT.is_dir() else []
-    neightable.restore_if_last(progress, other_labs=bool(others))
+    neightable.restore_if_last(progress)
     report.leftovers = lab_netns(name) + ([str(lab_dir(name))] if lab_dir(name).exists() else [])
     report.leftovers += [f"xvm-cnid pid {pid}" for pid in sorted(lab_agents(name))]
     report.leftovers += [f"etcd pid {pid}" for pid in sorted(lab_etcds(name))]
