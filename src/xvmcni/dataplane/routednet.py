@@ -46,8 +46,8 @@ class Underlay:
 
 def lookup_underlay(ipr: Any, name: str) -> Underlay:
     """The host interface and its address: the first IPv4 address, else the first
-    global IPv6 address (an IPv6-only underlay). DataplaneError(HOST_CONFLICT) when
-    it is missing or has no usable address."""
+    IPv6 address that is neither link-local nor loopback (an IPv6-only underlay).
+    DataplaneError(HOST_CONFLICT) when it is missing or has no usable address."""
     link = get_link(ipr, name)
     if link is None:
         raise DataplaneError(DataplaneError.HOST_CONFLICT,
